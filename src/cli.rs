@@ -1,0 +1,69 @@
+//! The `eventgate` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogFormat, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "eventgate",
+    version,
+    about = "A Kafka gateway that validates records against AsyncAPI documents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// YAML config file; flags and EVENTGATE_* variables override its values.
+        #[arg(long, env = "EVENTGATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, settings } => {
+            let file = match config.as_deref().map(Settings::from_file).transpose() {
+                Ok(f) => f.unwrap_or_default(),
+                Err(e) => return fail(&e),
+            };
+            let config = match settings.over(file).resolve() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            crate::telemetry::init_logs(&config.log, config.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(crate::server::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "eventgate failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    crate::telemetry::init_logs("error", LogFormat::Text);
+    eprintln!("eventgate: {e}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,357 @@
+//! Configuration: one YAML file, `EVENTGATE_*` environment variables and command-line flags.
+//!
+//! Every setting is declared once, in [`Settings`], which is both a clap argument group and the
+//! schema of the YAML file. A flag beats its environment variable, which beats the file, which beats
+//! the built-in default. [`Settings::resolve`] turns the merged settings into a checked [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::wire::frame::DEFAULT_MAX_FRAME_BYTES;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<serde_saphyr::Error>,
+    },
+    #[error("{setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Settings of `eventgate serve`. Each field is a flag, an `EVENTGATE_*` variable and a key of the
+/// YAML config file (the flag name with `_` for `-`).
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Settings {
+    /// Upstream Kafka bootstrap server, HOST:PORT (repeatable, or comma-separated).
+    /// [default: 127.0.0.1:9192]
+    #[arg(long = "upstream", env = "EVENTGATE_UPSTREAM", value_delimiter = ',')]
+    #[serde(default)]
+    pub upstream: Vec<String>,
+
+    /// Address of the bootstrap listener that clients use as `bootstrap.servers`.
+    /// [default: 127.0.0.1:9092]
+    #[arg(long, env = "EVENTGATE_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Host name put in the broker addresses clients receive. [default: the listen host; required
+    /// when listening on a wildcard address]
+    #[arg(long, env = "EVENTGATE_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+
+    /// First port of the per-broker listeners: broker NODE_ID is reached at NODE_PORT_BASE + NODE_ID.
+    /// [default: listen port + 1]
+    #[arg(long, env = "EVENTGATE_NODE_PORT_BASE")]
+    pub node_port_base: Option<u16>,
+
+    /// Highest node id served at NODE_PORT_BASE + NODE_ID. Brokers with larger ids need a
+    /// `--node-port`, else they get ports above that range in the order they appear. [default: 1023]
+    #[arg(long, env = "EVENTGATE_NODE_ID_MAX")]
+    pub node_id_max: Option<i32>,
+
+    /// Fixed listener port for a broker, NODE_ID=PORT (repeatable, or comma-separated).
+    #[arg(long = "node-port", env = "EVENTGATE_NODE_PORT", value_delimiter = ',')]
+    #[serde(default)]
+    pub node_port: Vec<String>,
+
+    /// Address of the admin HTTP listener (health, metrics). [default: 127.0.0.1:8080]
+    #[arg(long, env = "EVENTGATE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+
+    /// Largest Kafka frame accepted from a client or a broker, in bytes. [default: 104857600]
+    #[arg(long, env = "EVENTGATE_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+
+    /// Requests in flight per client connection before eventgate stops reading from it. [default: 1024]
+    #[arg(long, env = "EVENTGATE_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+
+    /// Time allowed to connect to a broker, in milliseconds. [default: 10000]
+    #[arg(long, env = "EVENTGATE_CONNECT_TIMEOUT_MS")]
+    pub connect_timeout_ms: Option<u64>,
+
+    /// On SIGTERM/SIGINT, time allowed for in-flight requests to finish, in milliseconds. [default: 10000]
+    #[arg(long, env = "EVENTGATE_SHUTDOWN_TIMEOUT_MS")]
+    pub shutdown_timeout_ms: Option<u64>,
+
+    /// Log filter, in `tracing` env-filter syntax (RUST_LOG wins when set). [default: info]
+    #[arg(long, env = "EVENTGATE_LOG")]
+    pub log: Option<String>,
+
+    /// Log format: `text` or `json`. [default: text]
+    #[arg(long, env = "EVENTGATE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The checked configuration eventgate runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub upstream: Vec<String>,
+    pub listen: SocketAddr,
+    pub advertised_host: String,
+    pub node_port_base: u16,
+    pub node_id_max: i32,
+    pub node_ports: BTreeMap<i32, u16>,
+    pub http_listen: SocketAddr,
+    pub max_frame_bytes: usize,
+    pub max_in_flight: usize,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads a YAML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_saphyr::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// `self` (flags and environment) over `file`.
+    pub fn over(self, file: Settings) -> Settings {
+        fn list(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+            if a.is_empty() { b } else { a }
+        }
+        Settings {
+            upstream: list(self.upstream, file.upstream),
+            listen: self.listen.or(file.listen),
+            advertised_host: self.advertised_host.or(file.advertised_host),
+            node_port_base: self.node_port_base.or(file.node_port_base),
+            node_id_max: self.node_id_max.or(file.node_id_max),
+            node_port: list(self.node_port, file.node_port),
+            http_listen: self.http_listen.or(file.http_listen),
+            max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
+            max_in_flight: self.max_in_flight.or(file.max_in_flight),
+            connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
+            shutdown_timeout_ms: self.shutdown_timeout_ms.or(file.shutdown_timeout_ms),
+            log: self.log.or(file.log),
+            log_format: self.log_format.or(file.log_format),
+        }
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let upstream = if self.upstream.is_empty() {
+            vec!["127.0.0.1:9192".to_owned()]
+        } else {
+            self.upstream
+        };
+        for u in &upstream {
+            split_host_port(u).map_err(|m| invalid("upstream", m))?;
+        }
+        let listen = socket_addr("listen", self.listen.as_deref().unwrap_or("127.0.0.1:9092"))?;
+        let advertised_host = match self.advertised_host {
+            Some(h) if !h.trim().is_empty() => h,
+            Some(_) => return Err(invalid("advertised_host", "must not be empty")),
+            None if listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "advertised_host",
+                    format!(
+                        "required when listening on the wildcard address {}",
+                        listen.ip()
+                    ),
+                ));
+            }
+            None => match listen.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            },
+        };
+        let node_port_base = match self.node_port_base {
+            Some(p) => p,
+            None => listen.port().checked_add(1).ok_or_else(|| {
+                invalid(
+                    "node_port_base",
+                    "listen port 65535 leaves no room for broker ports",
+                )
+            })?,
+        };
+        let node_id_max = self.node_id_max.unwrap_or(1023);
+        if node_id_max < 0 {
+            return Err(invalid("node_id_max", "must be >= 0"));
+        }
+        let mut node_ports = BTreeMap::new();
+        for entry in &self.node_port {
+            let (id, port) = entry
+                .split_once('=')
+                .and_then(|(i, p)| {
+                    Some((i.trim().parse::<i32>().ok()?, p.trim().parse::<u16>().ok()?))
+                })
+                .ok_or_else(|| invalid("node_port", format!("`{entry}` is not NODE_ID=PORT")))?;
+            node_ports.insert(id, port);
+        }
+        let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+        if max_frame_bytes < 1024 || max_frame_bytes > i32::MAX as usize {
+            return Err(invalid(
+                "max_frame_bytes",
+                "must be between 1024 and 2147483647",
+            ));
+        }
+        let max_in_flight = self.max_in_flight.unwrap_or(1024);
+        if max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be at least 1"));
+        }
+        let log_format = self.log_format.unwrap_or_default();
+        Ok(Config {
+            upstream,
+            listen,
+            advertised_host,
+            node_port_base,
+            node_id_max,
+            node_ports,
+            http_listen: socket_addr(
+                "http_listen",
+                self.http_listen.as_deref().unwrap_or("127.0.0.1:8080"),
+            )?,
+            max_frame_bytes,
+            max_in_flight,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms.unwrap_or(10_000)),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms.unwrap_or(10_000)),
+            log: self.log.unwrap_or_else(|| "info".to_owned()),
+            log_format,
+        })
+    }
+}
+
+impl Config {
+    /// The listener port that serves broker `node_id`, per the documented port-per-broker scheme,
+    /// when the id falls in the fixed range or has an explicit port.
+    pub fn fixed_node_port(&self, node_id: i32) -> Option<u16> {
+        if let Some(p) = self.node_ports.get(&node_id) {
+            return Some(*p);
+        }
+        if (0..=self.node_id_max).contains(&node_id) {
+            u16::try_from(i64::from(self.node_port_base) + i64::from(node_id)).ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// Splits `HOST:PORT` (IPv6 hosts in brackets).
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("`{s}` has no valid port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    Ok((host, port))
+}
+
+fn socket_addr(setting: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.to_socket_addrs()
+        .map_err(|e| invalid(setting, format!("`{s}`: {e}")))?
+        .next()
+        .ok_or_else(|| invalid(setting, format!("`{s}` resolves to no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        s: Settings,
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_documented_ports() {
+        let c = Settings::default().resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(c.advertised_host, "127.0.0.1");
+        assert_eq!(c.node_port_base, 9093);
+        assert_eq!(c.fixed_node_port(111), Some(9204));
+        assert_eq!(c.fixed_node_port(5000), None);
+        assert_eq!(c.max_frame_bytes, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let file: Settings = serde_saphyr::from_str(
+            "listen: 127.0.0.1:7000\nupstream: [a:1, b:2]\nnode_port: ['5000=7777']\nmax_in_flight: 9\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["x", "--listen", "127.0.0.1:6000"]).unwrap();
+        let c = cli.s.over(file).resolve().unwrap();
+        assert_eq!(c.listen.port(), 6000);
+        assert_eq!(c.upstream, vec!["a:1", "b:2"]);
+        assert_eq!(c.fixed_node_port(5000), Some(7777));
+        assert_eq!(c.max_in_flight, 9);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(serde_saphyr::from_str::<Settings>("lisen: x\n").is_err());
+        let s = Settings {
+            node_port: vec!["abc".into()],
+            ..Default::default()
+        };
+        assert!(s.resolve().is_err());
+        let s = Settings {
+            listen: Some("0.0.0.0:9092".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.resolve(),
+            Err(ConfigError::Invalid {
+                setting: "advertised_host",
+                ..
+            })
+        ));
+        let s = Settings {
+            upstream: vec!["nohostport".into()],
+            ..Default::default()
+        };
+        assert!(s.resolve().is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! eventgate: a Kafka wire-protocol gateway.
+//!
+//! Clients point `bootstrap.servers` at eventgate; it forwards every request to the real brokers,
+//! rewrites broker addresses so clients keep coming back through it, and inspects produced records.
+//! See `ARCHITECTURE.md` for the map of modules and the data path.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,401 @@
+//! One client connection, proxied to one broker connection.
+//!
+//! A connection is two pipelines joined by an ordered queue of [`Pending`] answers:
+//!
+//! ```text
+//!  client ──frames──▶ requests() ──original bytes──▶ broker
+//!                        │ Pending (one per expected answer, pushed *before* the request is sent)
+//!                        ▼
+//!  client ◀──frames── responses() ◀──frames──────────── broker
+//! ```
+//!
+//! Kafka answers the requests of one connection in order, so the head of the queue always says
+//! what the next broker frame must be: its correlation id is checked, and only the responses that
+//! carry broker addresses or API versions are decoded and rewritten. Answers eventgate makes itself
+//! ([`Pending::Local`]) take their place in the same queue, so the client sees every answer in the
+//! order it asked. Requests without an answer (`acks=0` produce) push nothing.
+//!
+//! Both pipelines read whole frames into a [`FrameBuffer`] and write batches of frames with one
+//! vectored write; a frame that needs no change is forwarded as the very bytes that arrived.
+//! Any error closes only this connection, with one log line that names the peer and the stage.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Gateway, Target};
+use crate::wire::WireError;
+use crate::wire::frame::FrameBuffer;
+use crate::wire::header::{RequestMeta, response_correlation_id};
+use crate::wire::reader::Reader;
+use crate::wire::rewrite::{ResponseAction, RewriteError, rewrite_response};
+use crate::wire::versions;
+
+/// An answer the client is owed, in request order.
+#[derive(Debug)]
+pub enum Pending {
+    /// The broker's next frame answers this request.
+    Upstream {
+        correlation_id: i32,
+        api_key: i16,
+        api_version: i16,
+        action: ResponseAction,
+    },
+    /// eventgate answers this request itself with these bytes.
+    Local(Bytes),
+}
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("reading from client: {0}")]
+    ClientRead(std::io::Error),
+    #[error("writing to client: {0}")]
+    ClientWrite(std::io::Error),
+    #[error("reading from broker: {0}")]
+    BrokerRead(std::io::Error),
+    #[error("writing to broker: {0}")]
+    BrokerWrite(std::io::Error),
+    #[error("bad request frame from client: {0}")]
+    ClientFrame(WireError),
+    #[error("bad response frame from broker: {0}")]
+    BrokerFrame(WireError),
+    #[error("client closed the connection in the middle of a {0}-byte partial request")]
+    ClientClosedMidFrame(usize),
+    #[error("broker closed the connection with {in_flight} request(s) unanswered")]
+    BrokerClosed { in_flight: usize },
+    #[error("broker sent a response with correlation id {got} while {expected} was expected")]
+    UnexpectedCorrelation { expected: i32, got: i32 },
+    #[error("broker sent a response with correlation id {0} to no outstanding request")]
+    UnsolicitedResponse(i32),
+    #[error("rewriting {api:?} v{version} response: {source}")]
+    Rewrite {
+        api: i16,
+        version: i16,
+        source: RewriteError,
+    },
+}
+
+/// Serves one accepted client until either side closes or eventgate shuts down.
+pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target: Target) {
+    let _open = gw.metrics.connection_opened();
+    let (broker, broker_addr) = match gw.connect(target).await {
+        Ok(c) => c,
+        Err(e) => {
+            gw.metrics.connection_errors.increment(1);
+            tracing::warn!(%peer, ?target, error = %e, "closing client connection: broker unreachable");
+            return;
+        }
+    };
+    // Kafka frames are latency-sensitive and already batched by clients: no Nagle delay.
+    let _ = client.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    let (client_rd, client_wr) = client.into_split();
+    let (broker_rd, broker_wr) = broker.into_split();
+    let (tx, rx) = mpsc::channel(gw.config.max_in_flight);
+    let abort = CancellationToken::new();
+    let on_error = |r: Result<(), ConnError>| {
+        if r.is_err() {
+            abort.cancel();
+        }
+        r
+    };
+    let (req, resp) = tokio::join!(
+        async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort).await) },
+        async { on_error(responses(&gw, broker_rd, client_wr, rx, &abort).await) },
+    );
+    match req.and(resp) {
+        Ok(()) => tracing::debug!(%peer, broker = %broker_addr, "connection closed"),
+        Err(e) => {
+            gw.metrics.connection_errors.increment(1);
+            match &e {
+                ConnError::ClientRead(_)
+                | ConnError::ClientWrite(_)
+                | ConnError::ClientClosedMidFrame(_) => {
+                    tracing::info!(%peer, broker = %broker_addr, error = %e, "connection closed")
+                }
+                _ => tracing::warn!(%peer, broker = %broker_addr, error = %e, "connection closed"),
+            }
+        }
+    }
+}
+
+/// What to do with one request frame.
+struct Plan {
+    /// Bytes to send to the broker.
+    forward: Option<Bytes>,
+    /// The answer owed to the client, if any.
+    pending: Option<Pending>,
+}
+
+fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
+    let meta = RequestMeta::peek(&frame)?;
+    gw.metrics.request(meta.api_key);
+    let expect_broker_answer = |frame: Bytes| Plan {
+        forward: Some(frame),
+        pending: Some(Pending::Upstream {
+            correlation_id: meta.correlation_id,
+            api_key: meta.api_key,
+            api_version: meta.api_version,
+            action: ResponseAction::for_request(meta.api_key, meta.api_version),
+        }),
+    };
+    match meta.key() {
+        Some(ApiKey::ApiVersions) if meta.api_version > versions::API_VERSIONS_MAX => Ok(Plan {
+            forward: None,
+            pending: Some(Pending::Local(versions::unsupported_version_frame(
+                meta.correlation_id,
+            ))),
+        }),
+        Some(ApiKey::Produce) if produce_acks(&meta, &frame)? == 0 => Ok(Plan {
+            forward: Some(frame),
+            pending: None,
+        }),
+        _ => Ok(expect_broker_answer(frame)),
+    }
+}
+
+/// The `acks` of a Produce request: 0 means the broker sends no response.
+fn produce_acks(meta: &RequestMeta, frame: &[u8]) -> Result<i16, WireError> {
+    let mut r = Reader::new(&frame[meta.body_offset(frame)?..]);
+    if meta.api_version >= 3 {
+        r.nullable_string(meta.api_version >= 9, "transactional id")?;
+    }
+    r.i16("acks")
+}
+
+async fn requests(
+    gw: &Gateway,
+    mut client: OwnedReadHalf,
+    mut broker: OwnedWriteHalf,
+    tx: mpsc::Sender<Pending>,
+    abort: &CancellationToken,
+) -> Result<(), ConnError> {
+    let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
+    let mut out = VecDeque::new();
+    loop {
+        while let Some(frame) = buf.next_frame().map_err(ConnError::ClientFrame)? {
+            gw.metrics.bytes_from_clients.increment(frame.len() as u64);
+            let plan = plan_request(gw, frame).map_err(ConnError::ClientFrame)?;
+            if let Some(p) = plan.pending {
+                // The answer is queued before its request leaves, so it is always there to match.
+                if let Err(mpsc::error::TrySendError::Full(p)) = tx.try_send(p) {
+                    // max_in_flight reached: send what is buffered, then wait for room.
+                    write_frames(&mut broker, &mut out)
+                        .await
+                        .map_err(ConnError::BrokerWrite)?;
+                    if tx.send(p).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            out.extend(plan.forward);
+        }
+        write_frames(&mut broker, &mut out)
+            .await
+            .map_err(ConnError::BrokerWrite)?;
+        let n = tokio::select! {
+            biased;
+            _ = abort.cancelled() => return Ok(()),
+            _ = gw.shutdown.cancelled() => return Ok(()),
+            n = buf.fill(&mut client) => n.map_err(ConnError::ClientRead)?,
+        };
+        if n == 0 {
+            return match buf.buffered() {
+                0 => Ok(()),
+                partial => Err(ConnError::ClientClosedMidFrame(partial)),
+            };
+        }
+    }
+}
+
+async fn responses(
+    gw: &Arc<Gateway>,
+    mut broker: OwnedReadHalf,
+    mut client: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Pending>,
+    abort: &CancellationToken,
+) -> Result<(), ConnError> {
+    let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
+    let mut pending = VecDeque::new();
+    let mut out = VecDeque::new();
+    let mut requests_done = false;
+    loop {
+        while let Ok(p) = rx.try_recv() {
+            pending.push_back(p);
+        }
+        loop {
+            match pending.front() {
+                Some(Pending::Local(_)) => {
+                    if let Some(Pending::Local(bytes)) = pending.pop_front() {
+                        out.push_back(bytes);
+                    }
+                }
+                Some(&Pending::Upstream {
+                    correlation_id,
+                    api_key,
+                    api_version,
+                    action,
+                }) => {
+                    let Some(frame) = buf.next_frame().map_err(ConnError::BrokerFrame)? else {
+                        break;
+                    };
+                    gw.metrics.bytes_from_brokers.increment(frame.len() as u64);
+                    let got = response_correlation_id(&frame).map_err(ConnError::BrokerFrame)?;
+                    if got != correlation_id {
+                        return Err(ConnError::UnexpectedCorrelation {
+                            expected: correlation_id,
+                            got,
+                        });
+                    }
+                    let mut map = |id: i32, host: &str, port: i32| gw.advertise(id, host, port);
+                    let answer = match rewrite_response(action, api_version, &frame, &mut map) {
+                        Ok(Some(rewritten)) => {
+                            gw.metrics.responses_rewritten.increment(1);
+                            rewritten
+                        }
+                        Ok(None) => frame,
+                        Err(source) => {
+                            return Err(ConnError::Rewrite {
+                                api: api_key,
+                                version: api_version,
+                                source,
+                            });
+                        }
+                    };
+                    out.push_back(answer);
+                    pending.pop_front();
+                }
+                None => {
+                    if let Some(frame) = buf.next_frame().map_err(ConnError::BrokerFrame)? {
+                        let got = response_correlation_id(&frame).unwrap_or(-1);
+                        return Err(ConnError::UnsolicitedResponse(got));
+                    }
+                    break;
+                }
+            }
+        }
+        write_frames(&mut client, &mut out)
+            .await
+            .map_err(ConnError::ClientWrite)?;
+        if requests_done && pending.is_empty() {
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            _ = abort.cancelled() => return Ok(()),
+            p = rx.recv(), if !requests_done => match p {
+                Some(p) => pending.push_back(p),
+                None => requests_done = true,
+            },
+            n = buf.fill(&mut broker) => {
+                if n.map_err(ConnError::BrokerRead)? == 0 {
+                    return match pending.len() {
+                        0 => {
+                            tracing::debug!("broker closed an idle connection");
+                            Ok(())
+                        }
+                        in_flight => Err(ConnError::BrokerClosed { in_flight }),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Writes every frame in `out` with as few system calls as the socket allows, and empties it.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    const MAX_SLICES: usize = 64;
+    while !out.is_empty() {
+        let written = {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for (slot, frame) in slices.iter_mut().zip(out.iter()) {
+                *slot = IoSlice::new(frame);
+                n += 1;
+            }
+            w.write_vectored(&slices[..n]).await?
+        };
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = written;
+        while left > 0 {
+            let Some(front) = out.front_mut() else { break };
+            if front.len() <= left {
+                left -= front.len();
+                out.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that accepts at most `chunk` bytes per call.
+    struct Trickle {
+        got: Vec<u8>,
+        chunk: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.chunk);
+            self.got.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_writes_keep_every_byte_in_order() {
+        let frames: Vec<Bytes> = (0u8..100)
+            .map(|i| Bytes::from(vec![i; (i as usize % 7) + 1]))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        for chunk in [1, 3, 5, 1000] {
+            let mut out: VecDeque<Bytes> = frames.iter().cloned().collect();
+            let mut w = Trickle {
+                got: Vec::new(),
+                chunk,
+            };
+            write_frames(&mut w, &mut out).await.unwrap();
+            assert_eq!(w.got, expected, "chunk {chunk}");
+            assert!(out.is_empty());
+        }
+    }
+}

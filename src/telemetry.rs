@@ -1,0 +1,110 @@
+//! Logs (`tracing`) and Prometheus metrics.
+//!
+//! Metric handles are created once and kept in plain structs, so recording on the hot path is one
+//! atomic add, never a registry lookup. Without an installed recorder (unit tests) they are no-ops.
+
+use std::sync::OnceLock;
+
+use kafka_protocol::messages::ApiKey;
+use metrics::{Counter, Gauge, counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the log subscriber. `RUST_LOG` wins over `filter` when set.
+pub fn init_logs(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Highest API key with its own request counter; higher keys count as "unknown".
+const MAX_COUNTED_KEY: i16 = 100;
+
+/// The proxy's metric handles.
+pub struct ProxyMetrics {
+    requests: Vec<Counter>,
+    requests_unknown: Counter,
+    connections_open: Gauge,
+    pub connections_total: Counter,
+    pub connection_errors: Counter,
+    pub bytes_from_clients: Counter,
+    pub bytes_from_brokers: Counter,
+    pub responses_rewritten: Counter,
+}
+
+impl ProxyMetrics {
+    pub fn new() -> Self {
+        let requests = (0..=MAX_COUNTED_KEY)
+            .map(|k| {
+                let api = ApiKey::try_from(k)
+                    .map(|a| format!("{a:?}"))
+                    .unwrap_or_else(|_| k.to_string());
+                counter!("eventgate_kafka_requests_total", "api" => api)
+            })
+            .collect();
+        Self {
+            requests,
+            requests_unknown: counter!("eventgate_kafka_requests_total", "api" => "unknown"),
+            connections_open: gauge!("eventgate_kafka_connections_open"),
+            connections_total: counter!("eventgate_kafka_connections_total"),
+            connection_errors: counter!("eventgate_kafka_connection_errors_total"),
+            bytes_from_clients: counter!("eventgate_kafka_bytes_total", "from" => "client"),
+            bytes_from_brokers: counter!("eventgate_kafka_bytes_total", "from" => "broker"),
+            responses_rewritten: counter!("eventgate_kafka_responses_rewritten_total"),
+        }
+    }
+
+    /// Counts one request of `api_key`.
+    pub fn request(&self, api_key: i16) {
+        match usize::try_from(api_key)
+            .ok()
+            .and_then(|k| self.requests.get(k))
+        {
+            Some(c) => c.increment(1),
+            None => self.requests_unknown.increment(1),
+        }
+    }
+
+    /// Counts an open connection until the returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection<'_> {
+        self.connections_total.increment(1);
+        self.connections_open.increment(1.0);
+        OpenConnection(&self.connections_open)
+    }
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements the open-connections gauge when dropped.
+pub struct OpenConnection<'a>(&'a Gauge);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}

@@ -1,0 +1,142 @@
+//! Frame boundaries: every Kafka request and response is an `INT32` size followed by that many bytes.
+//!
+//! [`FrameBuffer`] owns a connection's read buffer. It reads from the socket in large chunks and
+//! hands out whole frames as [`Bytes`] that share the buffer's allocation, so forwarding a frame
+//! costs no copy; when every handed-out frame has been written and dropped, the allocation is reused.
+//! Memory is committed only as bytes actually arrive: a peer that announces a 100 MiB frame and sends
+//! ten bytes makes eventgate hold ten bytes, not 100 MiB.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::WireError;
+
+/// The default maximum frame size, as Kafka's `socket.request.max.bytes`.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+/// The smallest read eventgate asks the kernel for.
+const MIN_READ: usize = 64 * 1024;
+
+/// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
+/// it is there, `None` while it is still incomplete.
+pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let size = i32::from_be_bytes(*prefix);
+    if size < 0 {
+        return Err(WireError::NegativeFrameSize(size));
+    }
+    let size = size as usize;
+    if size > max {
+        return Err(WireError::FrameTooLarge { size, max });
+    }
+    Ok((buf.len() >= 4 + size).then_some(4 + size))
+}
+
+/// A read buffer that yields whole frames.
+#[derive(Debug)]
+pub struct FrameBuffer {
+    buf: BytesMut,
+    max: usize,
+}
+
+impl FrameBuffer {
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(MIN_READ),
+            max: max_frame_bytes,
+        }
+    }
+
+    /// Takes the next whole frame (size prefix included) out of the buffer, if one is there.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, WireError> {
+        Ok(check(&self.buf, self.max)?.map(|len| self.buf.split_to(len).freeze()))
+    }
+
+    /// Whether a whole frame is waiting.
+    pub fn has_frame(&self) -> bool {
+        matches!(check(&self.buf, self.max), Ok(Some(_)) | Err(_))
+    }
+
+    /// Bytes buffered that do not yet make a whole frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Reads once from `src`. Returns the number of bytes read; 0 means end of stream.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> std::io::Result<usize> {
+        // Size the read for the frame in progress, but never reserve more than twice what the
+        // peer has already sent: the announced size is a claim, not a promise.
+        let wanted = match self.buf.first_chunk::<4>() {
+            Some(prefix) => {
+                let total = 4 + (i32::from_be_bytes(*prefix).max(0) as usize).min(self.max);
+                total
+                    .saturating_sub(self.buf.len())
+                    .min(self.buf.len().max(MIN_READ))
+            }
+            None => 0,
+        };
+        self.buf.reserve(wanted.max(MIN_READ));
+        src.read_buf(&mut self.buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as i32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn frames_cut_at_every_byte_boundary_are_reassembled() {
+        let mut wire = frame(b"first frame");
+        wire.extend(frame(b""));
+        wire.extend(frame(&[7u8; 300]));
+        for cut in 0..=wire.len() {
+            let mut fb = FrameBuffer::new(1024);
+            let mut got = Vec::new();
+            for part in [&wire[..cut], &wire[cut..]] {
+                fb.buf.extend_from_slice(part);
+                while let Some(f) = fb.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(&got[0][4..], b"first frame");
+            assert_eq!(got[1].len(), 4);
+            assert_eq!(got[2].len(), 304);
+            assert_eq!(fb.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn oversized_and_negative_frames_are_errors() {
+        assert!(matches!(
+            check(&frame(&[0; 11]), 10),
+            Err(WireError::FrameTooLarge { size: 11, max: 10 })
+        ));
+        assert!(matches!(
+            check(&(-5i32).to_be_bytes(), 10),
+            Err(WireError::NegativeFrameSize(-5))
+        ));
+        assert_eq!(check(&[0, 0], 10).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn announced_size_does_not_reserve_memory_up_front() {
+        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut src: &[u8] = &[0x05, 0x00, 0x00, 0x00, 1, 2, 3];
+        fb.fill(&mut src).await.unwrap();
+        fb.fill(&mut src).await.unwrap();
+        assert!(
+            fb.buf.capacity() < 1024 * 1024,
+            "capacity {}",
+            fb.buf.capacity()
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! A bounds-checked cursor over a borrowed byte slice.
+//!
+//! Everything a peer sends is read through [`Reader`]: every length and count is checked against
+//! the bytes that remain *before* anything is sliced or allocated, so a crafted frame can make a
+//! read fail but never panic or make eventgate reserve memory it was not sent.
+
+use super::WireError;
+
+/// A forward-only reader over `&[u8]` that never panics.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Starts reading at the beginning of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// The offset of the next byte to read, from the start of the slice.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// How many bytes are left.
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The unread bytes.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Takes the next `n` bytes.
+    pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Truncated {
+                what,
+                needed: n,
+                remaining: self.remaining(),
+            });
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// Skips the next `n` bytes.
+    pub fn skip(&mut self, n: usize, what: &'static str) -> Result<(), WireError> {
+        self.bytes(n, what).map(|_| ())
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], WireError> {
+        let b = self.bytes(N, what)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(b);
+        Ok(out)
+    }
+
+    pub fn i8(&mut self, what: &'static str) -> Result<i8, WireError> {
+        Ok(i8::from_be_bytes(self.array(what)?))
+    }
+
+    pub fn i16(&mut self, what: &'static str) -> Result<i16, WireError> {
+        Ok(i16::from_be_bytes(self.array(what)?))
+    }
+
+    pub fn i32(&mut self, what: &'static str) -> Result<i32, WireError> {
+        Ok(i32::from_be_bytes(self.array(what)?))
+    }
+
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    pub fn i64(&mut self, what: &'static str) -> Result<i64, WireError> {
+        Ok(i64::from_be_bytes(self.array(what)?))
+    }
+
+    /// An unsigned LEB128 varint of at most 32 bits (Kafka's `UNSIGNED_VARINT`).
+    pub fn uvarint(&mut self, what: &'static str) -> Result<u32, WireError> {
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let b = self.array::<1>(what)?[0];
+            if i == 4 && b > 0x0f {
+                return Err(WireError::Malformed {
+                    what,
+                    why: "varint longer than 32 bits",
+                });
+            }
+            value |= u32::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(WireError::Malformed {
+            what,
+            why: "varint longer than 32 bits",
+        })
+    }
+
+    /// An unsigned LEB128 varint of at most 64 bits.
+    pub fn uvarlong(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let mut value: u64 = 0;
+        for i in 0..10 {
+            let b = self.array::<1>(what)?[0];
+            if i == 9 && b > 0x01 {
+                return Err(WireError::Malformed {
+                    what,
+                    why: "varlong longer than 64 bits",
+                });
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(WireError::Malformed {
+            what,
+            why: "varlong longer than 64 bits",
+        })
+    }
+
+    /// A zig-zag encoded signed varint (Kafka's `VARINT`, used inside record batches).
+    pub fn varint(&mut self, what: &'static str) -> Result<i32, WireError> {
+        let v = self.uvarint(what)?;
+        Ok(((v >> 1) as i32) ^ -((v & 1) as i32))
+    }
+
+    /// A zig-zag encoded signed varlong (Kafka's `VARLONG`).
+    pub fn varlong(&mut self, what: &'static str) -> Result<i64, WireError> {
+        let v = self.uvarlong(what)?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    /// A `NULLABLE_STRING`/`NULLABLE_BYTES` with an `INT16` length, `None` for null.
+    pub fn nullable_str16(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
+        let len = self.i16(what)?;
+        if len < 0 {
+            return Ok(None);
+        }
+        self.bytes(len as usize, what).map(Some)
+    }
+
+    /// A `STRING` with an `INT16` length.
+    pub fn str16(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
+        self.nullable_str16(what)?.ok_or(WireError::Malformed {
+            what,
+            why: "null where a string is required",
+        })
+    }
+
+    /// A `COMPACT_NULLABLE_STRING`/`COMPACT_NULLABLE_BYTES`: an unsigned varint of length + 1.
+    pub fn compact_nullable(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
+        let len = self.uvarint(what)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        self.bytes(len as usize - 1, what).map(Some)
+    }
+
+    /// A `COMPACT_STRING`/`COMPACT_BYTES`.
+    pub fn compact(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
+        self.compact_nullable(what)?.ok_or(WireError::Malformed {
+            what,
+            why: "null where a value is required",
+        })
+    }
+
+    /// An `INT32`-prefixed `NULLABLE_BYTES` (such as `records` before flexible versions).
+    pub fn nullable_bytes32(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
+        let len = self.i32(what)?;
+        if len < 0 {
+            return Ok(None);
+        }
+        self.bytes(len as usize, what).map(Some)
+    }
+
+    /// The element count of an `ARRAY` (`INT32` count, -1 for null) or a `COMPACT_ARRAY`
+    /// (unsigned varint count + 1). Null reads as zero elements. Each element takes at least
+    /// `min_element_size` bytes, so a count the remaining bytes cannot hold is refused here,
+    /// before any caller sizes a collection by it.
+    pub fn array_len(
+        &mut self,
+        flexible: bool,
+        min_element_size: usize,
+        what: &'static str,
+    ) -> Result<usize, WireError> {
+        let n = if flexible {
+            (self.uvarint(what)? as usize).saturating_sub(1)
+        } else {
+            let n = self.i32(what)?;
+            if n < 0 { 0 } else { n as usize }
+        };
+        if n.saturating_mul(min_element_size.max(1)) > self.remaining() {
+            return Err(WireError::Malformed {
+                what,
+                why: "element count exceeds the bytes sent",
+            });
+        }
+        Ok(n)
+    }
+
+    /// A string in either encoding: `COMPACT_STRING` when `flexible`, else `INT16`-prefixed.
+    pub fn string(&mut self, flexible: bool, what: &'static str) -> Result<&'a [u8], WireError> {
+        if flexible {
+            self.compact(what)
+        } else {
+            self.str16(what)
+        }
+    }
+
+    /// A nullable string in either encoding.
+    pub fn nullable_string(
+        &mut self,
+        flexible: bool,
+        what: &'static str,
+    ) -> Result<Option<&'a [u8]>, WireError> {
+        if flexible {
+            self.compact_nullable(what)
+        } else {
+            self.nullable_str16(what)
+        }
+    }
+
+    /// Reads a tagged-field section and calls `f(tag, value)` for each field.
+    pub fn tagged_fields(
+        &mut self,
+        what: &'static str,
+        mut f: impl FnMut(u32, &'a [u8]),
+    ) -> Result<(), WireError> {
+        let n = self.uvarint(what)? as usize;
+        if n.saturating_mul(2) > self.remaining() {
+            return Err(WireError::Malformed {
+                what,
+                why: "tagged field count exceeds the bytes sent",
+            });
+        }
+        for _ in 0..n {
+            let tag = self.uvarint(what)?;
+            let len = self.uvarint(what)? as usize;
+            f(tag, self.bytes(len, what)?);
+        }
+        Ok(())
+    }
+
+    /// Skips a tagged-field section.
+    pub fn skip_tagged_fields(&mut self, what: &'static str) -> Result<(), WireError> {
+        self.tagged_fields(what, |_, _| {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_zigzag() {
+        // 0 -> 0, -1 -> 1, 1 -> 2, -2 -> 3, 300 -> 600 (0xd8 0x04)
+        let mut r = Reader::new(&[0x00, 0x01, 0x02, 0x03, 0xd8, 0x04]);
+        assert_eq!(r.varint("t").unwrap(), 0);
+        assert_eq!(r.varint("t").unwrap(), -1);
+        assert_eq!(r.varint("t").unwrap(), 1);
+        assert_eq!(r.varint("t").unwrap(), -2);
+        assert_eq!(r.varint("t").unwrap(), 300);
+        assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn overlong_varint_is_an_error_not_a_panic() {
+        let mut r = Reader::new(&[0xff; 11]);
+        assert!(r.uvarint("t").is_err());
+        let mut r = Reader::new(&[0xff; 11]);
+        assert!(r.uvarlong("t").is_err());
+    }
+
+    #[test]
+    fn counts_larger_than_the_frame_are_refused() {
+        let mut r = Reader::new(&[0x7f, 0xff, 0xff, 0xff, 0, 0]);
+        assert!(r.array_len(false, 1, "t").is_err());
+        let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(r.array_len(true, 1, "t").is_err());
+    }
+
+    #[test]
+    fn truncated_reads_fail_cleanly() {
+        let mut r = Reader::new(&[0x00, 0x05, b'a']);
+        assert!(matches!(r.str16("s"), Err(WireError::Truncated { .. })));
+    }
+}

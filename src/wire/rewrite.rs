@@ -1,0 +1,338 @@
+//! Broker address rewriting: every host/port a broker tells a client is replaced by an eventgate
+//! listener, so the client never connects to a broker directly.
+//!
+//! Addresses reach clients through `Metadata`, `FindCoordinator` (top-level fields up to v3, a
+//! `coordinators` array from v4), `DescribeCluster`, and since KIP-951 through the `node_endpoints`
+//! tagged field of `Produce` (v10+), `Fetch` (v16+), `ShareFetch` and `ShareAcknowledge` responses.
+//! `Produce` and `Fetch` responses are hot, and `node_endpoints` appears in them only after a
+//! leadership change, so they are first *scanned* in place for that tag and decoded only when it is
+//! there; every other response that needs no change goes out as its original bytes.
+//!
+//! The mapping from upstream address to advertised address is supplied by the caller (the proxy's
+//! node registry), which keeps this module pure and testable.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
+    MetadataResponse, ProduceResponse, ShareAcknowledgeResponse, ShareFetchResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::WireError;
+use super::header::response_header_len;
+use super::reader::Reader;
+use super::versions;
+
+/// What a response needs before it goes back to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseAction {
+    /// Forward the original bytes.
+    Forward,
+    /// Trim advertised API versions.
+    ApiVersions,
+    /// Rewrite broker addresses.
+    Addresses(ApiKey),
+    /// Rewrite addresses only if the top-level `node_endpoints` tag is present.
+    NodeEndpoints(ApiKey),
+}
+
+impl ResponseAction {
+    /// The action for the response to a request of `api_key` at `version`.
+    pub fn for_request(api_key: i16, version: i16) -> Self {
+        match ApiKey::try_from(api_key) {
+            Ok(ApiKey::ApiVersions) => Self::ApiVersions,
+            Ok(
+                k @ (ApiKey::Metadata
+                | ApiKey::FindCoordinator
+                | ApiKey::DescribeCluster
+                | ApiKey::ShareFetch
+                | ApiKey::ShareAcknowledge),
+            ) => Self::Addresses(k),
+            Ok(ApiKey::Produce) if version >= 10 => Self::NodeEndpoints(ApiKey::Produce),
+            Ok(ApiKey::Fetch) if version >= 16 => Self::NodeEndpoints(ApiKey::Fetch),
+            _ => Self::Forward,
+        }
+    }
+}
+
+/// Why an address could not be advertised.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot advertise broker {node_id} ({host}:{port}): {reason}")]
+pub struct AdvertiseError {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+    pub reason: String,
+}
+
+/// Maps an upstream broker (`node_id`, `host`, `port`) to the address clients must use.
+pub trait AddressMap {
+    fn advertise(
+        &mut self,
+        node_id: i32,
+        host: &str,
+        port: i32,
+    ) -> Result<(StrBytes, i32), AdvertiseError>;
+}
+
+impl<F> AddressMap for F
+where
+    F: FnMut(i32, &str, i32) -> Result<(StrBytes, i32), AdvertiseError>,
+{
+    fn advertise(
+        &mut self,
+        node_id: i32,
+        host: &str,
+        port: i32,
+    ) -> Result<(StrBytes, i32), AdvertiseError> {
+        self(node_id, host, port)
+    }
+}
+
+/// Errors of response rewriting.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Advertise(#[from] AdvertiseError),
+}
+
+/// Applies `action` to a response `frame` (size prefix included). Returns the new frame, or
+/// `None` when the original bytes must be forwarded as they are.
+pub fn rewrite_response(
+    action: ResponseAction,
+    version: i16,
+    frame: &Bytes,
+    map: &mut impl AddressMap,
+) -> Result<Option<Bytes>, RewriteError> {
+    match action {
+        ResponseAction::Forward => Ok(None),
+        ResponseAction::ApiVersions => api_versions(version, frame),
+        ResponseAction::Addresses(key) | ResponseAction::NodeEndpoints(key) => {
+            if let ResponseAction::NodeEndpoints(_) = action {
+                let hlen = response_header_len(key, version, frame.get(4..).unwrap_or_default())?;
+                let body = &frame[4 + hlen..];
+                let present = match key {
+                    ApiKey::Produce => produce_has_node_endpoints(body, version)?,
+                    _ => fetch_has_node_endpoints(body, version)?,
+                };
+                if !present {
+                    return Ok(None);
+                }
+            }
+            addresses(key, version, frame, map)
+        }
+    }
+}
+
+fn addresses(
+    key: ApiKey,
+    version: i16,
+    frame: &Bytes,
+    map: &mut impl AddressMap,
+) -> Result<Option<Bytes>, RewriteError> {
+    fn swap(
+        map: &mut impl AddressMap,
+        node_id: i32,
+        host: &mut StrBytes,
+        port: &mut i32,
+    ) -> Result<(), AdvertiseError> {
+        // A coordinator lookup that failed answers node -1 and an empty host: nothing to hide.
+        if node_id < 0 && host.is_empty() {
+            return Ok(());
+        }
+        let (h, p) = map.advertise(node_id, host.as_str(), *port)?;
+        *host = h;
+        *port = p;
+        Ok(())
+    }
+    let mut err = None;
+    let mut keep = |r: Result<(), AdvertiseError>| {
+        if let Err(e) = r {
+            err.get_or_insert(e);
+        }
+    };
+    let out = match key {
+        ApiKey::Metadata => recode::<MetadataResponse>("Metadata", key, version, frame, |m| {
+            for b in &mut m.brokers {
+                keep(swap(map, b.node_id.0, &mut b.host, &mut b.port));
+            }
+        })?,
+        ApiKey::FindCoordinator => {
+            recode::<FindCoordinatorResponse>("FindCoordinator", key, version, frame, |m| {
+                if version < 4 {
+                    keep(swap(map, m.node_id.0, &mut m.host, &mut m.port));
+                }
+                for c in &mut m.coordinators {
+                    keep(swap(map, c.node_id.0, &mut c.host, &mut c.port));
+                }
+            })?
+        }
+        ApiKey::DescribeCluster => {
+            recode::<DescribeClusterResponse>("DescribeCluster", key, version, frame, |m| {
+                for b in &mut m.brokers {
+                    keep(swap(map, b.broker_id.0, &mut b.host, &mut b.port));
+                }
+            })?
+        }
+        ApiKey::Produce => recode::<ProduceResponse>("Produce", key, version, frame, |m| {
+            for n in &mut m.node_endpoints {
+                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
+            }
+        })?,
+        ApiKey::Fetch => recode::<FetchResponse>("Fetch", key, version, frame, |m| {
+            for n in &mut m.node_endpoints {
+                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
+            }
+        })?,
+        ApiKey::ShareFetch => {
+            recode::<ShareFetchResponse>("ShareFetch", key, version, frame, |m| {
+                for n in &mut m.node_endpoints {
+                    keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
+                }
+            })?
+        }
+        ApiKey::ShareAcknowledge => {
+            recode::<ShareAcknowledgeResponse>("ShareAcknowledge", key, version, frame, |m| {
+                for n in &mut m.node_endpoints {
+                    keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
+                }
+            })?
+        }
+        _ => return Ok(None),
+    };
+    match err {
+        Some(e) => Err(e.into()),
+        None => Ok(Some(out)),
+    }
+}
+
+fn api_versions(version: i16, frame: &Bytes) -> Result<Option<Bytes>, RewriteError> {
+    // A broker that does not know the requested version answers in the v0 form with error
+    // UNSUPPORTED_VERSION; the client retries, so such an answer is forwarded as it is.
+    let error_code =
+        Reader::new(frame.get(8..).unwrap_or_default()).i16("ApiVersions error code")?;
+    if error_code == versions::UNSUPPORTED_VERSION {
+        return Ok(None);
+    }
+    let mut changed = false;
+    let out =
+        recode::<ApiVersionsResponse>("ApiVersions", ApiKey::ApiVersions, version, frame, |m| {
+            changed = versions::intersect(m);
+        })?;
+    Ok(changed.then_some(out))
+}
+
+/// Decodes the body of a response frame as `T`, lets `edit` change it, and encodes the frame again,
+/// keeping the original response header bytes.
+fn recode<T: Decodable + Encodable>(
+    api: &'static str,
+    key: ApiKey,
+    version: i16,
+    frame: &Bytes,
+    edit: impl FnOnce(&mut T),
+) -> Result<Bytes, WireError> {
+    let hlen = response_header_len(key, version, frame.get(4..).unwrap_or_default())?;
+    let mut body = frame.slice(4 + hlen..);
+    let mut msg = T::decode(&mut body, version).map_err(|source| WireError::Decode {
+        api,
+        version,
+        source,
+    })?;
+    if !body.is_empty() {
+        return Err(WireError::Malformed {
+            what: api,
+            why: "trailing bytes after the response body",
+        });
+    }
+    edit(&mut msg);
+    let size = msg
+        .compute_size(version)
+        .map_err(|source| WireError::Encode {
+            api,
+            version,
+            source,
+        })?;
+    let mut out = BytesMut::with_capacity(4 + hlen + size);
+    out.put_i32((hlen + size) as i32);
+    out.put_slice(&frame[4..4 + hlen]);
+    msg.encode(&mut out, version)
+        .map_err(|source| WireError::Encode {
+            api,
+            version,
+            source,
+        })?;
+    Ok(out.freeze())
+}
+
+/// Whether the top-level tagged fields of a `Produce` response body (v10+) hold `node_endpoints`.
+fn produce_has_node_endpoints(body: &[u8], version: i16) -> Result<bool, WireError> {
+    let mut r = Reader::new(body);
+    let topics = r.array_len(true, 2, "produce response topics")?;
+    for _ in 0..topics {
+        if version >= 13 {
+            r.skip(16, "topic id")?;
+        } else {
+            r.compact("topic name")?;
+        }
+        let partitions = r.array_len(true, 38, "produce response partitions")?;
+        for _ in 0..partitions {
+            r.skip(4 + 2 + 8 + 8 + 8, "partition response")?;
+            let errors = r.array_len(true, 6, "record errors")?;
+            for _ in 0..errors {
+                r.skip(4, "batch index")?;
+                r.compact_nullable("batch index error message")?;
+                r.skip_tagged_fields("record error tagged fields")?;
+            }
+            r.compact_nullable("error message")?;
+            r.skip_tagged_fields("partition tagged fields")?;
+        }
+        r.skip_tagged_fields("topic tagged fields")?;
+    }
+    r.skip(4, "throttle time")?;
+    top_level_has_tag_zero(&mut r)
+}
+
+/// Whether the top-level tagged fields of a `Fetch` response body (v16+) hold `node_endpoints`.
+fn fetch_has_node_endpoints(body: &[u8], version: i16) -> Result<bool, WireError> {
+    let mut r = Reader::new(body);
+    r.skip(4 + 2 + 4, "fetch response header fields")?;
+    let topics = r.array_len(true, 17, "fetch response topics")?;
+    for _ in 0..topics {
+        if version >= 13 {
+            r.skip(16, "topic id")?;
+        } else {
+            r.compact("topic name")?;
+        }
+        let partitions = r.array_len(true, 44, "fetch response partitions")?;
+        for _ in 0..partitions {
+            r.skip(4 + 2 + 8 + 8 + 8, "partition data")?;
+            let aborted = r.array_len(true, 17, "aborted transactions")?;
+            for _ in 0..aborted {
+                r.skip(16, "aborted transaction")?;
+                r.skip_tagged_fields("aborted transaction tagged fields")?;
+            }
+            r.skip(4, "preferred read replica")?;
+            r.compact_nullable("records")?;
+            r.skip_tagged_fields("partition tagged fields")?;
+        }
+        r.skip_tagged_fields("topic tagged fields")?;
+    }
+    top_level_has_tag_zero(&mut r)
+}
+
+fn top_level_has_tag_zero(r: &mut Reader<'_>) -> Result<bool, WireError> {
+    let mut found = false;
+    r.tagged_fields("response tagged fields", |tag, _| found |= tag == 0)?;
+    if r.remaining() != 0 {
+        return Err(WireError::Malformed {
+            what: "response",
+            why: "trailing bytes after the response body",
+        });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests;
