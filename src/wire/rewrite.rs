@@ -216,12 +216,14 @@ fn api_versions(version: i16, frame: &Bytes) -> Result<Option<Bytes>, RewriteErr
     if error_code == versions::UNSUPPORTED_VERSION {
         return Ok(None);
     }
-    let mut changed = false;
+    // Always re-encoded, even when the ranges need no trimming: encoding leaves out tagged fields
+    // that hold their default values, as Apache Kafka does. Brokers that send them anyway (tansu)
+    // break librdkafka before 2.1, whose tag parser mis-skips non-empty tagged fields.
     let out =
         recode::<ApiVersionsResponse>("ApiVersions", ApiKey::ApiVersions, version, frame, |m| {
-            changed = versions::intersect(m);
+            versions::intersect(m);
         })?;
-    Ok(changed.then_some(out))
+    Ok(Some(out))
 }
 
 /// Decodes the body of a response frame as `T`, lets `edit` change it, and encodes the frame again,
@@ -276,7 +278,7 @@ fn produce_has_node_endpoints(body: &[u8], version: i16) -> Result<bool, WireErr
         } else {
             r.compact("topic name")?;
         }
-        let partitions = r.array_len(true, 38, "produce response partitions")?;
+        let partitions = r.array_len(true, 33, "produce response partitions")?;
         for _ in 0..partitions {
             r.skip(4 + 2 + 8 + 8 + 8, "partition response")?;
             let errors = r.array_len(true, 6, "record errors")?;
@@ -305,7 +307,7 @@ fn fetch_has_node_endpoints(body: &[u8], version: i16) -> Result<bool, WireError
         } else {
             r.compact("topic name")?;
         }
-        let partitions = r.array_len(true, 44, "fetch response partitions")?;
+        let partitions = r.array_len(true, 37, "fetch response partitions")?;
         for _ in 0..partitions {
             r.skip(4 + 2 + 8 + 8 + 8, "partition data")?;
             let aborted = r.array_len(true, 17, "aborted transactions")?;

@@ -396,3 +396,69 @@ fn advertise_failure_is_an_error_not_a_leak() {
     );
     assert!(matches!(res, Err(RewriteError::Advertise(_))));
 }
+
+#[test]
+fn scanners_accept_many_minimal_partitions() {
+    // Minimal partitions are exactly as long as the bound the scanners check counts against.
+    for version in 16..=FetchResponse::VERSIONS.max {
+        let topic = FetchableTopicResponse::default().with_partitions(
+            (0..5)
+                .map(|i| PartitionData::default().with_partition_index(i))
+                .collect(),
+        );
+        let resp = FetchResponse::default().with_responses(vec![topic.clone(), topic]);
+        let f = frame(ApiKey::Fetch, version, 1, &resp);
+        let action = ResponseAction::for_request(ApiKey::Fetch as i16, version);
+        assert!(
+            rewrite_response(action, version, &f, &mut cluster_map())
+                .unwrap()
+                .is_none()
+        );
+    }
+    for version in 10..=12 {
+        let topic = TopicProduceResponse::default()
+            .with_name(TopicName(StrBytes::from_static_str("t")))
+            .with_partition_responses(
+                (0..5)
+                    .map(|i| PartitionProduceResponse::default().with_index(i))
+                    .collect(),
+            );
+        let resp = ProduceResponse::default().with_responses(vec![topic.clone(), topic]);
+        let f = frame(ApiKey::Produce, version, 1, &resp);
+        let action = ResponseAction::for_request(ApiKey::Produce as i16, version);
+        assert!(
+            rewrite_response(action, version, &f, &mut cluster_map())
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+/// tansu 0.6.0's answer to ApiVersions v3, captured off the wire: it writes every tagged field
+/// even at its default value, which librdkafka < 2.1 cannot skip. Re-encoding drops them.
+const TANSU_API_VERSIONS_V3: &str = "0000000700002400190000000400001600000005000020000000040000000000000b00000f0000000500000a0000000600003c0000000100002e00000000000012000000040000470000000000002a00000002000024000000020000330000000000000c000000040000100000000500001500000002000011000000010000090000000900001c00000004000001000000110000450000000000000e000000050000320000000000000b000000090000020000000900002c0000000100004b0000000000001e0000000300001d000000030000030000000c000018000000050000140000000600000d0000000500001300000007000008000000090000000000040001010108ffffffffffffffff020101030100";
+
+#[test]
+fn api_versions_default_tagged_fields_are_dropped() {
+    let body: Vec<u8> = (0..TANSU_API_VERSIONS_V3.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&TANSU_API_VERSIONS_V3[i..i + 2], 16).unwrap())
+        .collect();
+    let mut f = BytesMut::new();
+    f.put_i32(body.len() as i32);
+    f.put_slice(&body);
+    let f = f.freeze();
+    let out = rewrite_response(ResponseAction::ApiVersions, 3, &f, &mut cluster_map())
+        .unwrap()
+        .unwrap();
+    // Same api keys, and the top-level tagged-field section is now empty (a single 0 byte).
+    let (_, before) = decode::<ApiVersionsResponse>(ApiKey::ApiVersions, 3, &f);
+    let (_, after) = decode::<ApiVersionsResponse>(ApiKey::ApiVersions, 3, &out);
+    assert_eq!(before, after);
+    assert_eq!(out.last(), Some(&0));
+    assert_eq!(
+        f.len() - out.len(),
+        19,
+        "4 default tagged fields of 19 bytes in all are left out"
+    );
+}

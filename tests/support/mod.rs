@@ -1,0 +1,239 @@
+//! Real servers for integration tests: each test starts its own tansu broker, eventgate (and later
+//! nats-server) on free loopback ports with temporary directories, and they are stopped when the
+//! handles drop. Nothing is shared between tests, so they run in parallel.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The node id tansu gives itself.
+pub const TANSU_NODE_ID: i32 = 111;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+fn find_binary(env: &str, name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return PathBuf::from(p);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    for dir in [format!("{home}/.cargo/bin"), "/usr/sbin".into(), "/usr/bin".into()] {
+        let candidate = Path::new(&dir).join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("{name} not found: run `make test`, which installs it, or set {env}")
+}
+
+/// A child process with its output in a log file, killed on drop. The log is printed when the
+/// test fails, so every failure shows what the servers said.
+pub struct Proc {
+    name: String,
+    child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.into(), child, log, _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal and waits (bounded) for the process to exit; returns its exit status.
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- {} log -----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// A tansu broker with in-memory storage.
+pub struct Tansu {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        Self::start_advertising(None)
+    }
+
+    /// Starts a broker that advertises `advertised` (HOST:PORT) instead of its own address.
+    pub fn start_advertising(advertised: Option<&str>) -> Tansu {
+        let port = free_port();
+        let listen = format!("tcp://127.0.0.1:{port}");
+        let adv = advertised.map(|a| format!("tcp://{a}")).unwrap_or_else(|| listen.clone());
+        let proc = Proc::spawn(
+            "tansu",
+            Command::new(find_binary("TANSU", "tansu")).args([
+                "broker",
+                "--listener-url",
+                &listen,
+                "--advertised-listener-url",
+                &adv,
+                "--storage-engine",
+                "memory://tansu/",
+            ]),
+        );
+        wait_until("tansu to listen", Duration::from_secs(30), || port_open(port));
+        Tansu { port, proc }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic with the tansu CLI.
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(find_binary("TANSU", "tansu"))
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--partitions",
+                &partitions.to_string(),
+                name,
+            ])
+            .output()
+            .expect("tansu topic create");
+        assert!(out.status.success(), "topic create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// An eventgate in front of an upstream broker.
+pub struct Eventgate {
+    pub port: u16,
+    pub http_port: u16,
+    pub node_port: u16,
+    pub proc: Proc,
+}
+
+impl Eventgate {
+    pub fn start(upstream: &str, extra: &[&str]) -> Eventgate {
+        let (port, http_port, node_port) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventgate"));
+        cmd.args([
+            "serve",
+            "--upstream",
+            upstream,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
+            "--node-port",
+            &format!("{TANSU_NODE_ID}={node_port}"),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info,eventgate=debug");
+        let mut proc = Proc::spawn("eventgate", &mut cmd);
+        wait_until("eventgate to listen", Duration::from_secs(30), || {
+            assert!(proc.is_running(), "eventgate exited: {}", proc.log_text());
+            port_open(port) && port_open(http_port)
+        });
+        Eventgate { port, http_port, node_port, proc }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.http_port, path)
+    }
+}
+
+/// The Python interpreter with the test clients installed (`make test` creates `.venv`).
+pub fn python_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("EVENTGATE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python3");
+    if venv.is_file() {
+        return venv;
+    }
+    panic!("no Python with the test clients: run `make test`, or set EVENTGATE_PYTHON")
+}
+
+/// Runs `tests/clients/kafka_client.py COMMAND ARGS...` and returns its JSON output.
+pub fn client(command: &str, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/kafka_client.py");
+    let out = Command::new(python_bin()).arg(script).arg(command).args(args).output().expect("run python client");
+    parse_client_output(command, &out)
+}
+
+fn parse_client_output(command: &str, out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "client {command} failed ({}):\n{stderr}\n{stdout}", out.status);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("client {command} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
