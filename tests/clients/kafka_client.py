@@ -88,6 +88,35 @@ def ck_produce(a):
     out({"delivered": len(delivered), "errors": errors, "unflushed": left, "records": delivered})
 
 
+def ck_produce_many(a):
+    """`--producers` concurrent librdkafka producers, each with its own connections, producing
+    `--count` records each with keys `<prefix><producer>-<i>`."""
+    from concurrent.futures import ThreadPoolExecutor
+    from confluent_kafka import Producer
+
+    def one(n):
+        p = Producer(ck_conf(a, **{"linger.ms": a.linger_ms, "acks": a.acks}))
+        ok, errors = [0], []
+
+        def cb(err, msg):
+            if err is not None:
+                errors.append(str(err))
+            else:
+                ok[0] += 1
+
+        for i in range(a.count):
+            p.produce(a.topic, key=f"{a.prefix}{n}-{i}".encode(), value=payload(i, a.size, f"{a.prefix}{n}"),
+                      on_delivery=cb)
+            p.poll(0)
+        left = p.flush(a.timeout)
+        return ok[0], errors, left
+
+    with ThreadPoolExecutor(max_workers=a.producers) as pool:
+        results = list(pool.map(one, range(a.producers)))
+    out({"delivered": sum(r[0] for r in results), "errors": [e for r in results for e in r[1]],
+         "unflushed": sum(r[2] for r in results)})
+
+
 def ck_consume(a):
     from confluent_kafka import Consumer, TopicPartition
 
@@ -181,7 +210,9 @@ def kp_admin(a):
         result["deleted"] = a.delete
     result["topics"] = sorted(admin.list_topics())
     cluster = admin.describe_cluster()
-    result["brokers"] = [{"id": b["node_id"], "host": b["host"], "port": b["port"]} for b in cluster["brokers"]]
+    result["cluster"] = cluster
+    result["brokers"] = [{"id": b.get("node_id", b.get("broker_id")), "host": b["host"], "port": b["port"]}
+                         for b in cluster["brokers"]]
     admin.close()
     out(result)
 
@@ -200,6 +231,7 @@ def main():
     ap.add_argument("--idempotent", action="store_true")
     ap.add_argument("--partition", type=int)
     ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--producers", type=int, default=1)
     ap.add_argument("--assign", type=int, help="assign partitions 0..N-1 instead of subscribing")
     ap.add_argument("--group", default="eventgate-test")
     ap.add_argument("--header", action="append")
@@ -211,6 +243,7 @@ def main():
     a = ap.parse_args()
     {
         "ck-produce": ck_produce,
+        "ck-produce-many": ck_produce_many,
         "ck-consume": ck_consume,
         "ck-metadata": ck_metadata,
         "kp-produce": kp_produce,
