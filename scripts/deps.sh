@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what `make run`, `make test` and `make bench` need, reusing whatever is already there:
+#   - kcat, nats-server, socat, curl from Debian packages;
+#   - the tansu broker from crates.io (with in-memory storage), cached in ~/.cargo/bin;
+#   - the Python test clients in .venv (only for `deps.sh test`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TANSU_VERSION=0.6.0
+want=${1:-run}
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_missing=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have kcat || apt_missing+=(kcat)
+have nats-server || apt_missing+=(nats-server)
+have curl || apt_missing+=(curl)
+if [ "$want" = bench ]; then have socat || apt_missing+=(socat); fi
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${apt_missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
+fi
+
+# tansu must be built with the `dynostore` feature for memory:// storage; cargo records the
+# features of every installed crate in ~/.cargo/.crates2.json.
+tansu_ok() {
+  command -v tansu >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/tansu" ] || return 1
+  python3 - "$TANSU_VERSION" <<'PY'
+import json, os, sys
+try:
+    installs = json.load(open(os.path.expanduser("~/.cargo/.crates2.json")))["installs"]
+except Exception:
+    sys.exit(1)
+ok = any(k.startswith(f"tansu {sys.argv[1]} ") and "dynostore" in v.get("features", [])
+         for k, v in installs.items())
+sys.exit(0 if ok else 1)
+PY
+}
+if ! tansu_ok; then
+  log "building the tansu broker $TANSU_VERSION from crates.io (about 10 minutes on 2 cores, once)"
+  cargo install --locked --quiet tansu --version "$TANSU_VERSION" --features dynostore
+fi
+
+if [ "$want" = test ] || [ "$want" = bench ]; then
+  stamp=.venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)
+  if [ ! -f "$stamp" ]; then
+    log "installing the Python test clients into .venv"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    touch "$stamp"
+  fi
+fi

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `make run`: a complete local eventgate on loopback.
+#   tansu (in-memory Kafka broker)   127.0.0.1:9192   (upstream, not for clients)
+#   eventgate Kafka bootstrap        127.0.0.1:9092   (point clients here)
+#   eventgate broker listener        127.0.0.1:9204   (tansu's node id 111 -> 9093 + 111)
+#   eventgate admin HTTP             127.0.0.1:8080
+# Everything started here stops when eventgate stops (Ctrl-C).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${EVENTGATE_BIN:-target/release/eventgate}
+RUN_DIR=.run
+TANSU_PORT=${TANSU_PORT:-9192}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+HTTP_PORT=${HTTP_PORT:-8080}
+TOPIC=event-gateway-demo
+
+mkdir -p "$RUN_DIR"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 1 300); do port_busy "$1" && return 0; sleep 0.1; done
+  echo "timed out waiting for $2 on port $1 (log: $RUN_DIR/$2.log)" >&2; exit 1
+}
+for p in "$TANSU_PORT" "$KAFKA_PORT" "$HTTP_PORT"; do
+  if port_busy "$p"; then echo "port $p is already in use: stop what holds it, or set TANSU_PORT/KAFKA_PORT/HTTP_PORT" >&2; exit 1; fi
+done
+
+tansu broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+  --storage-engine memory://tansu/ >"$RUN_DIR/tansu.log" 2>&1 &
+pids+=($!)
+wait_port "$TANSU_PORT" tansu
+tansu topic create --broker "tcp://127.0.0.1:$TANSU_PORT" --partitions 3 "$TOPIC" >/dev/null
+
+"$BIN" serve --upstream "127.0.0.1:$TANSU_PORT" --listen "127.0.0.1:$KAFKA_PORT" \
+  --http-listen "127.0.0.1:$HTTP_PORT" "$@" &
+eg=$!
+pids+=($eg)
+wait_port "$KAFKA_PORT" eventgate
+
+cat <<MSG
+
+eventgate is running in front of a local tansu broker. Try, in another terminal:
+
+  # produce (key:value per line)
+  printf 'k1:{"lumens":42,"sentAt":"2026-01-01T00:00:00Z"}\n' | kcat -b 127.0.0.1:$KAFKA_PORT -P -t $TOPIC -K:
+  # consume
+  kcat -b 127.0.0.1:$KAFKA_PORT -C -t $TOPIC -o beginning -e -f 'partition %p offset %o key %k: %s\n'
+  # list brokers and topics (addresses are eventgate's)
+  kcat -b 127.0.0.1:$KAFKA_PORT -L
+  # health and Prometheus metrics
+  curl -s http://127.0.0.1:$HTTP_PORT/healthz; curl -s http://127.0.0.1:$HTTP_PORT/metrics
+
+Press Ctrl-C to stop eventgate and the broker.
+
+MSG
+wait "$eg"
