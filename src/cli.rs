@@ -28,6 +28,8 @@ pub enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Produce and consume a load through a broker or proxy and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -57,6 +59,25 @@ pub fn main() -> ExitCode {
                     tracing::error!(error = %e, "eventgate failed");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Bench(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(crate::bench::run(args)) {
+                Ok(result) => match serde_json::to_string(&result) {
+                    Ok(line) => {
+                        println!("{line}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                },
+                Err(e) => fail(&e),
             }
         }
     }

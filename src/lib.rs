@@ -4,6 +4,7 @@
 //! rewrites broker addresses so clients keep coming back through it, and inspects produced records.
 //! See `ARCHITECTURE.md` for the map of modules and the data path.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -13,10 +13,13 @@
 //! Messages eventgate must change are decoded and encoded with the `kafka-protocol` crate's generated
 //! types; frames it only inspects are walked in place with [`reader::Reader`].
 
+pub mod compression;
 pub mod frame;
 pub mod header;
 pub mod reader;
+pub mod records;
 pub mod rewrite;
+pub mod scan;
 pub mod versions;
 
 /// Why a frame or a part of one could not be read.

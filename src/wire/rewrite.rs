@@ -21,6 +21,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use super::WireError;
 use super::header::response_header_len;
 use super::reader::Reader;
+use super::scan;
 use super::versions;
 
 /// What a response needs before it goes back to the client.
@@ -113,11 +114,11 @@ pub fn rewrite_response(
             if let ResponseAction::NodeEndpoints(_) = action {
                 let hlen = response_header_len(key, version, frame.get(4..).unwrap_or_default())?;
                 let body = &frame[4 + hlen..];
-                let present = match key {
-                    ApiKey::Produce => produce_has_node_endpoints(body, version)?,
-                    _ => fetch_has_node_endpoints(body, version)?,
+                let scanned = match key {
+                    ApiKey::Produce => scan::produce_response(body, version, |_| {})?,
+                    _ => scan::fetch_response(body, version, |_, _| {})?,
                 };
-                if !present {
+                if !scanned.has_node_endpoints {
                     return Ok(None);
                 }
             }
@@ -266,74 +267,6 @@ fn recode<T: Decodable + Encodable>(
             source,
         })?;
     Ok(out.freeze())
-}
-
-/// Whether the top-level tagged fields of a `Produce` response body (v10+) hold `node_endpoints`.
-fn produce_has_node_endpoints(body: &[u8], version: i16) -> Result<bool, WireError> {
-    let mut r = Reader::new(body);
-    let topics = r.array_len(true, 2, "produce response topics")?;
-    for _ in 0..topics {
-        if version >= 13 {
-            r.skip(16, "topic id")?;
-        } else {
-            r.compact("topic name")?;
-        }
-        let partitions = r.array_len(true, 33, "produce response partitions")?;
-        for _ in 0..partitions {
-            r.skip(4 + 2 + 8 + 8 + 8, "partition response")?;
-            let errors = r.array_len(true, 6, "record errors")?;
-            for _ in 0..errors {
-                r.skip(4, "batch index")?;
-                r.compact_nullable("batch index error message")?;
-                r.skip_tagged_fields("record error tagged fields")?;
-            }
-            r.compact_nullable("error message")?;
-            r.skip_tagged_fields("partition tagged fields")?;
-        }
-        r.skip_tagged_fields("topic tagged fields")?;
-    }
-    r.skip(4, "throttle time")?;
-    top_level_has_tag_zero(&mut r)
-}
-
-/// Whether the top-level tagged fields of a `Fetch` response body (v16+) hold `node_endpoints`.
-fn fetch_has_node_endpoints(body: &[u8], version: i16) -> Result<bool, WireError> {
-    let mut r = Reader::new(body);
-    r.skip(4 + 2 + 4, "fetch response header fields")?;
-    let topics = r.array_len(true, 17, "fetch response topics")?;
-    for _ in 0..topics {
-        if version >= 13 {
-            r.skip(16, "topic id")?;
-        } else {
-            r.compact("topic name")?;
-        }
-        let partitions = r.array_len(true, 37, "fetch response partitions")?;
-        for _ in 0..partitions {
-            r.skip(4 + 2 + 8 + 8 + 8, "partition data")?;
-            let aborted = r.array_len(true, 17, "aborted transactions")?;
-            for _ in 0..aborted {
-                r.skip(16, "aborted transaction")?;
-                r.skip_tagged_fields("aborted transaction tagged fields")?;
-            }
-            r.skip(4, "preferred read replica")?;
-            r.compact_nullable("records")?;
-            r.skip_tagged_fields("partition tagged fields")?;
-        }
-        r.skip_tagged_fields("topic tagged fields")?;
-    }
-    top_level_has_tag_zero(&mut r)
-}
-
-fn top_level_has_tag_zero(r: &mut Reader<'_>) -> Result<bool, WireError> {
-    let mut found = false;
-    r.tagged_fields("response tagged fields", |tag, _| found |= tag == 0)?;
-    if r.remaining() != 0 {
-        return Err(WireError::Malformed {
-            what: "response",
-            why: "trailing bytes after the response body",
-        });
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

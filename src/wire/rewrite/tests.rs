@@ -462,3 +462,19 @@ fn api_versions_default_tagged_fields_are_dropped() {
         "4 default tagged fields of 19 bytes in all are left out"
     );
 }
+
+#[test]
+fn empty_node_endpoints_need_no_rewrite() {
+    // tansu puts an empty node_endpoints array (tag 0, value 0x01) in every Fetch answer.
+    for version in 16..=FetchResponse::VERSIONS.max {
+        let f = frame(ApiKey::Fetch, version, 1, &fetch_response(version, false));
+        let mut with_empty = BytesMut::from(&f[..f.len() - 1]);
+        with_empty.put_slice(&[1, 0, 1, 1]);
+        let len = (with_empty.len() - 4) as i32;
+        with_empty[..4].copy_from_slice(&len.to_be_bytes());
+        let action = ResponseAction::for_request(ApiKey::Fetch as i16, version);
+        let out =
+            rewrite_response(action, version, &with_empty.freeze(), &mut cluster_map()).unwrap();
+        assert!(out.is_none(), "v{version}");
+    }
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# End-to-end load comparison, all in one run on this machine:
+#   direct      the bench client talks to tansu itself
+#   socat       through a bare byte-forwarding TCP relay (the floor any proxy pays)
+#   tansu-proxy through `tansu proxy`, a simple Rust Kafka proxy
+#   eventgate   through eventgate (release build), plus any extra eventgate modes given in MODES
+# Each round starts a fresh in-memory tansu per target, so no run inherits another's log. Rounds
+# rotate the target order; the median of the rounds is reported, with ratios against direct and
+# socat and the proxy's CPU time per MB moved (produce + consume), read from /proc.
+#
+#   ROUNDS=3 RECORDS=400000 RECORD_SIZE=1024 ./scripts/bench.sh
+#
+# Results: a table on stdout and every raw run in target/bench/e2e-<time>.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${EVENTGATE_BIN:-target/release/eventgate}
+ROUNDS=${ROUNDS:-3}
+RECORDS=${RECORDS:-400000}
+RECORD_SIZE=${RECORD_SIZE:-1024}
+BATCH=${BATCH:-100}
+IN_FLIGHT=${IN_FLIGHT:-8}
+# tansu's in-memory fetch path is slow (about 20k records/s here), so only part is read back.
+CONSUME_RECORDS=${CONSUME_RECORDS:-100000}
+# Latency at moderate load: records/s spread over small batches.
+LAT_RATE=${LAT_RATE:-20000}
+LAT_BATCH=${LAT_BATCH:-10}
+LAT_RECORDS=${LAT_RECORDS:-60000}
+TARGETS=${TARGETS:-"direct socat tansu-proxy eventgate"}
+# Extra eventgate arguments per mode, e.g. MODES="eventgate"; later issues add validating modes.
+EVENTGATE_ARGS=${EVENTGATE_ARGS:-}
+OUT_DIR=target/bench
+mkdir -p "$OUT_DIR"
+RESULTS="$OUT_DIR/e2e-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+: >"$RESULTS"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# utime + stime + the same for reaped children (socat forks one per connection).
+cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+# run_target NAME MODE: starts tansu (+ the proxy), runs throughput and latency, prints JSON lines.
+run_target() {
+  local name=$1 tport pport proxy_pid="" addr
+  tport=$(free_port)
+  tansu broker --listener-url "tcp://127.0.0.1:$tport" --advertised-listener-url "tcp://127.0.0.1:$tport" \
+    --storage-engine memory://tansu/ >/dev/null 2>&1 &
+  pids+=($!)
+  wait_port "$tport"
+  tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions 1 tput >/dev/null
+  tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions 1 lat >/dev/null
+  pport=$(free_port)
+  case $name in
+    direct) addr="127.0.0.1:$tport" ;;
+    socat)
+      socat "TCP-LISTEN:$pport,bind=127.0.0.1,reuseaddr,fork,nodelay" "TCP:127.0.0.1:$tport,nodelay" &
+      proxy_pid=$!; addr="127.0.0.1:$pport" ;;
+    tansu-proxy)
+      tansu proxy --listener-url "tcp://127.0.0.1:$pport" --advertised-listener-url "tcp://127.0.0.1:$pport" \
+        --origin-url "tcp://127.0.0.1:$tport" >/dev/null 2>&1 &
+      proxy_pid=$!; addr="127.0.0.1:$pport" ;;
+    eventgate*)
+      # shellcheck disable=SC2086
+      RUST_LOG=warn "$BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$pport" \
+        --http-listen "127.0.0.1:$(free_port)" --node-port "111=$(free_port)" $EVENTGATE_ARGS >/dev/null 2>&1 &
+      proxy_pid=$!; addr="127.0.0.1:$pport" ;;
+  esac
+  pids+=(${proxy_pid:+$proxy_pid})
+  wait_port "${addr##*:}"
+  local before after
+  before=$(proc_cpu "$name" "$proxy_pid")
+  "$BIN" bench --bootstrap "$addr" --topic tput --records "$RECORDS" --record-size "$RECORD_SIZE" \
+    --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --consume-records "$CONSUME_RECORDS" \
+    --label "$name" >"$OUT_DIR/.tput.json"
+  after=$(proc_cpu "$name" "$proxy_pid")
+  "$BIN" bench --bootstrap "$addr" --topic lat --records "$LAT_RECORDS" --record-size "$RECORD_SIZE" \
+    --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume --label "$name" >"$OUT_DIR/.lat.json"
+  python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" >>"$RESULTS" <<'PY'
+import json, sys
+t, l = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+cpu = (float(sys.argv[4]) - float(sys.argv[3])) / float(sys.argv[5])
+mb = (t["produce"]["records"] + t["consume"]["records"]) * t["record_size"] / 1e6
+print(json.dumps({"target": t["label"], "tput": t, "lat": l, "proxy_cpu_s": cpu, "mb_moved": mb}))
+PY
+  cleanup
+}
+
+proc_cpu() {
+  if [ -z "$2" ]; then echo 0; else cpu_ticks "$2"; fi
+}
+
+read -r -a targets <<<"$TARGETS"
+for round in $(seq 1 "$ROUNDS"); do
+  n=${#targets[@]}
+  for i in $(seq 0 $((n - 1))); do
+    t=${targets[$(((i + round - 1) % n))]}
+    echo "round $round: $t" >&2
+    run_target "$t"
+  done
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for r in runs:
+    by.setdefault(r["target"], []).append(r)
+def med(rs, f):
+    return statistics.median(f(r) for r in rs)
+rows = {}
+for name, rs in by.items():
+    rows[name] = {
+        "produce_rps": med(rs, lambda r: r["tput"]["produce"]["records_per_sec"]),
+        "produce_mbs": med(rs, lambda r: r["tput"]["produce"]["mb_per_sec"]),
+        "consume_rps": med(rs, lambda r: r["tput"]["consume"]["records_per_sec"]),
+        "p50": med(rs, lambda r: r["lat"]["produce"]["latency"]["p50_us"]),
+        "p99": med(rs, lambda r: r["lat"]["produce"]["latency"]["p99_us"]),
+        "cpu_ms_per_mb": med(rs, lambda r: 1000 * r["proxy_cpu_s"] / r["mb_moved"]),
+        "errors": sum(r["tput"]["produce"]["errors"] + r["lat"]["produce"]["errors"] for r in rs),
+    }
+base = rows.get("direct"); relay = rows.get("socat")
+print(f"\n{len(runs)} runs, median of {len(next(iter(by.values())))} rounds per target; results in {sys.argv[1]}\n")
+print("| target | produce rec/s | produce MB/s | vs direct | vs socat | consume rec/s | p50 µs | p99 µs | added p99 µs | proxy CPU ms/MB | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for name, r in rows.items():
+    vd = r["produce_rps"] / base["produce_rps"] if base else float("nan")
+    vs = r["produce_rps"] / relay["produce_rps"] if relay else float("nan")
+    added = r["p99"] - base["p99"] if base else float("nan")
+    print(f"| {name} | {r['produce_rps']:.0f} | {r['produce_mbs']:.1f} | {vd:.3f} | {vs:.3f} | {r['consume_rps']:.0f} "
+          f"| {r['p50']:.0f} | {r['p99']:.0f} | {added:+.0f} | {r['cpu_ms_per_mb']:.2f} | {r['errors']} |")
+PY

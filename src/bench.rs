@@ -1,0 +1,462 @@
+//! `eventgate bench`: an end-to-end load tool that speaks Kafka with eventgate's own codec.
+//!
+//! It produces `--records` records of `--record-size` bytes over one connection to `--bootstrap`,
+//! with up to `--in-flight` Produce requests outstanding (each one batch of `--batch-records`
+//! records for one partition, partitions taken in turn), then fetches them all back. It reports
+//! records/s, MB/s and per-request latency percentiles as one JSON line on stdout.
+//!
+//! Every request goes over the bootstrap connection (no metadata lookup), so the same run can target
+//! a broker directly, a byte relay, another proxy or eventgate, and compare like with like on a
+//! single-broker cluster. Request templates are built once and only their correlation id changes, so
+//! the client spends as little CPU as possible: on a small machine the client, the broker and the
+//! proxy share the cores, and what the client saves shows up as proxy headroom.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+use clap::Args;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::wire::WireError;
+use crate::wire::compression::{Codec, Framing};
+use crate::wire::frame::FrameBuffer;
+use crate::wire::header::response_header_len;
+use crate::wire::records::{BatchHeader, RawBatch, RecordError, write_batch, write_record};
+use crate::wire::scan;
+
+const PRODUCE_VERSION: i16 = 9;
+const FETCH_VERSION: i16 = 12;
+
+/// Options of `eventgate bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Address to connect to: a broker, a relay, or a proxy.
+    #[arg(long)]
+    pub bootstrap: String,
+    /// Topic to produce to (must exist).
+    #[arg(long)]
+    pub topic: String,
+    /// Partitions of the topic to spread batches over.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
+    /// Records to produce and then consume.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// Size of each record value in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Records per Produce request.
+    #[arg(long, default_value_t = 100)]
+    pub batch_records: usize,
+    /// Produce requests outstanding at once.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// Target records per second (0: as fast as possible). Use a moderate rate to measure latency.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Every Nth record gets a value that is not valid against the demo schema (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub invalid_every: usize,
+    /// Compression codec of the batches: none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// Records to read back in the consume phase (default: all that were produced).
+    #[arg(long)]
+    pub consume_records: Option<u64>,
+    /// Skip the consume phase.
+    #[arg(long)]
+    pub no_consume: bool,
+    /// Label copied into the JSON result.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// Why a bench run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("bad option: {0}")]
+    Option(String),
+}
+
+fn protocol(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Protocol(e.to_string())
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PhaseResult {
+    pub records: u64,
+    pub seconds: f64,
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub label: String,
+    pub bootstrap: String,
+    pub record_size: usize,
+    pub batch_records: usize,
+    pub in_flight: usize,
+    pub rate: u64,
+    pub produce: PhaseResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consume: Option<PhaseResult>,
+}
+
+/// Runs the benchmark and prints the JSON result.
+pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
+    if args.partitions < 1 || args.batch_records == 0 || args.in_flight == 0 {
+        return Err(BenchError::Option(
+            "partitions, batch-records and in-flight must be at least 1".into(),
+        ));
+    }
+    let codec = match args.compression.as_str() {
+        "none" => Codec::None,
+        "gzip" => Codec::Gzip,
+        "snappy" => Codec::Snappy,
+        "lz4" => Codec::Lz4,
+        "zstd" => Codec::Zstd,
+        other => return Err(BenchError::Option(format!("unknown compression {other}"))),
+    };
+    let produce = produce(&args, codec).await?;
+    let consume = if args.no_consume {
+        None
+    } else {
+        Some(consume(&args).await?)
+    };
+    Ok(BenchResult {
+        label: args.label.clone(),
+        bootstrap: args.bootstrap.clone(),
+        record_size: args.record_size,
+        batch_records: args.batch_records,
+        in_flight: args.in_flight,
+        rate: args.rate,
+        produce,
+        consume,
+    })
+}
+
+/// A record value of `size` bytes that is valid against the demo `lightMeasured` schema (or, when
+/// `invalid`, breaks it by making `lumens` negative).
+pub fn demo_value(i: u64, size: usize, invalid: bool) -> Vec<u8> {
+    let lumens: i64 = if invalid { -1 } else { (i % 10_000) as i64 };
+    let head = format!(r#"{{"lumens":{lumens},"sentAt":"2026-11-26T00:00:00Z","pad":""#);
+    let mut v = head.into_bytes();
+    let pad = size.saturating_sub(v.len() + 2);
+    v.extend(std::iter::repeat_n(b'x', pad));
+    v.extend_from_slice(b"\"}");
+    v
+}
+
+fn frame_with_header(
+    key: ApiKey,
+    version: i16,
+    body: &impl Encodable,
+) -> Result<BytesMut, BenchError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_client_id(Some(StrBytes::from_static_str("eventgate-bench")));
+    let mut b = BytesMut::new();
+    b.put_i32(0);
+    header
+        .encode(&mut b, key.request_header_version(version))
+        .map_err(protocol)?;
+    body.encode(&mut b, version).map_err(protocol)?;
+    let len = (b.len() - 4) as i32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(b)
+}
+
+fn set_correlation_id(frame: &mut [u8], id: i32) {
+    frame[8..12].copy_from_slice(&id.to_be_bytes());
+}
+
+/// One Produce request template per partition, each carrying one batch of `n` records.
+fn produce_templates(
+    args: &BenchArgs,
+    codec: Codec,
+    n: usize,
+    first: u64,
+) -> Result<Vec<BytesMut>, BenchError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    (0..args.partitions)
+        .map(|p| {
+            let mut section = Vec::with_capacity(n * (args.record_size + 32));
+            for i in 0..n {
+                let idx = first + i as u64;
+                let invalid = args.invalid_every > 0 && idx.is_multiple_of(args.invalid_every as u64);
+                let key = format!("k{idx}");
+                let value = demo_value(idx, args.record_size, invalid);
+                write_record(
+                    &mut section,
+                    0,
+                    i as i32,
+                    Some(key.as_bytes()),
+                    Some(&value),
+                    std::iter::empty(),
+                );
+            }
+            let header = BatchHeader {
+                base_offset: 0,
+                partition_leader_epoch: -1,
+                magic: 2,
+                crc: 0,
+                attributes: codec.bits(),
+                last_offset_delta: n as i32 - 1,
+                base_timestamp: now,
+                max_timestamp: now,
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                record_count: n as i32,
+            };
+            let mut batch = BytesMut::new();
+            write_batch(&mut batch, &header, &section, Framing::Standard).map_err(protocol)?;
+            let req = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(p)
+                                .with_records(Some(batch.freeze())),
+                        ]),
+                ]);
+            frame_with_header(ApiKey::Produce, PRODUCE_VERSION, &req)
+        })
+        .collect()
+}
+
+async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchError> {
+    let stream = TcpStream::connect(&args.bootstrap).await?;
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let requests = args.records.div_ceil(args.batch_records as u64);
+    let templates = produce_templates(args, codec, args.batch_records, 0)?;
+    let permits = Arc::new(Semaphore::new(args.in_flight));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
+
+    let writer_permits = permits.clone();
+    let interval = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.batch_records as f64 / args.rate as f64));
+    let start = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut frame = BytesMut::new();
+        for i in 0..requests {
+            if let Some(every) = interval {
+                tokio::time::sleep_until((start + every * i as u32).into()).await;
+            }
+            let permit = writer_permits
+                .acquire()
+                .await
+                .map_err(|e| BenchError::Protocol(e.to_string()))?;
+            permit.forget();
+            frame.clear();
+            frame.extend_from_slice(&templates[(i % templates.len() as u64) as usize]);
+            set_correlation_id(&mut frame, i as i32);
+            let _ = tx.send(Instant::now());
+            wr.write_all(&frame).await?;
+        }
+        Ok::<_, BenchError>(wr)
+    });
+
+    let mut buf = FrameBuffer::new(64 << 20);
+    let mut latencies = Vec::with_capacity(requests as usize);
+    let mut errors = 0u64;
+    let mut answered = 0u64;
+    while answered < requests {
+        let frame = loop {
+            if let Some(f) = buf.next_frame().map_err(protocol)? {
+                break f;
+            }
+            if buf.fill(&mut rd).await? == 0 {
+                return Err(BenchError::Protocol(format!(
+                    "connection closed after {answered} answers"
+                )));
+            }
+        };
+        let sent = rx
+            .recv()
+            .await
+            .ok_or_else(|| BenchError::Protocol("answer without request".into()))?;
+        latencies.push(sent.elapsed().as_micros() as u64);
+        let mut body = frame.slice(4..);
+        let header = ResponseHeader::decode(
+            &mut body,
+            ApiKey::Produce.response_header_version(PRODUCE_VERSION),
+        )
+        .map_err(protocol)?;
+        if header.correlation_id != answered as i32 {
+            return Err(BenchError::Protocol(format!(
+                "answer {} for request {answered}",
+                header.correlation_id
+            )));
+        }
+        let resp = ProduceResponse::decode(&mut body, PRODUCE_VERSION).map_err(protocol)?;
+        errors += resp
+            .responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .filter(|p| p.error_code != 0)
+            .count() as u64;
+        answered += 1;
+        permits.add_permits(1);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    writer.await.map_err(protocol)??;
+    let records = requests * args.batch_records as u64;
+    Ok(PhaseResult {
+        records,
+        seconds,
+        records_per_sec: records as f64 / seconds,
+        mb_per_sec: (records as f64 * args.record_size as f64) / seconds / 1e6,
+        errors,
+        latency: Some(percentiles(&mut latencies)),
+    })
+}
+
+async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
+    let mut stream = TcpStream::connect(&args.bootstrap).await?;
+    stream.set_nodelay(true)?;
+    let produced = args.records.div_ceil(args.batch_records as u64) * args.batch_records as u64;
+    let wanted = args.consume_records.unwrap_or(produced).min(produced);
+    let mut offsets = vec![0i64; args.partitions as usize];
+    let mut buf = FrameBuffer::new(128 << 20);
+    let mut got = 0u64;
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(300);
+    let mut cid = 0;
+    while got < wanted {
+        if Instant::now() > deadline {
+            return Err(BenchError::Protocol(format!(
+                "consumed {got} of {wanted} records before the deadline"
+            )));
+        }
+        let req = FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(64 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(args.topic.clone())))
+                    .with_partitions(
+                        offsets
+                            .iter()
+                            .enumerate()
+                            .map(|(p, &o)| {
+                                FetchPartition::default()
+                                    .with_partition(p as i32)
+                                    .with_fetch_offset(o)
+                                    .with_partition_max_bytes(16 << 20)
+                            })
+                            .collect(),
+                    ),
+            ]);
+        let mut frame = frame_with_header(ApiKey::Fetch, FETCH_VERSION, &req)?;
+        cid += 1;
+        set_correlation_id(&mut frame, cid);
+        stream.write_all(&frame).await?;
+        let resp = loop {
+            if let Some(f) = buf.next_frame().map_err(protocol)? {
+                break f;
+            }
+            if buf.fill(&mut stream).await? == 0 {
+                return Err(BenchError::Protocol(
+                    "connection closed while fetching".into(),
+                ));
+            }
+        };
+        // Walked in place rather than decoded: some brokers (tansu) add tagged fields that strict
+        // decoders refuse at this version.
+        let hlen =
+            response_header_len(ApiKey::Fetch, FETCH_VERSION, &resp[4..]).map_err(protocol)?;
+        let mut walk_error = None;
+        scan::fetch_response(&resp[4 + hlen..], FETCH_VERSION, |partition, records| {
+            let mut rest = records.unwrap_or_default();
+            while !rest.is_empty() {
+                match RawBatch::parse(rest) {
+                    Ok((batch, used)) => {
+                        let h = &batch.header;
+                        if let Some(o) = offsets.get_mut(partition as usize) {
+                            *o = h.base_offset + i64::from(h.last_offset_delta) + 1;
+                        }
+                        got += h.record_count as u64;
+                        bytes += used as u64;
+                        rest = &rest[used..];
+                    }
+                    // A fetch may end with a partial batch; the next fetch starts at it again.
+                    Err(RecordError::Wire(WireError::Truncated { .. })) => break,
+                    Err(e) => {
+                        walk_error.get_or_insert(e);
+                        break;
+                    }
+                }
+            }
+        })
+        .map_err(protocol)?;
+        if let Some(e) = walk_error {
+            return Err(protocol(e));
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(PhaseResult {
+        records: got,
+        seconds,
+        records_per_sec: got as f64 / seconds,
+        mb_per_sec: bytes as f64 / seconds / 1e6,
+        errors: 0,
+        latency: None,
+    })
+}
+
+fn percentiles(v: &mut [u64]) -> Latency {
+    v.sort_unstable();
+    let at = |q: f64| -> u64 {
+        if v.is_empty() {
+            return 0;
+        }
+        v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
+    };
+    Latency {
+        p50_us: at(0.50),
+        p90_us: at(0.90),
+        p99_us: at(0.99),
+        p999_us: at(0.999),
+        max_us: at(1.0),
+    }
+}

@@ -1,0 +1,293 @@
+//! The record batch compression codecs Kafka uses: gzip, snappy, lz4 and zstd.
+//!
+//! Decompression is always bounded by a caller-supplied limit, checked as bytes come out, so a small
+//! batch that inflates to gigabytes (a decompression bomb) fails instead of exhausting memory.
+//!
+//! Two codecs have Kafka-specific framing. Snappy comes either raw (librdkafka) or in the "xerial"
+//! stream format that the Java client writes; both are read, and re-encoding keeps the framing the
+//! producer used. LZ4 is the standard LZ4 frame format with independent 64 KiB blocks, which every
+//! client (Java included) reads.
+
+use std::io::{Read, Write};
+
+use super::records::RecordError;
+
+/// A batch's compression codec (attribute bits 0–2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    /// The codec named by a batch's attributes.
+    pub fn from_attributes(attributes: i16) -> Result<Self, RecordError> {
+        Ok(match attributes & 0x07 {
+            0 => Self::None,
+            1 => Self::Gzip,
+            2 => Self::Snappy,
+            3 => Self::Lz4,
+            4 => Self::Zstd,
+            n => return Err(RecordError::UnknownCodec(n as u8)),
+        })
+    }
+
+    /// The attribute bits of this codec.
+    pub fn bits(self) -> i16 {
+        match self {
+            Self::None => 0,
+            Self::Gzip => 1,
+            Self::Snappy => 2,
+            Self::Lz4 => 3,
+            Self::Zstd => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// How a compressed section was framed, so re-encoding can frame it the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    #[default]
+    Standard,
+    /// Snappy in the xerial stream format (Java clients).
+    Xerial,
+}
+
+const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
+const XERIAL_BLOCK: usize = 32 * 1024;
+
+/// Decompresses `input` into `out` (cleared first), failing once more than `limit` bytes come out.
+pub fn decompress(
+    codec: Codec,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<Framing, RecordError> {
+    out.clear();
+    let codec_err = |e: std::io::Error| RecordError::Decompress {
+        codec: codec.name(),
+        reason: e.to_string(),
+    };
+    let mut framing = Framing::Standard;
+    match codec {
+        Codec::None => {
+            if input.len() > limit {
+                return Err(RecordError::TooLarge { limit });
+            }
+            out.extend_from_slice(input);
+        }
+        Codec::Gzip => {
+            read_bounded(flate2::read::GzDecoder::new(input), out, limit).map_err(codec_err)?
+        }
+        Codec::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), out, limit)
+            .map_err(codec_err)?,
+        Codec::Zstd => {
+            let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(codec_err)?;
+            read_bounded(decoder, out, limit).map_err(codec_err)?
+        }
+        Codec::Snappy => {
+            if input.starts_with(&XERIAL_MAGIC) {
+                framing = Framing::Xerial;
+                xerial_decompress(input, out, limit)?;
+            } else {
+                snappy_block(input, out, limit)?;
+            }
+        }
+    }
+    Ok(framing)
+}
+
+/// Compresses `input` with `codec` and `framing`, appending to `out`.
+pub fn compress(
+    codec: Codec,
+    framing: Framing,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), RecordError> {
+    let codec_err = |e: std::io::Error| RecordError::Compress {
+        codec: codec.name(),
+        reason: e.to_string(),
+    };
+    match codec {
+        Codec::None => out.extend_from_slice(input),
+        Codec::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            enc.write_all(input).map_err(codec_err)?;
+            enc.finish().map_err(codec_err)?;
+        }
+        Codec::Lz4 => {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max64KB)
+                .block_mode(lz4_flex::frame::BlockMode::Independent);
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
+            enc.write_all(input).map_err(codec_err)?;
+            enc.finish()
+                .map_err(|e| codec_err(std::io::Error::other(e)))?;
+        }
+        Codec::Zstd => {
+            // Level 3 is Kafka's default for zstd.
+            let mut enc = zstd::stream::write::Encoder::new(out, 3).map_err(codec_err)?;
+            enc.write_all(input).map_err(codec_err)?;
+            enc.finish().map_err(codec_err)?;
+        }
+        Codec::Snappy => {
+            let mut enc = snap::raw::Encoder::new();
+            let snap_err = |e: snap::Error| RecordError::Compress {
+                codec: "snappy",
+                reason: e.to_string(),
+            };
+            match framing {
+                Framing::Standard => {
+                    let start = out.len();
+                    out.resize(start + snap::raw::max_compress_len(input.len()), 0);
+                    let n = enc.compress(input, &mut out[start..]).map_err(snap_err)?;
+                    out.truncate(start + n);
+                }
+                Framing::Xerial => {
+                    out.extend_from_slice(&XERIAL_MAGIC);
+                    out.extend_from_slice(&1i32.to_be_bytes());
+                    out.extend_from_slice(&1i32.to_be_bytes());
+                    for chunk in input.chunks(XERIAL_BLOCK) {
+                        let len_at = out.len();
+                        out.extend_from_slice(&[0; 4]);
+                        let start = out.len();
+                        out.resize(start + snap::raw::max_compress_len(chunk.len()), 0);
+                        let n = enc.compress(chunk, &mut out[start..]).map_err(snap_err)?;
+                        out.truncate(start + n);
+                        out[len_at..start].copy_from_slice(&(n as i32).to_be_bytes());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_bounded(reader: impl Read, out: &mut Vec<u8>, limit: usize) -> std::io::Result<()> {
+    let n = reader.take(limit as u64 + 1).read_to_end(out)?;
+    if n > limit {
+        return Err(std::io::Error::other(format!(
+            "decompressed size exceeds {limit} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn snappy_block(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
+    let err = |e: snap::Error| RecordError::Decompress {
+        codec: "snappy",
+        reason: e.to_string(),
+    };
+    let len = snap::raw::decompress_len(input).map_err(err)?;
+    if out.len() + len > limit {
+        return Err(RecordError::TooLarge { limit });
+    }
+    let start = out.len();
+    out.resize(start + len, 0);
+    let n = snap::raw::Decoder::new()
+        .decompress(input, &mut out[start..])
+        .map_err(err)?;
+    out.truncate(start + n);
+    Ok(())
+}
+
+fn xerial_decompress(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
+    let bad = |why: &str| RecordError::Decompress {
+        codec: "snappy",
+        reason: format!("xerial stream: {why}"),
+    };
+    let mut rest = input.get(16..).ok_or_else(|| bad("truncated header"))?;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("truncated block length"))?;
+        let len =
+            usize::try_from(i32::from_be_bytes(*len)).map_err(|_| bad("negative block length"))?;
+        let block = tail.get(..len).ok_or_else(|| bad("truncated block"))?;
+        snappy_block(block, out, limit)?;
+        rest = &tail[len..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn every_codec_round_trips() {
+        let data = sample();
+        for codec in [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Zstd,
+        ] {
+            for framing in [Framing::Standard, Framing::Xerial] {
+                if framing == Framing::Xerial && codec != Codec::Snappy {
+                    continue;
+                }
+                let mut packed = Vec::new();
+                compress(codec, framing, &data, &mut packed).unwrap();
+                let mut back = Vec::new();
+                let seen = decompress(codec, &packed, &mut back, data.len()).unwrap();
+                assert_eq!(back, data, "{codec:?} {framing:?}");
+                assert_eq!(seen, framing, "{codec:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let zeros = vec![0u8; 10 * 1024 * 1024];
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let mut packed = Vec::new();
+            compress(codec, Framing::Standard, &zeros, &mut packed).unwrap();
+            assert!(
+                packed.len() < zeros.len() / 10,
+                "{codec:?} did not compress"
+            );
+            let mut out = Vec::new();
+            let err = decompress(codec, &packed, &mut out, 1024 * 1024).unwrap_err();
+            assert!(
+                err.to_string().contains("exceeds") || matches!(err, RecordError::TooLarge { .. }),
+                "{codec:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let mut out = Vec::new();
+            assert!(
+                decompress(codec, b"\x82SNAPPY\x00garbage-garbage", &mut out, 1 << 20).is_err(),
+                "{codec:?}"
+            );
+            assert!(
+                decompress(codec, &[0xff; 64], &mut out, 1 << 20).is_err(),
+                "{codec:?}"
+            );
+        }
+    }
+}
