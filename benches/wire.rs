@@ -1,0 +1,122 @@
+//! Hot-path costs of the wire proxy, each beside a memcpy of the same bytes.
+//!
+//! `cargo bench --bench wire`
+
+use std::hint::black_box;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use eventgate::wire::compression::Framing;
+use eventgate::wire::frame::check;
+use eventgate::wire::records::{self, BatchHeader, RawBatch, write_batch, write_record};
+use eventgate::wire::rewrite::{AdvertiseError, ResponseAction, rewrite_response};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchResponse, MetadataResponse, ResponseHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+fn batch(n: usize, size: usize) -> Bytes {
+    let mut section = Vec::new();
+    let value = vec![b'x'; size];
+    for i in 0..n {
+        write_record(&mut section, 0, i as i32, Some(b"key"), Some(&value), std::iter::empty());
+    }
+    let header = BatchHeader {
+        base_offset: 0,
+        partition_leader_epoch: -1,
+        magic: 2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: n as i32 - 1,
+        base_timestamp: 0,
+        max_timestamp: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: n as i32,
+    };
+    let mut out = BytesMut::new();
+    write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
+    out.freeze()
+}
+
+fn response_frame<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i32(0);
+    ResponseHeader::default().encode(&mut b, key.response_header_version(version)).unwrap();
+    body.encode(&mut b, version).unwrap();
+    let len = (b.len() - 4) as i32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+fn frames(c: &mut Criterion) {
+    let mut wire = Vec::new();
+    for _ in 0..1000 {
+        wire.extend_from_slice(&1020i32.to_be_bytes());
+        wire.extend_from_slice(&[7u8; 1020]);
+    }
+    let mut g = c.benchmark_group("frames");
+    g.throughput(Throughput::Bytes(wire.len() as u64));
+    g.bench_function("split 1000 x 1 KiB frames", |b| {
+        let src = Bytes::from(wire.clone());
+        b.iter(|| {
+            let mut buf = src.clone();
+            let mut n = 0;
+            while let Some(len) = check(&buf, 1 << 20).unwrap() {
+                black_box(buf.split_to(len));
+                n += 1;
+            }
+            n
+        })
+    });
+    g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(wire.clone())));
+    g.finish();
+}
+
+fn rewrites(c: &mut Criterion) {
+    let brokers = (1..=3)
+        .map(|i| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(i))
+                .with_host(StrBytes::from_string(format!("kafka-{i}.internal")))
+                .with_port(9092)
+        })
+        .collect();
+    let md = response_frame(ApiKey::Metadata, 12, &MetadataResponse::default().with_brokers(brokers));
+    let mut map = |id: i32, _: &str, _: i32| -> Result<(StrBytes, i32), AdvertiseError> {
+        Ok((StrBytes::from_static_str("eventgate"), 19000 + id))
+    };
+    c.bench_function("rewrite Metadata v12, 3 brokers", |b| {
+        b.iter(|| rewrite_response(ResponseAction::Addresses(ApiKey::Metadata), 12, black_box(&md), &mut map).unwrap())
+    });
+
+    let records = batch(1000, 1024);
+    let fetch = FetchResponse::default().with_responses(vec![
+        FetchableTopicResponse::default()
+            .with_partitions(vec![PartitionData::default().with_records(Some(records.clone()))]),
+    ]);
+    let frame = response_frame(ApiKey::Fetch, 16, &fetch);
+    let mut g = c.benchmark_group("fetch v16 answer with 1 MiB of records");
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    g.bench_function("scan for node_endpoints", |b| {
+        b.iter(|| rewrite_response(ResponseAction::NodeEndpoints(ApiKey::Fetch), 16, black_box(&frame), &mut map).unwrap())
+    });
+    g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(frame.to_vec())));
+    g.finish();
+
+    let mut g = c.benchmark_group("record batch of 1000 x 1 KiB");
+    g.throughput(Throughput::Elements(1000));
+    g.bench_function("parse, verify CRC, walk records", |b| {
+        b.iter(|| {
+            let (raw, _) = RawBatch::parse(black_box(&records)).unwrap();
+            raw.verify_crc().unwrap();
+            records::count_records(raw.stored_records(), raw.header.record_count).unwrap()
+        })
+    });
+    g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(records.to_vec())));
+    g.finish();
+}
+
+criterion_group!(benches, frames, rewrites);
+criterion_main!(benches);
