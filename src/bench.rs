@@ -215,7 +215,8 @@ fn produce_templates(
             let mut section = Vec::with_capacity(n * (args.record_size + 32));
             for i in 0..n {
                 let idx = first + i as u64;
-                let invalid = args.invalid_every > 0 && idx.is_multiple_of(args.invalid_every as u64);
+                let invalid =
+                    args.invalid_every > 0 && idx.is_multiple_of(args.invalid_every as u64);
                 let key = format!("k{idx}");
                 let value = demo_value(idx, args.record_size, invalid);
                 write_record(

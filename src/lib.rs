@@ -4,6 +4,7 @@
 //! rewrites broker addresses so clients keep coming back through it, and inspects produced records.
 //! See `ARCHITECTURE.md` for the map of modules and the data path.
 
+pub mod asyncapi;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -11,4 +12,5 @@ pub mod http;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod validate;
 pub mod wire;
