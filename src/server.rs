@@ -24,7 +24,8 @@ pub enum ServeError {
 /// (for at most `shutdown_timeout`) and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     crate::telemetry::prometheus();
-    let gw = Gateway::new(config);
+    let validation = std::sync::Arc::new(crate::validate::Validation::new(Default::default()));
+    let gw = Gateway::new(config, validation);
     let addr = gw.config.listen;
     gw.listen()
         .await

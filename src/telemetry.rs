@@ -100,6 +100,47 @@ impl Default for ProxyMetrics {
     }
 }
 
+/// Metric handles of the validation path.
+pub struct ValidationMetrics {
+    pub records_valid: Counter,
+    pub records_invalid: Counter,
+    pub records_unchecked: Counter,
+    pub partitions_annotated: Counter,
+    pub partitions_rejected: Counter,
+    pub partitions_unreadable: Counter,
+    pub legacy_refused: Counter,
+    pub acks0_closed: Counter,
+}
+
+impl ValidationMetrics {
+    pub fn new() -> Self {
+        let records = |outcome: &'static str| counter!("eventgate_records_validated_total", "outcome" => outcome);
+        let partitions = |verdict: &'static str| counter!("eventgate_partitions_changed_total", "verdict" => verdict);
+        Self {
+            records_valid: records("valid"),
+            records_invalid: records("invalid"),
+            records_unchecked: records("unchecked"),
+            partitions_annotated: partitions("annotated"),
+            partitions_rejected: partitions("rejected"),
+            partitions_unreadable: partitions("unreadable"),
+            legacy_refused: counter!("eventgate_produce_legacy_refused_total"),
+            acks0_closed: counter!("eventgate_produce_acks0_closed_total"),
+        }
+    }
+
+    pub fn count(&self, c: &crate::validate::batch::Counts) {
+        self.records_valid.increment(c.valid);
+        self.records_invalid.increment(c.invalid);
+        self.records_unchecked.increment(c.unchecked);
+    }
+}
+
+impl Default for ValidationMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Decrements the open-connections gauge when dropped.
 pub struct OpenConnection<'a>(&'a Gauge);
 

@@ -32,12 +32,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Gateway, Target};
+use super::{Gateway, Target, produce};
 use crate::wire::WireError;
 use crate::wire::frame::FrameBuffer;
 use crate::wire::header::{RequestMeta, response_correlation_id};
-use crate::wire::reader::Reader;
-use crate::wire::rewrite::{ResponseAction, RewriteError, rewrite_response};
+use crate::wire::rewrite::{
+    ResponseAction, RewriteError, recode_produce_response, rewrite_response,
+};
 use crate::wire::versions;
 
 /// An answer the client is owed, in request order.
@@ -49,9 +50,13 @@ pub enum Pending {
         api_key: i16,
         api_version: i16,
         action: ResponseAction,
+        /// Partition errors eventgate merges into a Produce answer.
+        merge: Option<Box<produce::Merge>>,
     },
     /// eventgate answers this request itself with these bytes.
     Local(Bytes),
+    /// Close the connection once every earlier answer is out (an `acks=0` produce was refused).
+    Close(String),
 }
 
 /// Why a connection was closed.
@@ -77,6 +82,8 @@ pub enum ConnError {
     UnexpectedCorrelation { expected: i32, got: i32 },
     #[error("broker sent a response with correlation id {0} to no outstanding request")]
     UnsolicitedResponse(i32),
+    #[error("refused an acks=0 produce request, so closing the connection as a broker would: {0}")]
+    RefusedAcksZero(String),
     #[error("rewriting {api:?} v{version} response: {source}")]
     Rewrite {
         api: i16,
@@ -135,42 +142,57 @@ struct Plan {
     forward: Option<Bytes>,
     /// The answer owed to the client, if any.
     pending: Option<Pending>,
+    /// Stop reading requests: the connection closes after this one.
+    close: bool,
 }
 
 fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
     let meta = RequestMeta::peek(&frame)?;
     gw.metrics.request(meta.api_key);
-    let expect_broker_answer = |frame: Bytes| Plan {
-        forward: Some(frame),
-        pending: Some(Pending::Upstream {
+    let upstream = |merge| {
+        Some(Pending::Upstream {
             correlation_id: meta.correlation_id,
             api_key: meta.api_key,
             api_version: meta.api_version,
             action: ResponseAction::for_request(meta.api_key, meta.api_version),
-        }),
+            merge,
+        })
     };
-    match meta.key() {
-        Some(ApiKey::ApiVersions) if meta.api_version > versions::API_VERSIONS_MAX => Ok(Plan {
+    let forward = |frame, pending| Plan {
+        forward: Some(frame),
+        pending,
+        close: false,
+    };
+    let plan = match meta.key() {
+        Some(ApiKey::ApiVersions) if meta.api_version > versions::API_VERSIONS_MAX => Plan {
             forward: None,
             pending: Some(Pending::Local(versions::unsupported_version_frame(
                 meta.correlation_id,
             ))),
-        }),
-        Some(ApiKey::Produce) if produce_acks(&meta, &frame)? == 0 => Ok(Plan {
-            forward: Some(frame),
-            pending: None,
-        }),
-        _ => Ok(expect_broker_answer(frame)),
-    }
-}
-
-/// The `acks` of a Produce request: 0 means the broker sends no response.
-fn produce_acks(meta: &RequestMeta, frame: &[u8]) -> Result<i16, WireError> {
-    let mut r = Reader::new(&frame[meta.body_offset(frame)?..]);
-    if meta.api_version >= 3 {
-        r.nullable_string(meta.api_version >= 9, "transactional id")?;
-    }
-    r.i16("acks")
+            close: false,
+        },
+        Some(ApiKey::Produce) => {
+            match produce::inspect(&gw.validation, &gw.validation_metrics, &meta, &frame)? {
+                // acks=0: the broker sends no answer, so none is owed.
+                produce::Plan::Forward { acks: 0 } => forward(frame, None),
+                produce::Plan::Forward { .. } => forward(frame, upstream(None)),
+                produce::Plan::Rewritten { frame, acks: 0, .. } => forward(frame, None),
+                produce::Plan::Rewritten { frame, merge, .. } => forward(frame, upstream(merge)),
+                produce::Plan::Answer(answer) => Plan {
+                    forward: None,
+                    pending: Some(Pending::Local(answer)),
+                    close: false,
+                },
+                produce::Plan::ForwardThenClose { frame, reason } => Plan {
+                    forward: frame,
+                    pending: Some(Pending::Close(reason)),
+                    close: true,
+                },
+            }
+        }
+        _ => forward(frame, upstream(None)),
+    };
+    Ok(plan)
 }
 
 async fn requests(
@@ -199,6 +221,12 @@ async fn requests(
                 }
             }
             out.extend(plan.forward);
+            if plan.close {
+                write_frames(&mut broker, &mut out)
+                    .await
+                    .map_err(ConnError::BrokerWrite)?;
+                return Ok(());
+            }
         }
         write_frames(&mut broker, &mut out)
             .await
@@ -240,13 +268,28 @@ async fn responses(
                         out.push_back(bytes);
                     }
                 }
-                Some(&Pending::Upstream {
-                    correlation_id,
-                    api_key,
-                    api_version,
-                    action,
-                }) => {
+                Some(Pending::Close(_)) => {
+                    write_frames(&mut client, &mut out)
+                        .await
+                        .map_err(ConnError::ClientWrite)?;
+                    let reason = match pending.pop_front() {
+                        Some(Pending::Close(reason)) => reason,
+                        _ => String::new(),
+                    };
+                    return Err(ConnError::RefusedAcksZero(reason));
+                }
+                Some(Pending::Upstream { .. }) => {
                     let Some(frame) = buf.next_frame().map_err(ConnError::BrokerFrame)? else {
+                        break;
+                    };
+                    let Some(Pending::Upstream {
+                        correlation_id,
+                        api_key,
+                        api_version,
+                        action,
+                        merge,
+                    }) = pending.pop_front()
+                    else {
                         break;
                     };
                     gw.metrics.bytes_from_brokers.increment(frame.len() as u64);
@@ -258,7 +301,16 @@ async fn responses(
                         });
                     }
                     let mut map = |id: i32, host: &str, port: i32| gw.advertise(id, host, port);
-                    let answer = match rewrite_response(action, api_version, &frame, &mut map) {
+                    let rewritten = match merge {
+                        Some(merge) => {
+                            recode_produce_response(api_version, &frame, &mut map, |resp| {
+                                produce::merge_into(resp, &merge, api_version)
+                            })
+                            .map(Some)
+                        }
+                        None => rewrite_response(action, api_version, &frame, &mut map),
+                    };
+                    let answer = match rewritten {
                         Ok(Some(rewritten)) => {
                             gw.metrics.responses_rewritten.increment(1);
                             rewritten
@@ -273,7 +325,6 @@ async fn responses(
                         }
                     };
                     out.push_back(answer);
-                    pending.pop_front();
                 }
                 None => {
                     if let Some(frame) = buf.next_frame().map_err(ConnError::BrokerFrame)? {

@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod nodes;
+pub mod produce;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, split_host_port};
-use crate::telemetry::ProxyMetrics;
+use crate::telemetry::{ProxyMetrics, ValidationMetrics};
+use crate::validate::Validation;
 use crate::wire::rewrite::AdvertiseError;
 use nodes::{NodeRegistry, Observed, Upstream};
 
@@ -41,17 +43,22 @@ pub struct Gateway {
     /// Every listener and connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub metrics: ProxyMetrics,
+    /// Documents in force and policies, read by every Produce request.
+    pub validation: Arc<Validation>,
+    pub validation_metrics: ValidationMetrics,
     next_bootstrap: AtomicUsize,
 }
 
 impl Gateway {
-    pub fn new(config: Config) -> Arc<Self> {
+    pub fn new(config: Config, validation: Arc<Validation>) -> Arc<Self> {
         Arc::new(Self {
             config,
             nodes: NodeRegistry::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: ProxyMetrics::new(),
+            validation,
+            validation_metrics: ValidationMetrics::new(),
             next_bootstrap: AtomicUsize::new(0),
         })
     }

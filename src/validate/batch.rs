@@ -189,13 +189,6 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Parses a batch header for callers that only need the record count.
-pub fn record_count(records: &[u8]) -> usize {
-    records::batches(records)
-        .filter_map(Result::ok)
-        .map(|b: RawBatch<'_>| b.header.record_count.max(0) as usize)
-        .sum()
-}
 
 #[cfg(test)]
 mod tests;

@@ -396,6 +396,91 @@ impl Catalog {
     }
 }
 
+/// What happens to records of topics no document describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownTopic {
+    /// Forward them untouched.
+    #[default]
+    Pass,
+    /// Refuse them with INVALID_RECORD.
+    Reject,
+}
+
+/// How policies are chosen per topic.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    /// For described topics whose channel sets no `x-eventgate-policy`.
+    pub default: Policy,
+    /// Per-topic overrides from the configuration; they beat the documents.
+    pub overrides: HashMap<String, Policy>,
+    pub unknown_topic: UnknownTopic,
+    /// Largest decompressed record batch eventgate reads.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self {
+            default: Policy::Annotate,
+            overrides: HashMap::new(),
+            unknown_topic: UnknownTopic::Pass,
+            max_decompressed_bytes: 128 << 20,
+        }
+    }
+}
+
+/// What to do with one topic of a Produce request.
+pub enum Decision<'c> {
+    /// Forward untouched.
+    Pass,
+    /// Check every record against `route` and apply `policy` (annotate or reject).
+    Check {
+        route: &'c Arc<Route>,
+        policy: Policy,
+    },
+    /// Refuse: no document describes the topic and `unknown_topic` is `reject`.
+    RejectUnknown,
+}
+
+impl Policies {
+    pub fn decide<'c>(&self, catalog: &'c Catalog, topic: &str) -> Decision<'c> {
+        let forced = self.overrides.get(topic).copied();
+        match catalog.route(topic) {
+            Some(route) => match forced.or(route.policy).unwrap_or(self.default) {
+                Policy::Off => Decision::Pass,
+                policy => Decision::Check { route, policy },
+            },
+            None if forced == Some(Policy::Off) => Decision::Pass,
+            None => match self.unknown_topic {
+                UnknownTopic::Pass => Decision::Pass,
+                UnknownTopic::Reject => Decision::RejectUnknown,
+            },
+        }
+    }
+
+    /// Whether any Produce request could need inspection at all.
+    pub fn active(&self, catalog: &Catalog) -> bool {
+        !catalog.is_empty() || self.unknown_topic == UnknownTopic::Reject
+    }
+}
+
+/// The catalog in force and the policies, shared by every connection. The catalog is swapped
+/// atomically when documents change; readers never wait.
+pub struct Validation {
+    pub catalog: arc_swap::ArcSwap<Catalog>,
+    pub policies: Policies,
+}
+
+impl Validation {
+    pub fn new(policies: Policies) -> Self {
+        Self {
+            catalog: arc_swap::ArcSwap::from_pointee(Catalog::default()),
+            policies,
+        }
+    }
+}
+
 /// The record's value, key and headers as JSON, each read at most once per record.
 struct Parsed<'r> {
     record: &'r Record<'r>,

@@ -8,6 +8,8 @@
 //! * [`versions`] owns the API versions eventgate can decode and trims `ApiVersions` responses to them.
 //! * [`rewrite`] rewrites broker addresses in the responses that carry them, so that clients always
 //!   come back through eventgate.
+//! * [`produce`] walks Produce requests in place; [`records`] and [`compression`] read and rebuild
+//!   record batches; [`scan`] walks Produce and Fetch answers in place.
 //! * [`reader`] is the bounds-checked cursor every hand-walked structure is read with.
 //!
 //! Messages eventgate must change are decoded and encoded with the `kafka-protocol` crate's generated
@@ -16,6 +18,7 @@
 pub mod compression;
 pub mod frame;
 pub mod header;
+pub mod produce;
 pub mod reader;
 pub mod records;
 pub mod rewrite;

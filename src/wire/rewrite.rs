@@ -209,6 +209,35 @@ fn addresses(
     }
 }
 
+/// Decodes a Produce response (v3+), rewrites its `node_endpoints`, lets `edit` change it, and
+/// encodes it again. Used when eventgate merges its own partition errors into a broker's answer.
+pub fn recode_produce_response(
+    version: i16,
+    frame: &Bytes,
+    map: &mut impl AddressMap,
+    edit: impl FnOnce(&mut ProduceResponse),
+) -> Result<Bytes, RewriteError> {
+    let mut err = None;
+    let out = recode::<ProduceResponse>("Produce", ApiKey::Produce, version, frame, |m| {
+        for n in &mut m.node_endpoints {
+            if let Err(e) = map
+                .advertise(n.node_id.0, n.host.as_str(), n.port)
+                .map(|(h, p)| {
+                    n.host = h;
+                    n.port = p;
+                })
+            {
+                err.get_or_insert(e);
+            }
+        }
+        edit(m);
+    })?;
+    match err {
+        Some(e) => Err(e.into()),
+        None => Ok(out),
+    }
+}
+
 fn api_versions(version: i16, frame: &Bytes) -> Result<Option<Bytes>, RewriteError> {
     // A broker that does not know the requested version answers in the v0 form with error
     // UNSUPPORTED_VERSION; the client retries, so such an answer is forwarded as it is.

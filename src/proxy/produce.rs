@@ -1,0 +1,401 @@
+//! Produce requests on their way to the broker: validation, annotation and rejection.
+//!
+//! [`inspect`] decides, per topic, whether records must be checked (see
+//! [`Policies::decide`](crate::validate::Policies::decide)) and what becomes of the request:
+//!
+//! * nothing to change: the original frame is forwarded (the common case costs one walk);
+//! * batches annotated and/or partitions refused: the request is rebuilt without the refused
+//!   partitions, and their errors are merged into the broker's answer ([`Merge`]), so the client
+//!   gets one answer, in order, as if one broker had refused those partitions;
+//! * every partition refused: eventgate answers itself and forwards nothing;
+//! * `acks=0` and something refused: the valid rest is forwarded, then the connection is closed,
+//!   which is how a broker tells an `acks=0` producer that a request failed.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use crate::telemetry::ValidationMetrics;
+use crate::validate::batch::{Verdict, check_partition, codes, now_rfc3339};
+use crate::validate::{Decision, Validation};
+use crate::wire::WireError;
+use crate::wire::header::RequestMeta;
+use crate::wire::produce::{ProduceRequestView, acks};
+
+/// A partition eventgate refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub topic: String,
+    pub partition: i32,
+    pub error_code: i16,
+    pub message: String,
+    /// `(record index, reason)`, reported as `record_errors` from Produce v8.
+    pub record_errors: Vec<(i32, String)>,
+}
+
+/// Partition errors to merge into the broker's answer.
+#[derive(Debug, Clone)]
+pub struct Merge {
+    pub refused: Vec<Refused>,
+    /// Every (topic, partition) of the request, in request order.
+    pub order: Vec<(String, i32)>,
+}
+
+/// What becomes of a Produce request.
+#[derive(Debug)]
+pub enum Plan {
+    /// Forward the original frame.
+    Forward { acks: i16 },
+    /// Forward this frame instead; merge `merge` into the answer.
+    Rewritten {
+        frame: Bytes,
+        acks: i16,
+        merge: Option<Box<Merge>>,
+    },
+    /// Forward nothing; answer the client with this frame.
+    Answer(Bytes),
+    /// `acks=0` with refused partitions: forward `frame` (the valid rest), then close.
+    ForwardThenClose {
+        frame: Option<Bytes>,
+        reason: String,
+    },
+}
+
+/// Inspects a Produce request frame.
+pub fn inspect(
+    validation: &Validation,
+    metrics: &ValidationMetrics,
+    meta: &RequestMeta,
+    frame: &Bytes,
+) -> Result<Plan, WireError> {
+    let body_at = meta.body_offset(frame)?;
+    let body = &frame[body_at..];
+    let version = meta.api_version;
+    let catalog = validation.catalog.load();
+    let policies = &validation.policies;
+    if !policies.active(&catalog) {
+        return Ok(Plan::Forward {
+            acks: acks(body, version)?,
+        });
+    }
+    let view = ProduceRequestView::parse(body, version)?;
+    let decisions: Vec<Decision<'_>> = view
+        .topics
+        .iter()
+        .map(|t| policies.decide(&catalog, t.name))
+        .collect();
+    if decisions.iter().all(|d| matches!(d, Decision::Pass)) {
+        return Ok(Plan::Forward { acks: view.acks });
+    }
+    let order: Vec<(String, i32)> = view
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.to_owned(), p.index)))
+        .collect();
+
+    if version < 3 {
+        // Message sets (magic 0/1) have no headers, so nothing can be annotated: refuse the request.
+        metrics.legacy_refused.increment(1);
+        let refused = order
+            .iter()
+            .map(|(topic, partition)| Refused {
+                topic: topic.clone(),
+                partition: *partition,
+                error_code: codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+                message:
+                    "eventgate validates this topic and needs Produce v3 or later (record batches)"
+                        .into(),
+                record_errors: Vec::new(),
+            })
+            .collect();
+        return refuse_all(meta, view.acks, Merge { refused, order });
+    }
+
+    let ts = now_rfc3339();
+    let mut replaced: Vec<(String, i32, Bytes)> = Vec::new();
+    let mut refused: Vec<Refused> = Vec::new();
+    for (topic, decision) in view.topics.iter().zip(&decisions) {
+        match decision {
+            Decision::Pass => {}
+            Decision::RejectUnknown => {
+                for p in &topic.partitions {
+                    metrics.partitions_rejected.increment(1);
+                    refused.push(Refused {
+                        topic: topic.name.to_owned(),
+                        partition: p.index,
+                        error_code: codes::INVALID_RECORD,
+                        message: format!("topic {} is not described by any AsyncAPI document (unknown_topic: reject)", topic.name),
+                        record_errors: Vec::new(),
+                    });
+                }
+            }
+            Decision::Check { route, policy } => {
+                for p in &topic.partitions {
+                    let Some(records) = p.records else { continue };
+                    let result = check_partition(
+                        route,
+                        *policy,
+                        records,
+                        &ts,
+                        policies.max_decompressed_bytes,
+                    );
+                    metrics.count(&result.counts);
+                    match result.verdict {
+                        Verdict::Untouched => {}
+                        Verdict::Annotated(bytes) => {
+                            metrics.partitions_annotated.increment(1);
+                            replaced.push((topic.name.to_owned(), p.index, bytes));
+                        }
+                        Verdict::Rejected(record_errors) => {
+                            metrics.partitions_rejected.increment(1);
+                            let first = record_errors
+                                .first()
+                                .map(|(i, e)| format!("record {i}: {e}"))
+                                .unwrap_or_default();
+                            refused.push(Refused {
+                                topic: topic.name.to_owned(),
+                                partition: p.index,
+                                error_code: codes::INVALID_RECORD,
+                                message: format!(
+                                    "{} record(s) do not match AsyncAPI document {}; first: {first}",
+                                    record_errors.len(),
+                                    route.doc_id
+                                ),
+                                record_errors,
+                            });
+                        }
+                        Verdict::Unreadable { code, message } => {
+                            metrics.partitions_unreadable.increment(1);
+                            refused.push(Refused {
+                                topic: topic.name.to_owned(),
+                                partition: p.index,
+                                error_code: code,
+                                message,
+                                record_errors: Vec::new(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if replaced.is_empty() && refused.is_empty() {
+        return Ok(Plan::Forward { acks: view.acks });
+    }
+    if refused.len() == order.len() {
+        return refuse_all(meta, view.acks, Merge { refused, order });
+    }
+    let rebuilt = rebuild(frame, body_at, version, &replaced, &refused)?;
+    if refused.is_empty() {
+        return Ok(Plan::Rewritten {
+            frame: rebuilt,
+            acks: view.acks,
+            merge: None,
+        });
+    }
+    if view.acks == 0 {
+        metrics.acks0_closed.increment(1);
+        return Ok(Plan::ForwardThenClose {
+            frame: Some(rebuilt),
+            reason: describe(&refused),
+        });
+    }
+    Ok(Plan::Rewritten {
+        frame: rebuilt,
+        acks: view.acks,
+        merge: Some(Box::new(Merge { refused, order })),
+    })
+}
+
+fn describe(refused: &[Refused]) -> String {
+    let parts: Vec<String> = refused
+        .iter()
+        .take(5)
+        .map(|r| format!("{}[{}]: {}", r.topic, r.partition, r.message))
+        .collect();
+    format!(
+        "{} partition(s) refused: {}",
+        refused.len(),
+        parts.join("; ")
+    )
+}
+
+fn refuse_all(meta: &RequestMeta, acks: i16, merge: Merge) -> Result<Plan, WireError> {
+    if acks == 0 {
+        return Ok(Plan::ForwardThenClose {
+            frame: None,
+            reason: describe(&merge.refused),
+        });
+    }
+    local_answer(meta, &merge).map(Plan::Answer)
+}
+
+/// The request again, with annotated records swapped in and refused partitions left out. The
+/// request header is kept byte for byte.
+fn rebuild(
+    frame: &Bytes,
+    body_at: usize,
+    version: i16,
+    replaced: &[(String, i32, Bytes)],
+    refused: &[Refused],
+) -> Result<Bytes, WireError> {
+    let mut body = frame.slice(body_at..);
+    let mut req =
+        ProduceRequest::decode(&mut body, version).map_err(|source| WireError::Decode {
+            api: "Produce",
+            version,
+            source,
+        })?;
+    for t in &mut req.topic_data {
+        let name = t.name.0.as_str();
+        t.partition_data.retain(|p| {
+            !refused
+                .iter()
+                .any(|r| r.topic == name && r.partition == p.index)
+        });
+        for p in &mut t.partition_data {
+            if let Some((_, _, bytes)) = replaced
+                .iter()
+                .find(|(topic, idx, _)| topic == name && *idx == p.index)
+            {
+                p.records = Some(bytes.clone());
+            }
+        }
+    }
+    req.topic_data.retain(|t| !t.partition_data.is_empty());
+    let size = req
+        .compute_size(version)
+        .map_err(|source| WireError::Encode {
+            api: "Produce",
+            version,
+            source,
+        })?;
+    let header = &frame[4..body_at];
+    let mut out = BytesMut::with_capacity(4 + header.len() + size);
+    out.put_i32((header.len() + size) as i32);
+    out.put_slice(header);
+    req.encode(&mut out, version)
+        .map_err(|source| WireError::Encode {
+            api: "Produce",
+            version,
+            source,
+        })?;
+    Ok(out.freeze())
+}
+
+fn partition_response(r: &Refused, version: i16) -> PartitionProduceResponse {
+    let mut p = PartitionProduceResponse::default()
+        .with_index(r.partition)
+        .with_error_code(r.error_code)
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1);
+    if version >= 8 {
+        p.error_message = Some(StrBytes::from_string(r.message.clone()));
+        p.record_errors = r
+            .record_errors
+            .iter()
+            .map(|(i, m)| {
+                BatchIndexAndErrorMessage::default()
+                    .with_batch_index(*i)
+                    .with_batch_index_error_message(Some(StrBytes::from_string(m.clone())))
+            })
+            .collect();
+    }
+    p
+}
+
+/// Puts eventgate's refusals into a broker's answer and sorts topics and partitions back into
+/// request order.
+pub fn merge_into(resp: &mut ProduceResponse, merge: &Merge, version: i16) {
+    for r in &merge.refused {
+        let topic = match resp
+            .responses
+            .iter_mut()
+            .position(|t| t.name.0.as_str() == r.topic)
+        {
+            Some(i) => &mut resp.responses[i],
+            None => {
+                resp.responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(TopicName(StrBytes::from_string(r.topic.clone()))),
+                );
+                let last = resp.responses.len() - 1;
+                &mut resp.responses[last]
+            }
+        };
+        topic
+            .partition_responses
+            .push(partition_response(r, version));
+    }
+    let rank = |topic: &str, partition: Option<i32>| {
+        merge
+            .order
+            .iter()
+            .position(|(t, p)| t == topic && partition.is_none_or(|x| x == *p))
+            .unwrap_or(usize::MAX)
+    };
+    resp.responses
+        .sort_by_key(|t| rank(t.name.0.as_str(), None));
+    for t in &mut resp.responses {
+        let name = t.name.0.clone();
+        t.partition_responses
+            .sort_by_key(|p| rank(name.as_str(), Some(p.index)));
+    }
+}
+
+/// eventgate's own answer to a request whose every partition it refused.
+fn local_answer(meta: &RequestMeta, merge: &Merge) -> Result<Bytes, WireError> {
+    let version = meta.api_version;
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    out.put_i32(meta.correlation_id);
+    if version < 3 {
+        // v0–v2 answers: [topic [partition, error, base offset, (v2) log append time]], (v1+) throttle.
+        let mut topics: Vec<(&str, Vec<&Refused>)> = Vec::new();
+        for r in &merge.refused {
+            match topics.iter_mut().find(|(t, _)| *t == r.topic) {
+                Some((_, ps)) => ps.push(r),
+                None => topics.push((&r.topic, vec![r])),
+            }
+        }
+        out.put_i32(topics.len() as i32);
+        for (name, parts) in topics {
+            out.put_i16(name.len() as i16);
+            out.put_slice(name.as_bytes());
+            out.put_i32(parts.len() as i32);
+            for r in parts {
+                out.put_i32(r.partition);
+                out.put_i16(r.error_code);
+                out.put_i64(-1);
+                if version >= 2 {
+                    out.put_i64(-1);
+                }
+            }
+        }
+        if version >= 1 {
+            out.put_i32(0);
+        }
+    } else {
+        if ApiKey::Produce.response_header_version(version) >= 1 {
+            out.put_u8(0); // no header tagged fields
+        }
+        let mut resp = ProduceResponse::default();
+        merge_into(&mut resp, merge, version);
+        resp.encode(&mut out, version)
+            .map_err(|source| WireError::Encode {
+                api: "Produce",
+                version,
+                source,
+            })?;
+    }
+    let len = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests;
