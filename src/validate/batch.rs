@@ -12,9 +12,7 @@ use serde::Serialize;
 
 use super::{ANNOTATION_HEADER, Outcome, Route};
 use crate::asyncapi::Policy;
-use crate::wire::records::{
-    self, RawBatch, RecordError, put_varint, write_batch, write_record_with_header,
-};
+use crate::wire::records::{self, RecordError, put_varint, write_batch, write_record_with_header};
 
 /// Kafka error codes eventgate answers with.
 pub mod codes {
@@ -188,7 +186,6 @@ pub fn now_rfc3339() -> String {
         .format(FORMAT)
         .unwrap_or_default()
 }
-
 
 #[cfg(test)]
 mod tests;
