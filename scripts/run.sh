@@ -36,19 +36,24 @@ wait_port "$TANSU_PORT" tansu
 tansu topic create --broker "tcp://127.0.0.1:$TANSU_PORT" --partitions 3 "$TOPIC" >/dev/null
 
 "$BIN" serve --upstream "127.0.0.1:$TANSU_PORT" --listen "127.0.0.1:$KAFKA_PORT" \
-  --http-listen "127.0.0.1:$HTTP_PORT" "$@" &
+  --http-listen "127.0.0.1:$HTTP_PORT" --spec asyncapi/demo.yaml --spec-dir "$RUN_DIR/specs" "$@" &
 eg=$!
 pids+=($eg)
 wait_port "$KAFKA_PORT" eventgate
 
 cat <<MSG
 
-eventgate is running in front of a local tansu broker. Try, in another terminal:
+eventgate is running in front of a local tansu broker, validating topic $TOPIC against
+asyncapi/demo.yaml (lumens: integer >= 0, sentAt: date-time). Try, in another terminal:
 
-  # produce (key:value per line)
-  printf 'k1:{"lumens":42,"sentAt":"2026-01-01T00:00:00Z"}\n' | kcat -b 127.0.0.1:$KAFKA_PORT -P -t $TOPIC -K:
-  # consume
-  kcat -b 127.0.0.1:$KAFKA_PORT -C -t $TOPIC -o beginning -e -f 'partition %p offset %o key %k: %s\n'
+  # produce a valid and an invalid record (key:value per line)
+  printf 'k1:{"lumens":42,"sentAt":"2026-01-01T00:00:00Z"}\nk2:{"lumens":-1,"sentAt":"soon"}\n' \
+    | kcat -b 127.0.0.1:$KAFKA_PORT -P -t $TOPIC -K:
+  # consume: the invalid record carries an _asyncapi_eg_validation_error header
+  kcat -b 127.0.0.1:$KAFKA_PORT -C -t $TOPIC -o beginning -e -f 'partition %p offset %o key %k headers [%h]: %s\n'
+  # the documents in force, and a dry run of a message
+  curl -s http://127.0.0.1:$HTTP_PORT/specs
+  curl -s -H 'content-type: application/json' -d '{"value":{"lumens":-5}}' http://127.0.0.1:$HTTP_PORT/specs/demo/validate
   # list brokers and topics (addresses are eventgate's)
   kcat -b 127.0.0.1:$KAFKA_PORT -L
   # health and Prometheus metrics

@@ -26,8 +26,12 @@ pub enum Command {
         #[arg(long, env = "EVENTGATE_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        settings: Settings,
+        settings: Box<Settings>,
     },
+    /// Check messages against an AsyncAPI document, offline, with the gateway's engine.
+    Validate(crate::offline::ValidateArgs),
+    /// Check AsyncAPI documents: parse, resolve references, compile every schema.
+    Lint(crate::offline::LintArgs),
     /// Produce and consume a load through a broker or proxy and report throughput and latency.
     Bench(crate::bench::BenchArgs),
 }
@@ -61,6 +65,8 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Validate(args) => crate::offline::validate(args),
+        Command::Lint(args) => crate::offline::lint(args),
         Command::Bench(args) => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -4,7 +4,7 @@
 //! schema of the YAML file. A flag beats its environment variable, which beats the file, which beats
 //! the built-in default. [`Settings::resolve`] turns the merged settings into a checked [`Config`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::asyncapi::Policy;
+use crate::validate::{Policies, UnknownTopic};
 use crate::wire::frame::DEFAULT_MAX_FRAME_BYTES;
 
 /// Why a configuration could not be used.
@@ -97,6 +99,46 @@ pub struct Settings {
     #[arg(long, env = "EVENTGATE_SHUTDOWN_TIMEOUT_MS")]
     pub shutdown_timeout_ms: Option<u64>,
 
+    /// AsyncAPI document to load at start (repeatable; its id is the file name without extension).
+    #[arg(long = "spec", env = "EVENTGATE_SPEC", value_delimiter = ',')]
+    #[serde(default)]
+    pub spec: Vec<PathBuf>,
+
+    /// Directory where uploaded documents persist across restarts ("" to keep them in memory only).
+    /// [default: eventgate-specs]
+    #[arg(long, env = "EVENTGATE_SPEC_DIR")]
+    pub spec_dir: Option<PathBuf>,
+
+    /// Policy for described topics whose channel sets no `x-eventgate-policy`: annotate, reject or
+    /// off. [default: annotate]
+    #[arg(long, env = "EVENTGATE_POLICY")]
+    pub policy: Option<Policy>,
+
+    /// Per-topic policy override, TOPIC=POLICY (repeatable); beats the documents.
+    #[arg(
+        long = "topic-policy",
+        env = "EVENTGATE_TOPIC_POLICY",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub topic_policy: Vec<String>,
+
+    /// Records of topics no document describes: pass or reject. [default: pass]
+    #[arg(long, env = "EVENTGATE_UNKNOWN_TOPIC")]
+    pub unknown_topic: Option<UnknownTopic>,
+
+    /// Bearer token required by the mutating admin routes (PUT/DELETE /specs). [default: none]
+    #[arg(long, env = "EVENTGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest AsyncAPI document accepted over HTTP, in bytes. [default: 4194304]
+    #[arg(long, env = "EVENTGATE_MAX_SPEC_BYTES")]
+    pub max_spec_bytes: Option<usize>,
+
+    /// Largest decompressed record batch eventgate reads to validate, in bytes. [default: 134217728]
+    #[arg(long, env = "EVENTGATE_MAX_DECOMPRESSED_BYTES")]
+    pub max_decompressed_bytes: Option<usize>,
+
     /// Log filter, in `tracing` env-filter syntax (RUST_LOG wins when set). [default: info]
     #[arg(long, env = "EVENTGATE_LOG")]
     pub log: Option<String>,
@@ -129,6 +171,11 @@ pub struct Config {
     pub max_in_flight: usize,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub specs: Vec<PathBuf>,
+    pub spec_dir: Option<PathBuf>,
+    pub policies: Policies,
+    pub admin_token: Option<String>,
+    pub max_spec_bytes: usize,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -163,6 +210,18 @@ impl Settings {
             max_in_flight: self.max_in_flight.or(file.max_in_flight),
             connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
             shutdown_timeout_ms: self.shutdown_timeout_ms.or(file.shutdown_timeout_ms),
+            spec: if self.spec.is_empty() {
+                file.spec
+            } else {
+                self.spec
+            },
+            spec_dir: self.spec_dir.or(file.spec_dir),
+            policy: self.policy.or(file.policy),
+            topic_policy: list(self.topic_policy, file.topic_policy),
+            unknown_topic: self.unknown_topic.or(file.unknown_topic),
+            admin_token: self.admin_token.or(file.admin_token),
+            max_spec_bytes: self.max_spec_bytes.or(file.max_spec_bytes),
+            max_decompressed_bytes: self.max_decompressed_bytes.or(file.max_decompressed_bytes),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
         }
@@ -231,6 +290,29 @@ impl Settings {
             return Err(invalid("max_in_flight", "must be at least 1"));
         }
         let log_format = self.log_format.unwrap_or_default();
+        let mut overrides = HashMap::new();
+        for entry in &self.topic_policy {
+            let (topic, policy) = entry
+                .rsplit_once('=')
+                .ok_or_else(|| invalid("topic_policy", format!("`{entry}` is not TOPIC=POLICY")))?;
+            let policy = policy
+                .trim()
+                .parse::<Policy>()
+                .map_err(|e| invalid("topic_policy", e))?;
+            overrides.insert(topic.trim().to_owned(), policy);
+        }
+        let policies = Policies {
+            default: self.policy.unwrap_or(Policy::Annotate),
+            overrides,
+            unknown_topic: self.unknown_topic.unwrap_or_default(),
+            max_decompressed_bytes: self.max_decompressed_bytes.unwrap_or(128 << 20),
+        };
+        let spec_dir = match self.spec_dir {
+            Some(d) if d.as_os_str().is_empty() => None,
+            Some(d) => Some(d),
+            None => Some(PathBuf::from("eventgate-specs")),
+        };
+        let admin_token = self.admin_token.filter(|t| !t.is_empty());
         Ok(Config {
             upstream,
             listen,
@@ -246,6 +328,11 @@ impl Settings {
             max_in_flight,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms.unwrap_or(10_000)),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms.unwrap_or(10_000)),
+            specs: self.spec,
+            spec_dir,
+            policies,
+            admin_token,
+            max_spec_bytes: self.max_spec_bytes.unwrap_or(4 << 20),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             log_format,
         })
@@ -327,6 +414,34 @@ mod tests {
         assert_eq!(c.upstream, vec!["a:1", "b:2"]);
         assert_eq!(c.fixed_node_port(5000), Some(7777));
         assert_eq!(c.max_in_flight, 9);
+    }
+
+    #[test]
+    fn policies_parse_from_flags_and_file() {
+        let file: Settings = serde_saphyr::from_str(
+            "policy: reject\ntopic_policy: ['orders=off']\nunknown_topic: reject\nspec_dir: ''\n",
+        )
+        .unwrap();
+        let c = Cli::try_parse_from(["x", "--topic-policy", "a.b=annotate"])
+            .unwrap()
+            .s
+            .over(file)
+            .resolve()
+            .unwrap();
+        assert_eq!(c.policies.default, Policy::Reject);
+        assert_eq!(c.policies.overrides.get("a.b"), Some(&Policy::Annotate));
+        assert_eq!(
+            c.policies.overrides.get("orders"),
+            None,
+            "flags replace the file's list"
+        );
+        assert_eq!(c.policies.unknown_topic, UnknownTopic::Reject);
+        assert_eq!(c.spec_dir, None);
+        let bad = Settings {
+            topic_policy: vec!["x=maybe".into()],
+            ..Default::default()
+        };
+        assert!(bad.resolve().is_err());
     }
 
     #[test]

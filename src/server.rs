@@ -1,7 +1,11 @@
 //! `eventgate serve`: starts every listener, waits for a signal, and shuts down gracefully.
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::proxy::Gateway;
+use crate::specs::{SpecStore, StoreError};
+use crate::validate::Validation;
 
 /// Why eventgate could not start.
 #[derive(Debug, thiserror::Error)]
@@ -18,20 +22,37 @@ pub enum ServeError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot open the spec store: {0}")]
+    Store(StoreError),
+    #[error("--spec {path}: {source}")]
+    Spec { path: String, source: StoreError },
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
 /// (for at most `shutdown_timeout`) and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     crate::telemetry::prometheus();
-    let validation = std::sync::Arc::new(crate::validate::Validation::new(Default::default()));
+    let validation = Arc::new(Validation::new(config.policies.clone()));
+    let store = Arc::new(
+        SpecStore::open(validation.clone(), config.spec_dir.clone()).map_err(ServeError::Store)?,
+    );
+    for path in &config.specs {
+        let summary = store.load_file(path).map_err(|source| ServeError::Spec {
+            path: path.display().to_string(),
+            source,
+        })?;
+        tracing::info!(id = summary.id, topics = ?summary.topics, "loaded AsyncAPI document");
+        for w in &summary.warnings {
+            tracing::warn!(id = summary.id, "{w}");
+        }
+    }
     let gw = Gateway::new(config, validation);
     let addr = gw.config.listen;
     gw.listen()
         .await
         .map_err(|source| ServeError::KafkaListen { addr, source })?;
     let addr = gw.config.http_listen;
-    crate::http::start(gw.clone())
+    crate::http::start(gw.clone(), store)
         .await
         .map_err(|source| ServeError::HttpListen { addr, source })?;
 

@@ -279,6 +279,27 @@ impl Document {
             };
             channels.extend(channel);
         }
+        for ch in &channels {
+            for m in &ch.messages {
+                for (part, slot) in [
+                    ("payload", &m.payload),
+                    ("headers", &m.headers),
+                    ("key", &m.key),
+                ] {
+                    if let Some(SchemaSlot {
+                        format: SchemaFormat::Other(f),
+                        ..
+                    }) = slot
+                    {
+                        warnings.push(format!(
+                            "message `{}` {part} uses schema format {f}, which eventgate cannot validate: \
+                             records that match no other message are reported as unchecked",
+                            m.name
+                        ));
+                    }
+                }
+            }
+        }
         Ok(Self {
             asyncapi,
             title,

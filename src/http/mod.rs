@@ -1,24 +1,41 @@
-//! The admin HTTP listener: health and Prometheus metrics.
+//! The admin HTTP listener: health, Prometheus metrics and the spec API ([`specs`]).
 //!
-//! It binds to loopback by default and never shares a task or a lock with the Kafka path.
+//! It binds to loopback by default and shares no task or lock with the Kafka path. When an admin
+//! token is configured, every mutating route requires `Authorization: Bearer <token>`.
+
+pub mod specs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 
 use crate::proxy::Gateway;
+use crate::specs::SpecStore;
 use crate::telemetry;
 
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<SpecStore>,
+    pub admin_token: Option<Arc<str>>,
+}
+
 /// Binds the admin listener and serves it until shutdown. Returns the bound address.
-pub async fn start(gw: Arc<Gateway>) -> std::io::Result<SocketAddr> {
+pub async fn start(gw: Arc<Gateway>, store: Arc<SpecStore>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(gw.config.http_listen).await?;
     let addr = listener.local_addr()?;
-    let app = router();
+    let state = AppState {
+        store,
+        admin_token: gw.config.admin_token.as_deref().map(Arc::from),
+    };
+    let app = router(state, gw.config.max_spec_bytes);
     let shutdown = gw.shutdown.clone();
     gw.tasks.spawn(async move {
         let served = axum::serve(listener, app)
@@ -32,10 +49,47 @@ pub async fn start(gw: Arc<Gateway>) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn router() -> Router {
+/// The admin routes.
+pub fn router(state: AppState, max_spec_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/specs", get(specs::list))
+        .route(
+            "/specs/{id}",
+            put(specs::put).get(specs::get).delete(specs::delete),
+        )
+        .route("/specs/{id}/validate", post(specs::validate))
+        .layer(DefaultBodyLimit::max(max_spec_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// Mutating routes need the admin token, when one is configured.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let mutating = matches!(*req.method(), Method::PUT | Method::DELETE | Method::PATCH)
+        || (req.method() == Method::POST && !req.uri().path().ends_with("/validate"));
+    if let (true, Some(token)) = (mutating, &state.admin_token) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return specs::ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this route needs `Authorization: Bearer <admin token>`".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> impl IntoResponse {
