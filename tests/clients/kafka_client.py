@@ -27,6 +27,15 @@ def payload(i, size, prefix):
     return (head + ("x" * pad) + '"}').encode()
 
 
+def text_or_none(v):
+    if v is None:
+        return None
+    try:
+        return v.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def rec_summary(key, value, headers, partition, offset, topic=None):
     return {
         "topic": topic,
@@ -36,7 +45,9 @@ def rec_summary(key, value, headers, partition, offset, topic=None):
         "value_len": None if value is None else len(value),
         "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
         "value": None if value is None or len(value) > 4096 else value.decode("utf-8", "replace"),
-        "headers": [[k, None if v is None else base64.b64encode(v).decode()] for k, v in (headers or [])],
+        # [name, value as text (None when null or not UTF-8), value as base64]
+        "headers": [[k, text_or_none(v), None if v is None else base64.b64encode(v).decode()]
+                    for k, v in (headers or [])],
     }
 
 
@@ -69,7 +80,15 @@ def ck_produce(a):
 
     values = [line.rstrip("\n").encode() for line in open(a.values_file)] if a.values_file else None
     n = len(values) if values is not None else a.count
+    if values is not None and a.count > n:
+        values = [values[i % n] for i in range(a.count)]
+        n = a.count
+    start = time.time()
     for i in range(n):
+        if a.rate:
+            ahead = start + i / a.rate - time.time()
+            if ahead > 0:
+                p.poll(ahead)
         value = values[i] if values is not None else payload(i, a.size, a.prefix)
         headers = [tuple(h.split("=", 1)) for h in a.header] if a.header else None
         kwargs = {"value": value, "key": f"{a.prefix}-{i}".encode(), "on_delivery": cb}
@@ -159,10 +178,11 @@ def kp_produce(a):
     if a.compression != "none":
         kw["compression_type"] = a.compression
     p = KafkaProducer(**kw)
+    values = [line.rstrip("\n").encode() for line in open(a.values_file)] if a.values_file else None
     futures = []
     for i in range(a.count):
-        futures.append(p.send(a.topic, key=f"{a.prefix}-{i}".encode(), value=payload(i, a.size, a.prefix),
-                              partition=a.partition))
+        value = values[i % len(values)] if values else payload(i, a.size, a.prefix)
+        futures.append(p.send(a.topic, key=f"{a.prefix}-{i}".encode(), value=value, partition=a.partition))
     p.flush(a.timeout)
     delivered, errors = 0, []
     for f in futures:
@@ -232,6 +252,7 @@ def main():
     ap.add_argument("--partition", type=int)
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--producers", type=int, default=1)
+    ap.add_argument("--rate", type=float, default=0, help="records per second (0: as fast as possible)")
     ap.add_argument("--assign", type=int, help="assign partitions 0..N-1 instead of subscribing")
     ap.add_argument("--group", default="eventgate-test")
     ap.add_argument("--header", action="append")

@@ -205,11 +205,15 @@ pub struct Eventgate {
     pub http_port: u16,
     pub node_port: u16,
     pub proc: Proc,
+    /// Where uploaded documents persist (unless the test passed its own `--spec-dir`).
+    pub spec_dir: Option<tempfile::TempDir>,
 }
 
 impl Eventgate {
     pub fn start(upstream: &str, extra: &[&str]) -> Eventgate {
         let (port, http_port, node_port) = (free_port(), free_port(), free_port());
+        let spec_dir =
+            (!extra.contains(&"--spec-dir")).then(|| tempfile::tempdir().expect("tempdir"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventgate"));
         cmd.args([
             "serve",
@@ -224,6 +228,9 @@ impl Eventgate {
         ])
         .args(extra)
         .env("RUST_LOG", "info,eventgate=debug");
+        if let Some(d) = &spec_dir {
+            cmd.arg("--spec-dir").arg(d.path());
+        }
         let mut proc = Proc::spawn("eventgate", &mut cmd);
         wait_until("eventgate to listen", Duration::from_secs(30), || {
             assert!(proc.is_running(), "eventgate exited: {}", proc.log_text());
@@ -234,6 +241,7 @@ impl Eventgate {
             http_port,
             node_port,
             proc,
+            spec_dir,
         }
     }
 
@@ -243,6 +251,17 @@ impl Eventgate {
 
     pub fn http(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.http_port, path)
+    }
+
+    /// The current value of a Prometheus sample, e.g. `name{label="x"}` (0 when absent).
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = http("GET", &self.http("/metrics"), None, &[]);
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
     }
 }
 
@@ -281,4 +300,66 @@ fn parse_client_output(command: &str, out: &Output) -> Value {
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("client {command} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+/// An HTTP exchange through curl: returns the status code and the body.
+pub fn http(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if body.is_some() {
+        cmd.args(["--data-binary", "@-"]);
+        cmd.stdin(Stdio::piped());
+    }
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("curl");
+    if let Some(b) = body {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b.as_bytes())
+            .expect("write body");
+    }
+    let out = child.wait_with_output().expect("curl output");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The repository's own files (fixtures, the demo document).
+pub fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+pub fn repo_path(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .display()
+        .to_string()
+}
+
+/// Writes `lines` to a temporary file for `--values-file`.
+pub fn values_file(lines: &[&str]) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    for l in lines {
+        writeln!(f, "{l}").expect("write");
+    }
+    f
+}
+
+/// The text of the last header `name` of a consumed record (from `kafka_client.py` output).
+pub fn header(record: &Value, name: &str) -> Option<String> {
+    let headers = record["headers"].as_array()?;
+    headers
+        .iter()
+        .rev()
+        .find(|h| h[0] == name)
+        .and_then(|h| h[1].as_str())
+        .map(str::to_owned)
 }
