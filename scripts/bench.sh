@@ -3,7 +3,9 @@
 #   direct      the bench client talks to tansu itself
 #   socat       through a bare byte-forwarding TCP relay (the floor any proxy pays)
 #   tansu-proxy through `tansu proxy`, a simple Rust Kafka proxy
-#   eventgate   through eventgate (release build), plus any extra eventgate modes given in MODES
+#   eventgate   through eventgate (release build), passthrough: no document loaded
+#   eventgate-valid     eventgate validating every record against benches/bench-asyncapi.yaml (all valid)
+#   eventgate-annotate  the same, with every record invalid, so every batch is rebuilt with annotations
 # Each round starts a fresh in-memory tansu per target, so no run inherits another's log. Rounds
 # rotate the target order; the median of the rounds is reported, with ratios against direct and
 # socat and the proxy's CPU time per MB moved (produce + consume), read from /proc.
@@ -26,8 +28,8 @@ CONSUME_RECORDS=${CONSUME_RECORDS:-100000}
 LAT_RATE=${LAT_RATE:-20000}
 LAT_BATCH=${LAT_BATCH:-10}
 LAT_RECORDS=${LAT_RECORDS:-60000}
-TARGETS=${TARGETS:-"direct socat tansu-proxy eventgate"}
-# Extra eventgate arguments per mode, e.g. MODES="eventgate"; later issues add validating modes.
+TARGETS=${TARGETS:-"direct socat tansu-proxy eventgate eventgate-valid eventgate-annotate"}
+# Extra arguments for every eventgate run.
 EVENTGATE_ARGS=${EVENTGATE_ARGS:-}
 OUT_DIR=target/bench
 mkdir -p "$OUT_DIR"
@@ -65,21 +67,26 @@ run_target() {
         --origin-url "tcp://127.0.0.1:$tport" >/dev/null 2>&1 &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
     eventgate*)
+      local mode_args=""
+      [ "$name" != eventgate ] && mode_args="--spec benches/bench-asyncapi.yaml"
       # shellcheck disable=SC2086
-      RUST_LOG=warn "$BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$pport" \
-        --http-listen "127.0.0.1:$(free_port)" --node-port "111=$(free_port)" $EVENTGATE_ARGS >/dev/null 2>&1 &
+      RUST_LOG=warn "$BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$pport" --spec-dir "" \
+        --http-listen "127.0.0.1:$(free_port)" --node-port "111=$(free_port)" $mode_args $EVENTGATE_ARGS >/dev/null 2>&1 &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
   esac
+  local invalid=0
+  [ "$name" = eventgate-annotate ] && invalid=1
   pids+=(${proxy_pid:+$proxy_pid})
   wait_port "${addr##*:}"
   local before after
   before=$(proc_cpu "$name" "$proxy_pid")
   "$BIN" bench --bootstrap "$addr" --topic tput --records "$RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --consume-records "$CONSUME_RECORDS" \
-    --label "$name" >"$OUT_DIR/.tput.json"
+    --invalid-every "$invalid" --label "$name" >"$OUT_DIR/.tput.json"
   after=$(proc_cpu "$name" "$proxy_pid")
   "$BIN" bench --bootstrap "$addr" --topic lat --records "$LAT_RECORDS" --record-size "$RECORD_SIZE" \
-    --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume --label "$name" >"$OUT_DIR/.lat.json"
+    --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume \
+    --invalid-every "$invalid" --label "$name" >"$OUT_DIR/.lat.json"
   python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" >>"$RESULTS" <<'PY'
 import json, sys
 t, l = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))

@@ -107,7 +107,7 @@ pub struct Settings {
     /// Directory where uploaded documents persist across restarts ("" to keep them in memory only).
     /// [default: eventgate-specs]
     #[arg(long, env = "EVENTGATE_SPEC_DIR")]
-    pub spec_dir: Option<PathBuf>,
+    pub spec_dir: Option<String>,
 
     /// Policy for described topics whose channel sets no `x-eventgate-policy`: annotate, reject or
     /// off. [default: annotate]
@@ -308,8 +308,8 @@ impl Settings {
             max_decompressed_bytes: self.max_decompressed_bytes.unwrap_or(128 << 20),
         };
         let spec_dir = match self.spec_dir {
-            Some(d) if d.as_os_str().is_empty() => None,
-            Some(d) => Some(d),
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(PathBuf::from(d)),
             None => Some(PathBuf::from("eventgate-specs")),
         };
         let admin_token = self.admin_token.filter(|t| !t.is_empty());

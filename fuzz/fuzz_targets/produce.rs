@@ -1,0 +1,43 @@
+//! Any Produce request a client sends is walked, validated and annotated or refused, never panics.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use eventgate::asyncapi::load;
+use eventgate::proxy::produce::inspect;
+use eventgate::telemetry::ValidationMetrics;
+use eventgate::validate::{Catalog, Policies, Validation, compile};
+use eventgate::wire::header::RequestMeta;
+use libfuzzer_sys::fuzz_target;
+
+fn validation() -> &'static Validation {
+    static V: OnceLock<Validation> = OnceLock::new();
+    V.get_or_init(|| {
+        let v = Validation::new(Policies::default());
+        let doc = compile("demo", load(include_str!("../../asyncapi/demo.yaml")).unwrap()).unwrap();
+        v.catalog.store(Arc::new(Catalog::new(vec![Arc::new(doc)]).unwrap()));
+        v
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&[version], body)) = data.split_first_chunk::<1>() else { return };
+    let version = i16::from(version % 14);
+    // Header v1/v2 with the topic of the demo document likely to appear in the body.
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    frame.put_i16(0);
+    frame.put_i16(version);
+    frame.put_i32(1);
+    frame.put_i16(-1);
+    if version >= 9 {
+        frame.put_u8(0);
+    }
+    frame.put_slice(body);
+    let len = (frame.len() - 4) as i32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    let frame: Bytes = frame.freeze();
+    let Ok(meta) = RequestMeta::peek(&frame) else { return };
+    let _ = inspect(validation(), &ValidationMetrics::new(), &meta, &frame);
+});
