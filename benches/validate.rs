@@ -26,14 +26,7 @@ fn batch(invalid: bool, codec: Codec) -> Vec<u8> {
     let mut section = Vec::new();
     for i in 0..RECORDS {
         let v = demo_value(i as u64, SIZE, invalid);
-        write_record(
-            &mut section,
-            i as i64,
-            i as i32,
-            Some(format!("k{i}").as_bytes()),
-            Some(&v),
-            std::iter::empty(),
-        );
+        write_record(&mut section, i as i64, i as i32, Some(format!("k{i}").as_bytes()), Some(&v), std::iter::empty());
     }
     let header = BatchHeader {
         base_offset: 0,
@@ -74,9 +67,7 @@ fn validation(c: &mut Criterion) {
             assert_eq!(n, RECORDS);
         })
     });
-    g.bench_function("memcpy of the same bytes", |b| {
-        b.iter(|| black_box(section.clone()))
-    });
+    g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(section.clone())));
     g.finish();
 
     for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
@@ -108,9 +99,7 @@ fn validation(c: &mut Criterion) {
                 assert!(matches!(r.verdict, Verdict::Annotated(_)));
             })
         });
-        g.bench_function("memcpy of the same bytes", |b| {
-            b.iter(|| black_box(valid.clone()))
-        });
+        g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(valid.clone())));
         g.finish();
     }
 }

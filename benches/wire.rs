@@ -19,14 +19,7 @@ fn batch(n: usize, size: usize) -> Bytes {
     let mut section = Vec::new();
     let value = vec![b'x'; size];
     for i in 0..n {
-        write_record(
-            &mut section,
-            0,
-            i as i32,
-            Some(b"key"),
-            Some(&value),
-            std::iter::empty(),
-        );
+        write_record(&mut section, 0, i as i32, Some(b"key"), Some(&value), std::iter::empty());
     }
     let header = BatchHeader {
         base_offset: 0,
@@ -50,9 +43,7 @@ fn batch(n: usize, size: usize) -> Bytes {
 fn response_frame<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
     let mut b = BytesMut::new();
     b.put_i32(0);
-    ResponseHeader::default()
-        .encode(&mut b, key.response_header_version(version))
-        .unwrap();
+    ResponseHeader::default().encode(&mut b, key.response_header_version(version)).unwrap();
     body.encode(&mut b, version).unwrap();
     let len = (b.len() - 4) as i32;
     b[..4].copy_from_slice(&len.to_be_bytes());
@@ -79,9 +70,7 @@ fn frames(c: &mut Criterion) {
             n
         })
     });
-    g.bench_function("memcpy of the same bytes", |b| {
-        b.iter(|| black_box(wire.clone()))
-    });
+    g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(wire.clone())));
     g.finish();
 }
 
@@ -94,49 +83,28 @@ fn rewrites(c: &mut Criterion) {
                 .with_port(9092)
         })
         .collect();
-    let md = response_frame(
-        ApiKey::Metadata,
-        12,
-        &MetadataResponse::default().with_brokers(brokers),
-    );
+    let md = response_frame(ApiKey::Metadata, 12, &MetadataResponse::default().with_brokers(brokers));
     let mut map = |id: i32, _: &str, _: i32| -> Result<(StrBytes, i32), AdvertiseError> {
         Ok((StrBytes::from_static_str("eventgate"), 19000 + id))
     };
     c.bench_function("rewrite Metadata v12, 3 brokers", |b| {
-        b.iter(|| {
-            rewrite_response(
-                ResponseAction::Addresses(ApiKey::Metadata),
-                12,
-                black_box(&md),
-                &mut map,
-            )
-            .unwrap()
-        })
+        b.iter(|| rewrite_response(ResponseAction::Addresses(ApiKey::Metadata), 12, black_box(&md), &mut map).unwrap())
     });
 
     let records = batch(1000, 1024);
     let fetch = FetchResponse::default().with_responses(vec![
-        FetchableTopicResponse::default().with_partitions(vec![
-            PartitionData::default().with_records(Some(records.clone())),
-        ]),
+        FetchableTopicResponse::default()
+            .with_partitions(vec![PartitionData::default().with_records(Some(records.clone()))]),
     ]);
     let frame = response_frame(ApiKey::Fetch, 16, &fetch);
     let mut g = c.benchmark_group("fetch v16 answer with 1 MiB of records");
     g.throughput(Throughput::Bytes(frame.len() as u64));
     g.bench_function("scan for node_endpoints", |b| {
         b.iter(|| {
-            rewrite_response(
-                ResponseAction::NodeEndpoints(ApiKey::Fetch),
-                16,
-                black_box(&frame),
-                &mut map,
-            )
-            .unwrap()
+            rewrite_response(ResponseAction::NodeEndpoints(ApiKey::Fetch), 16, black_box(&frame), &mut map).unwrap()
         })
     });
-    g.bench_function("memcpy of the same bytes", |b| {
-        b.iter(|| black_box(frame.to_vec()))
-    });
+    g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(frame.to_vec())));
     g.finish();
 
     let mut g = c.benchmark_group("record batch of 1000 x 1 KiB");
@@ -148,9 +116,7 @@ fn rewrites(c: &mut Criterion) {
             records::count_records(raw.stored_records(), raw.header.record_count).unwrap()
         })
     });
-    g.bench_function("memcpy of the same bytes", |b| {
-        b.iter(|| black_box(records.to_vec()))
-    });
+    g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(records.to_vec())));
     g.finish();
 }
 

@@ -133,9 +133,7 @@ pub struct BenchResult {
 /// Runs the benchmark and prints the JSON result.
 pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
     if args.partitions < 1 || args.batch_records == 0 || args.in_flight == 0 {
-        return Err(BenchError::Option(
-            "partitions, batch-records and in-flight must be at least 1".into(),
-        ));
+        return Err(BenchError::Option("partitions, batch-records and in-flight must be at least 1".into()));
     }
     let codec = match args.compression.as_str() {
         "none" => Codec::None,
@@ -146,11 +144,7 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         other => return Err(BenchError::Option(format!("unknown compression {other}"))),
     };
     let produce = produce(&args, codec).await?;
-    let consume = if args.no_consume {
-        None
-    } else {
-        Some(consume(&args).await?)
-    };
+    let consume = if args.no_consume { None } else { Some(consume(&args).await?) };
     Ok(BenchResult {
         label: args.label.clone(),
         bootstrap: args.bootstrap.clone(),
@@ -175,20 +169,14 @@ pub fn demo_value(i: u64, size: usize, invalid: bool) -> Vec<u8> {
     v
 }
 
-fn frame_with_header(
-    key: ApiKey,
-    version: i16,
-    body: &impl Encodable,
-) -> Result<BytesMut, BenchError> {
+fn frame_with_header(key: ApiKey, version: i16, body: &impl Encodable) -> Result<BytesMut, BenchError> {
     let header = RequestHeader::default()
         .with_request_api_key(key as i16)
         .with_request_api_version(version)
         .with_client_id(Some(StrBytes::from_static_str("eventgate-bench")));
     let mut b = BytesMut::new();
     b.put_i32(0);
-    header
-        .encode(&mut b, key.request_header_version(version))
-        .map_err(protocol)?;
+    header.encode(&mut b, key.request_header_version(version)).map_err(protocol)?;
     body.encode(&mut b, version).map_err(protocol)?;
     let len = (b.len() - 4) as i32;
     b[..4].copy_from_slice(&len.to_be_bytes());
@@ -200,33 +188,17 @@ fn set_correlation_id(frame: &mut [u8], id: i32) {
 }
 
 /// One Produce request template per partition, each carrying one batch of `n` records.
-fn produce_templates(
-    args: &BenchArgs,
-    codec: Codec,
-    n: usize,
-    first: u64,
-) -> Result<Vec<BytesMut>, BenchError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+fn produce_templates(args: &BenchArgs, codec: Codec, n: usize, first: u64) -> Result<Vec<BytesMut>, BenchError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     (0..args.partitions)
         .map(|p| {
             let mut section = Vec::with_capacity(n * (args.record_size + 32));
             for i in 0..n {
                 let idx = first + i as u64;
-                let invalid =
-                    args.invalid_every > 0 && idx.is_multiple_of(args.invalid_every as u64);
+                let invalid = args.invalid_every > 0 && idx.is_multiple_of(args.invalid_every as u64);
                 let key = format!("k{idx}");
                 let value = demo_value(idx, args.record_size, invalid);
-                write_record(
-                    &mut section,
-                    0,
-                    i as i32,
-                    Some(key.as_bytes()),
-                    Some(&value),
-                    std::iter::empty(),
-                );
+                write_record(&mut section, 0, i as i32, Some(key.as_bytes()), Some(&value), std::iter::empty());
             }
             let header = BatchHeader {
                 base_offset: 0,
@@ -244,18 +216,13 @@ fn produce_templates(
             };
             let mut batch = BytesMut::new();
             write_batch(&mut batch, &header, &section, Framing::Standard).map_err(protocol)?;
-            let req = ProduceRequest::default()
-                .with_acks(-1)
-                .with_timeout_ms(30_000)
-                .with_topic_data(vec![
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
-                        .with_partition_data(vec![
-                            PartitionProduceData::default()
-                                .with_index(p)
-                                .with_records(Some(batch.freeze())),
-                        ]),
-                ]);
+            let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default().with_index(p).with_records(Some(batch.freeze())),
+                    ]),
+            ]);
             frame_with_header(ApiKey::Produce, PRODUCE_VERSION, &req)
         })
         .collect()
@@ -271,8 +238,7 @@ async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchErr
     let (tx, mut rx) = mpsc::unbounded_channel::<Instant>();
 
     let writer_permits = permits.clone();
-    let interval = (args.rate > 0)
-        .then(|| Duration::from_secs_f64(args.batch_records as f64 / args.rate as f64));
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.batch_records as f64 / args.rate as f64));
     let start = Instant::now();
     let writer = tokio::spawn(async move {
         let mut frame = BytesMut::new();
@@ -280,10 +246,7 @@ async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchErr
             if let Some(every) = interval {
                 tokio::time::sleep_until((start + every * i as u32).into()).await;
             }
-            let permit = writer_permits
-                .acquire()
-                .await
-                .map_err(|e| BenchError::Protocol(e.to_string()))?;
+            let permit = writer_permits.acquire().await.map_err(|e| BenchError::Protocol(e.to_string()))?;
             permit.forget();
             frame.clear();
             frame.extend_from_slice(&templates[(i % templates.len() as u64) as usize]);
@@ -304,35 +267,20 @@ async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchErr
                 break f;
             }
             if buf.fill(&mut rd).await? == 0 {
-                return Err(BenchError::Protocol(format!(
-                    "connection closed after {answered} answers"
-                )));
+                return Err(BenchError::Protocol(format!("connection closed after {answered} answers")));
             }
         };
-        let sent = rx
-            .recv()
-            .await
-            .ok_or_else(|| BenchError::Protocol("answer without request".into()))?;
+        let sent = rx.recv().await.ok_or_else(|| BenchError::Protocol("answer without request".into()))?;
         latencies.push(sent.elapsed().as_micros() as u64);
         let mut body = frame.slice(4..);
-        let header = ResponseHeader::decode(
-            &mut body,
-            ApiKey::Produce.response_header_version(PRODUCE_VERSION),
-        )
-        .map_err(protocol)?;
+        let header = ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(PRODUCE_VERSION))
+            .map_err(protocol)?;
         if header.correlation_id != answered as i32 {
-            return Err(BenchError::Protocol(format!(
-                "answer {} for request {answered}",
-                header.correlation_id
-            )));
+            return Err(BenchError::Protocol(format!("answer {} for request {answered}", header.correlation_id)));
         }
         let resp = ProduceResponse::decode(&mut body, PRODUCE_VERSION).map_err(protocol)?;
-        errors += resp
-            .responses
-            .iter()
-            .flat_map(|t| &t.partition_responses)
-            .filter(|p| p.error_code != 0)
-            .count() as u64;
+        errors +=
+            resp.responses.iter().flat_map(|t| &t.partition_responses).filter(|p| p.error_code != 0).count() as u64;
         answered += 1;
         permits.add_permits(1);
     }
@@ -363,9 +311,7 @@ async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
     let mut cid = 0;
     while got < wanted {
         if Instant::now() > deadline {
-            return Err(BenchError::Protocol(format!(
-                "consumed {got} of {wanted} records before the deadline"
-            )));
+            return Err(BenchError::Protocol(format!("consumed {got} of {wanted} records before the deadline")));
         }
         let req = FetchRequest::default()
             .with_replica_id(kafka_protocol::messages::BrokerId(-1))
@@ -373,20 +319,18 @@ async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
             .with_min_bytes(1)
             .with_max_bytes(64 << 20)
             .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_string(args.topic.clone())))
-                    .with_partitions(
-                        offsets
-                            .iter()
-                            .enumerate()
-                            .map(|(p, &o)| {
-                                FetchPartition::default()
-                                    .with_partition(p as i32)
-                                    .with_fetch_offset(o)
-                                    .with_partition_max_bytes(16 << 20)
-                            })
-                            .collect(),
-                    ),
+                FetchTopic::default().with_topic(TopicName(StrBytes::from_string(args.topic.clone()))).with_partitions(
+                    offsets
+                        .iter()
+                        .enumerate()
+                        .map(|(p, &o)| {
+                            FetchPartition::default()
+                                .with_partition(p as i32)
+                                .with_fetch_offset(o)
+                                .with_partition_max_bytes(16 << 20)
+                        })
+                        .collect(),
+                ),
             ]);
         let mut frame = frame_with_header(ApiKey::Fetch, FETCH_VERSION, &req)?;
         cid += 1;
@@ -397,15 +341,12 @@ async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
                 break f;
             }
             if buf.fill(&mut stream).await? == 0 {
-                return Err(BenchError::Protocol(
-                    "connection closed while fetching".into(),
-                ));
+                return Err(BenchError::Protocol("connection closed while fetching".into()));
             }
         };
         // Walked in place rather than decoded: some brokers (tansu) add tagged fields that strict
         // decoders refuse at this version.
-        let hlen =
-            response_header_len(ApiKey::Fetch, FETCH_VERSION, &resp[4..]).map_err(protocol)?;
+        let hlen = response_header_len(ApiKey::Fetch, FETCH_VERSION, &resp[4..]).map_err(protocol)?;
         let mut walk_error = None;
         scan::fetch_response(&resp[4 + hlen..], FETCH_VERSION, |partition, records| {
             let mut rest = records.unwrap_or_default();
@@ -453,11 +394,5 @@ fn percentiles(v: &mut [u64]) -> Latency {
         }
         v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
     };
-    Latency {
-        p50_us: at(0.50),
-        p90_us: at(0.90),
-        p99_us: at(0.99),
-        p999_us: at(0.999),
-        max_us: at(1.0),
-    }
+    Latency { p50_us: at(0.50), p90_us: at(0.90), p99_us: at(0.99), p999_us: at(0.999), max_us: at(1.0) }
 }

@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{LogFormat, Settings};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "eventgate",
-    version,
-    about = "A Kafka gateway that validates records against AsyncAPI documents"
-)]
+#[command(name = "eventgate", version, about = "A Kafka gateway that validates records against AsyncAPI documents")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -50,10 +46,7 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             crate::telemetry::init_logs(&config.log, config.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };
@@ -68,10 +61,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => crate::offline::validate(args),
         Command::Lint(args) => crate::offline::lint(args),
         Command::Bench(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };

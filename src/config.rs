@@ -13,6 +13,8 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::asyncapi::Policy;
+use crate::mirror::MirrorConfig;
+use crate::nats::{NatsConfig, Storage};
 use crate::validate::{Policies, UnknownTopic};
 use crate::wire::frame::DEFAULT_MAX_FRAME_BYTES;
 
@@ -20,27 +22,15 @@ use crate::wire::frame::DEFAULT_MAX_FRAME_BYTES;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<serde_saphyr::Error>,
-    },
+    Parse { path: PathBuf, source: Box<serde_saphyr::Error> },
     #[error("{setting}: {message}")]
-    Invalid {
-        setting: &'static str,
-        message: String,
-    },
+    Invalid { setting: &'static str, message: String },
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        message: message.into(),
-    }
+    ConfigError::Invalid { setting, message: message.into() }
 }
 
 /// Settings of `eventgate serve`. Each field is a flag, an `EVENTGATE_*` variable and a key of the
@@ -115,11 +105,7 @@ pub struct Settings {
     pub policy: Option<Policy>,
 
     /// Per-topic policy override, TOPIC=POLICY (repeatable); beats the documents.
-    #[arg(
-        long = "topic-policy",
-        env = "EVENTGATE_TOPIC_POLICY",
-        value_delimiter = ','
-    )]
+    #[arg(long = "topic-policy", env = "EVENTGATE_TOPIC_POLICY", value_delimiter = ',')]
     #[serde(default)]
     pub topic_policy: Vec<String>,
 
@@ -138,6 +124,73 @@ pub struct Settings {
     /// Largest decompressed record batch eventgate reads to validate, in bytes. [default: 134217728]
     #[arg(long, env = "EVENTGATE_MAX_DECOMPRESSED_BYTES")]
     pub max_decompressed_bytes: Option<usize>,
+
+    /// NATS server URL; enables the CloudEvents mirror and shares documents through JetStream.
+    /// [default: none]
+    #[arg(long, env = "EVENTGATE_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// JetStream stream holding mirrored events. [default: EVENTGATE]
+    #[arg(long, env = "EVENTGATE_NATS_STREAM")]
+    pub nats_stream: Option<String>,
+
+    /// Subject prefix of mirrored records: `<prefix>.<topic>`. [default: eventgate.records]
+    #[arg(long, env = "EVENTGATE_MIRROR_SUBJECT_PREFIX")]
+    pub mirror_subject_prefix: Option<String>,
+
+    /// Subject prefix of records refused by policy. [default: eventgate.rejected]
+    #[arg(long, env = "EVENTGATE_MIRROR_REJECTED_PREFIX")]
+    pub mirror_rejected_prefix: Option<String>,
+
+    /// Stream storage: file or memory. [default: file]
+    #[arg(long, env = "EVENTGATE_MIRROR_STORAGE")]
+    pub mirror_storage: Option<Storage>,
+
+    /// Events older than this many seconds leave the stream (0: no limit). [default: 604800]
+    #[arg(long, env = "EVENTGATE_MIRROR_MAX_AGE_SECS")]
+    pub mirror_max_age_secs: Option<u64>,
+
+    /// Stream size limit in bytes (-1: no limit). [default: 1073741824]
+    #[arg(long, env = "EVENTGATE_MIRROR_MAX_BYTES", allow_negative_numbers = true)]
+    pub mirror_max_bytes: Option<i64>,
+
+    /// Stream message-count limit (-1: no limit). [default: -1]
+    #[arg(long, env = "EVENTGATE_MIRROR_MAX_MESSAGES", allow_negative_numbers = true)]
+    pub mirror_max_messages: Option<i64>,
+
+    /// Largest event stored with its data; larger records are mirrored without their data, marked
+    /// `dataomitted`. Keep it at or below the server's max_payload. [default: 1000000]
+    #[arg(long, env = "EVENTGATE_MIRROR_MAX_EVENT_BYTES")]
+    pub mirror_max_event_bytes: Option<usize>,
+
+    /// Seconds during which JetStream drops a resent event with the same id. [default: 120]
+    #[arg(long, env = "EVENTGATE_MIRROR_DUPLICATE_WINDOW_SECS")]
+    pub mirror_duplicate_window_secs: Option<u64>,
+
+    /// Record bytes waiting to be mirrored (e.g. while NATS is away) before further records are
+    /// dropped from the mirror and counted; Kafka traffic is never held up. [default: 268435456]
+    #[arg(long, env = "EVENTGATE_MIRROR_BUFFER_BYTES")]
+    pub mirror_buffer_bytes: Option<usize>,
+
+    /// Publish acknowledgements outstanding at once. [default: 1024]
+    #[arg(long, env = "EVENTGATE_MIRROR_WINDOW")]
+    pub mirror_window: Option<usize>,
+
+    /// Cluster name in each event's `source` (`kafka://<cluster>/<topic>`). [default: kafka]
+    #[arg(long, env = "EVENTGATE_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+
+    /// CloudEvents `type` of records that match no AsyncAPI message. [default: eventgate.record]
+    #[arg(long, env = "EVENTGATE_CE_DEFAULT_TYPE")]
+    pub ce_default_type: Option<String>,
+
+    /// JetStream key-value bucket of uploaded documents. [default: eventgate_specs]
+    #[arg(long, env = "EVENTGATE_SPEC_BUCKET")]
+    pub spec_bucket: Option<String>,
+
+    /// Events buffered per websocket client before a slow client is disconnected. [default: 1024]
+    #[arg(long, env = "EVENTGATE_WS_BUFFER")]
+    pub ws_buffer: Option<usize>,
 
     /// Log filter, in `tracing` env-filter syntax (RUST_LOG wins when set). [default: info]
     #[arg(long, env = "EVENTGATE_LOG")]
@@ -176,6 +229,9 @@ pub struct Config {
     pub policies: Policies,
     pub admin_token: Option<String>,
     pub max_spec_bytes: usize,
+    pub nats: Option<NatsConfig>,
+    pub mirror: MirrorConfig,
+    pub ws_buffer: usize,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -183,14 +239,10 @@ pub struct Config {
 impl Settings {
     /// Reads a YAML config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_saphyr::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        serde_saphyr::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
     /// `self` (flags and environment) over `file`.
@@ -210,11 +262,7 @@ impl Settings {
             max_in_flight: self.max_in_flight.or(file.max_in_flight),
             connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
             shutdown_timeout_ms: self.shutdown_timeout_ms.or(file.shutdown_timeout_ms),
-            spec: if self.spec.is_empty() {
-                file.spec
-            } else {
-                self.spec
-            },
+            spec: if self.spec.is_empty() { file.spec } else { self.spec },
             spec_dir: self.spec_dir.or(file.spec_dir),
             policy: self.policy.or(file.policy),
             topic_policy: list(self.topic_policy, file.topic_policy),
@@ -222,6 +270,22 @@ impl Settings {
             admin_token: self.admin_token.or(file.admin_token),
             max_spec_bytes: self.max_spec_bytes.or(file.max_spec_bytes),
             max_decompressed_bytes: self.max_decompressed_bytes.or(file.max_decompressed_bytes),
+            nats_url: self.nats_url.or(file.nats_url),
+            nats_stream: self.nats_stream.or(file.nats_stream),
+            mirror_subject_prefix: self.mirror_subject_prefix.or(file.mirror_subject_prefix),
+            mirror_rejected_prefix: self.mirror_rejected_prefix.or(file.mirror_rejected_prefix),
+            mirror_storage: self.mirror_storage.or(file.mirror_storage),
+            mirror_max_age_secs: self.mirror_max_age_secs.or(file.mirror_max_age_secs),
+            mirror_max_bytes: self.mirror_max_bytes.or(file.mirror_max_bytes),
+            mirror_max_messages: self.mirror_max_messages.or(file.mirror_max_messages),
+            mirror_max_event_bytes: self.mirror_max_event_bytes.or(file.mirror_max_event_bytes),
+            mirror_duplicate_window_secs: self.mirror_duplicate_window_secs.or(file.mirror_duplicate_window_secs),
+            mirror_buffer_bytes: self.mirror_buffer_bytes.or(file.mirror_buffer_bytes),
+            mirror_window: self.mirror_window.or(file.mirror_window),
+            cluster_name: self.cluster_name.or(file.cluster_name),
+            ce_default_type: self.ce_default_type.or(file.ce_default_type),
+            spec_bucket: self.spec_bucket.or(file.spec_bucket),
+            ws_buffer: self.ws_buffer.or(file.ws_buffer),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
         }
@@ -229,11 +293,7 @@ impl Settings {
 
     /// Applies defaults and checks every value.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let upstream = if self.upstream.is_empty() {
-            vec!["127.0.0.1:9192".to_owned()]
-        } else {
-            self.upstream
-        };
+        let upstream = if self.upstream.is_empty() { vec!["127.0.0.1:9192".to_owned()] } else { self.upstream };
         for u in &upstream {
             split_host_port(u).map_err(|m| invalid("upstream", m))?;
         }
@@ -244,10 +304,7 @@ impl Settings {
             None if listen.ip().is_unspecified() => {
                 return Err(invalid(
                     "advertised_host",
-                    format!(
-                        "required when listening on the wildcard address {}",
-                        listen.ip()
-                    ),
+                    format!("required when listening on the wildcard address {}", listen.ip()),
                 ));
             }
             None => match listen.ip() {
@@ -257,12 +314,10 @@ impl Settings {
         };
         let node_port_base = match self.node_port_base {
             Some(p) => p,
-            None => listen.port().checked_add(1).ok_or_else(|| {
-                invalid(
-                    "node_port_base",
-                    "listen port 65535 leaves no room for broker ports",
-                )
-            })?,
+            None => listen
+                .port()
+                .checked_add(1)
+                .ok_or_else(|| invalid("node_port_base", "listen port 65535 leaves no room for broker ports"))?,
         };
         let node_id_max = self.node_id_max.unwrap_or(1023);
         if node_id_max < 0 {
@@ -272,18 +327,13 @@ impl Settings {
         for entry in &self.node_port {
             let (id, port) = entry
                 .split_once('=')
-                .and_then(|(i, p)| {
-                    Some((i.trim().parse::<i32>().ok()?, p.trim().parse::<u16>().ok()?))
-                })
+                .and_then(|(i, p)| Some((i.trim().parse::<i32>().ok()?, p.trim().parse::<u16>().ok()?)))
                 .ok_or_else(|| invalid("node_port", format!("`{entry}` is not NODE_ID=PORT")))?;
             node_ports.insert(id, port);
         }
         let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
         if max_frame_bytes < 1024 || max_frame_bytes > i32::MAX as usize {
-            return Err(invalid(
-                "max_frame_bytes",
-                "must be between 1024 and 2147483647",
-            ));
+            return Err(invalid("max_frame_bytes", "must be between 1024 and 2147483647"));
         }
         let max_in_flight = self.max_in_flight.unwrap_or(1024);
         if max_in_flight == 0 {
@@ -295,10 +345,7 @@ impl Settings {
             let (topic, policy) = entry
                 .rsplit_once('=')
                 .ok_or_else(|| invalid("topic_policy", format!("`{entry}` is not TOPIC=POLICY")))?;
-            let policy = policy
-                .trim()
-                .parse::<Policy>()
-                .map_err(|e| invalid("topic_policy", e))?;
+            let policy = policy.trim().parse::<Policy>().map_err(|e| invalid("topic_policy", e))?;
             overrides.insert(topic.trim().to_owned(), policy);
         }
         let policies = Policies {
@@ -313,6 +360,41 @@ impl Settings {
             None => Some(PathBuf::from("eventgate-specs")),
         };
         let admin_token = self.admin_token.filter(|t| !t.is_empty());
+        let subject_prefix = self.mirror_subject_prefix.unwrap_or_else(|| "eventgate.records".to_owned());
+        let rejected_prefix = self.mirror_rejected_prefix.unwrap_or_else(|| "eventgate.rejected".to_owned());
+        for (setting, p) in [("mirror_subject_prefix", &subject_prefix), ("mirror_rejected_prefix", &rejected_prefix)] {
+            let ok = !p.is_empty()
+                && p.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>']) && !t.contains(char::is_whitespace));
+            if !ok {
+                return Err(invalid(setting, format!("`{p}` is not a NATS subject prefix like a.b.c")));
+            }
+        }
+        if subject_prefix == rejected_prefix {
+            return Err(invalid("mirror_rejected_prefix", "must differ from mirror_subject_prefix"));
+        }
+        let max_event_bytes = self.mirror_max_event_bytes.unwrap_or(1_000_000);
+        let mirror = MirrorConfig {
+            cluster: self.cluster_name.unwrap_or_else(|| "kafka".to_owned()),
+            default_type: self.ce_default_type.unwrap_or_else(|| "eventgate.record".to_owned()),
+            subject_prefix: subject_prefix.clone(),
+            rejected_prefix: rejected_prefix.clone(),
+            max_event_bytes,
+            buffer_bytes: self.mirror_buffer_bytes.unwrap_or(256 << 20),
+            max_decompressed_bytes: policies.max_decompressed_bytes,
+        };
+        let nats = self.nats_url.filter(|u| !u.is_empty()).map(|url| NatsConfig {
+            url,
+            stream: self.nats_stream.unwrap_or_else(|| "EVENTGATE".to_owned()),
+            subjects: vec![format!("{subject_prefix}.>"), format!("{rejected_prefix}.>")],
+            storage: self.mirror_storage.unwrap_or_default(),
+            max_age: Duration::from_secs(self.mirror_max_age_secs.unwrap_or(7 * 24 * 3600)),
+            max_bytes: self.mirror_max_bytes.unwrap_or(1 << 30),
+            max_messages: self.mirror_max_messages.unwrap_or(-1),
+            max_message_size: i32::try_from(max_event_bytes).unwrap_or(i32::MAX),
+            duplicate_window: Duration::from_secs(self.mirror_duplicate_window_secs.unwrap_or(120)),
+            spec_bucket: self.spec_bucket.unwrap_or_else(|| "eventgate_specs".to_owned()),
+            window: self.mirror_window.unwrap_or(1024),
+        });
         Ok(Config {
             upstream,
             listen,
@@ -320,10 +402,7 @@ impl Settings {
             node_port_base,
             node_id_max,
             node_ports,
-            http_listen: socket_addr(
-                "http_listen",
-                self.http_listen.as_deref().unwrap_or("127.0.0.1:8080"),
-            )?,
+            http_listen: socket_addr("http_listen", self.http_listen.as_deref().unwrap_or("127.0.0.1:8080"))?,
             max_frame_bytes,
             max_in_flight,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms.unwrap_or(10_000)),
@@ -333,6 +412,9 @@ impl Settings {
             policies,
             admin_token,
             max_spec_bytes: self.max_spec_bytes.unwrap_or(4 << 20),
+            nats,
+            mirror,
+            ws_buffer: self.ws_buffer.unwrap_or(1024).max(1),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             log_format,
         })
@@ -356,16 +438,9 @@ impl Config {
 
 /// Splits `HOST:PORT` (IPv6 hosts in brackets).
 pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("`{s}` has no valid port"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("`{s}` is not HOST:PORT"))?;
+    let port = port.parse::<u16>().map_err(|_| format!("`{s}` has no valid port"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     if host.is_empty() {
         return Err(format!("`{s}` has no host"));
     }
@@ -422,51 +497,24 @@ mod tests {
             "policy: reject\ntopic_policy: ['orders=off']\nunknown_topic: reject\nspec_dir: ''\n",
         )
         .unwrap();
-        let c = Cli::try_parse_from(["x", "--topic-policy", "a.b=annotate"])
-            .unwrap()
-            .s
-            .over(file)
-            .resolve()
-            .unwrap();
+        let c = Cli::try_parse_from(["x", "--topic-policy", "a.b=annotate"]).unwrap().s.over(file).resolve().unwrap();
         assert_eq!(c.policies.default, Policy::Reject);
         assert_eq!(c.policies.overrides.get("a.b"), Some(&Policy::Annotate));
-        assert_eq!(
-            c.policies.overrides.get("orders"),
-            None,
-            "flags replace the file's list"
-        );
+        assert_eq!(c.policies.overrides.get("orders"), None, "flags replace the file's list");
         assert_eq!(c.policies.unknown_topic, UnknownTopic::Reject);
         assert_eq!(c.spec_dir, None);
-        let bad = Settings {
-            topic_policy: vec!["x=maybe".into()],
-            ..Default::default()
-        };
+        let bad = Settings { topic_policy: vec!["x=maybe".into()], ..Default::default() };
         assert!(bad.resolve().is_err());
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(serde_saphyr::from_str::<Settings>("lisen: x\n").is_err());
-        let s = Settings {
-            node_port: vec!["abc".into()],
-            ..Default::default()
-        };
+        let s = Settings { node_port: vec!["abc".into()], ..Default::default() };
         assert!(s.resolve().is_err());
-        let s = Settings {
-            listen: Some("0.0.0.0:9092".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            s.resolve(),
-            Err(ConfigError::Invalid {
-                setting: "advertised_host",
-                ..
-            })
-        ));
-        let s = Settings {
-            upstream: vec!["nohostport".into()],
-            ..Default::default()
-        };
+        let s = Settings { listen: Some("0.0.0.0:9092".into()), ..Default::default() };
+        assert!(matches!(s.resolve(), Err(ConfigError::Invalid { setting: "advertised_host", .. })));
+        let s = Settings { upstream: vec!["nohostport".into()], ..Default::default() };
         assert!(s.resolve().is_err());
     }
 }

@@ -9,6 +9,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod mirror;
+pub mod nats;
 pub mod offline;
 pub mod proxy;
 pub mod server;

@@ -42,10 +42,7 @@ pub struct LintArgs {
 }
 
 fn id_of(path: &Path) -> String {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("document")
-        .to_owned()
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("document").to_owned()
 }
 
 /// Exit codes: 0 every message valid, 1 some invalid (or unchecked), 2 unusable input.
@@ -65,10 +62,7 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
     let Some(route) = route else {
         return usage(&match &args.topic {
             Some(t) => format!("{} describes no topic matching `{t}`", args.spec.display()),
-            None => format!(
-                "{} describes several topics: pick one with --topic",
-                args.spec.display()
-            ),
+            None => format!("{} describes several topics: pick one with --topic", args.spec.display()),
         });
     };
     let mut headers = BTreeMap::new();
@@ -88,20 +82,13 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
         return usage(&format!("{}: {e}", args.input));
     }
     let messages: Vec<&[u8]> = if args.lines {
-        input
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .collect()
+        input.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)).collect()
     } else {
         vec![input.as_slice()]
     };
     let mut failed = false;
     for (i, m) in messages.iter().enumerate() {
-        let label = if args.lines {
-            format!("line {}: ", i + 1)
-        } else {
-            String::new()
-        };
+        let label = if args.lines { format!("line {}: ", i + 1) } else { String::new() };
         match check_sample(route, args.key.as_deref(), Some(m), &headers) {
             Outcome::Valid(n) => println!("{label}valid ({})", route.messages[n].name),
             Outcome::Invalid(errors) => {
@@ -117,11 +104,7 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
             }
         }
     }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
 /// Exit codes: 0 every document usable, 1 some refused.
@@ -148,11 +131,7 @@ pub fn lint(args: LintArgs) -> ExitCode {
                 for ch in &doc.doc.channels {
                     let names: Vec<&str> = ch.messages.iter().map(|m| m.name.as_str()).collect();
                     let policy = ch.policy.map(|p| format!(" [{p}]")).unwrap_or_default();
-                    println!(
-                        "  topic {}{policy}: {}",
-                        ch.topic.address(),
-                        names.join(", ")
-                    );
+                    println!("  topic {}{policy}: {}", ch.topic.address(), names.join(", "));
                 }
                 for w in &summary.warnings {
                     println!("  warning: {w}");
@@ -164,11 +143,7 @@ pub fn lint(args: LintArgs) -> ExitCode {
             }
         }
     }
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
 fn usage(msg: &str) -> ExitCode {

@@ -2,7 +2,13 @@
 
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+
 use crate::config::Config;
+use crate::http::ws::WsState;
+use crate::mirror::sink::{JetStreamSink, LocalSink, Sink};
+use crate::mirror::{DRAIN_TIMEOUT, Mirror, Stop};
+use crate::nats::{self, NatsError};
 use crate::proxy::Gateway;
 use crate::specs::{SpecStore, StoreError};
 use crate::validate::Validation;
@@ -11,64 +17,100 @@ use crate::validate::Validation;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot open the Kafka listener on {addr}: {source}")]
-    KafkaListen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    KafkaListen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot open the admin HTTP listener on {addr}: {source}")]
-    HttpListen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    HttpListen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot open the spec store: {0}")]
     Store(StoreError),
     #[error("--spec {path}: {source}")]
     Spec { path: String, source: StoreError },
+    #[error(transparent)]
+    Nats(#[from] NatsError),
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
-/// (for at most `shutdown_timeout`) and returns.
+/// (for at most `shutdown_timeout`), lets the mirror catch up (bounded too) and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     crate::telemetry::prometheus();
     let validation = Arc::new(Validation::new(config.policies.clone()));
-    let store = Arc::new(
-        SpecStore::open(validation.clone(), config.spec_dir.clone()).map_err(ServeError::Store)?,
-    );
+    let background = tokio_util::sync::CancellationToken::new();
+    let stop = Stop::default();
+    let (live, _) = broadcast::channel(4096);
+
+    // NATS: the mirror stream and the shared document bucket, both set up in the background.
+    let (store, mirror, mirror_task, js) = match &config.nats {
+        Some(nc) => {
+            let client = nats::connect(nc).await?;
+            let js = nats::jetstream(client, nc);
+            let store = Arc::new(SpecStore::open_shared(validation.clone()));
+            tokio::spawn(store.clone().sync(js.clone(), nc.clone(), background.clone()));
+            {
+                let (js, nc, bg) = (js.clone(), nc.clone(), background.clone());
+                tokio::spawn(
+                    async move { nats::until_ready("mirror stream", &bg, || nats::ensure_stream(&js, &nc)).await },
+                );
+            }
+            let sink = Sink::JetStream(Box::new(JetStreamSink::new(js.clone(), nc.window)));
+            let (mirror, task) = Mirror::start(config.mirror.clone(), sink, stop.clone(), None);
+            tracing::info!(url = nc.url, stream = nc.stream, "mirroring records to NATS JetStream");
+            (store, Some(mirror), Some(task), Some(js))
+        }
+        None => {
+            let store =
+                Arc::new(SpecStore::open(validation.clone(), config.spec_dir.clone()).map_err(ServeError::Store)?);
+            // Without NATS, events are built only while someone watches /ws.
+            let watchers = live.clone();
+            let wanted: Box<dyn Fn() -> bool + Send + Sync> = Box::new(move || watchers.receiver_count() > 0);
+            let (mirror, task) = Mirror::start(
+                config.mirror.clone(),
+                Sink::Local(LocalSink::new(live.clone())),
+                stop.clone(),
+                Some(wanted),
+            );
+            (store, Some(mirror), Some(task), None)
+        }
+    };
     for path in &config.specs {
-        let summary = store.load_file(path).map_err(|source| ServeError::Spec {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let summary =
+            store.load_file(path).map_err(|source| ServeError::Spec { path: path.display().to_string(), source })?;
         tracing::info!(id = summary.id, topics = ?summary.topics, "loaded AsyncAPI document");
         for w in &summary.warnings {
             tracing::warn!(id = summary.id, "{w}");
         }
     }
-    let gw = Gateway::new(config, validation);
+    let ws = WsState {
+        js,
+        stream: config.nats.as_ref().map(|n| n.stream.clone()).unwrap_or_default(),
+        subject_prefix: config.mirror.subject_prefix.clone(),
+        rejected_prefix: config.mirror.rejected_prefix.clone(),
+        live,
+        buffer: config.ws_buffer,
+    };
+    let gw = Gateway::new(config, validation, mirror);
     let addr = gw.config.listen;
-    gw.listen()
-        .await
-        .map_err(|source| ServeError::KafkaListen { addr, source })?;
+    gw.listen().await.map_err(|source| ServeError::KafkaListen { addr, source })?;
     let addr = gw.config.http_listen;
-    crate::http::start(gw.clone(), store)
-        .await
-        .map_err(|source| ServeError::HttpListen { addr, source })?;
+    crate::http::start(gw.clone(), store, ws).await.map_err(|source| ServeError::HttpListen { addr, source })?;
 
     wait_for_signal().await?;
     tracing::info!(timeout = ?gw.config.shutdown_timeout, "shutting down: no new connections, finishing in-flight requests");
     gw.shutdown.cancel();
     gw.tasks.close();
-    if tokio::time::timeout(gw.config.shutdown_timeout, gw.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            tasks = gw.tasks.len(),
-            "shutdown timeout reached; closing the remaining connections"
-        );
+    if tokio::time::timeout(gw.config.shutdown_timeout, gw.tasks.wait()).await.is_err() {
+        tracing::warn!(tasks = gw.tasks.len(), "shutdown timeout reached; closing the remaining connections");
     }
+    // Every answer is out: let the mirror publish what it still holds, for a bounded time.
+    stop.drain.cancel();
+    if let Some(task) = mirror_task {
+        let mut task = task;
+        if tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await.is_err() {
+            stop.abort.cancel();
+            let _ = task.await;
+        }
+    }
+    background.cancel();
     tracing::info!("stopped");
     Ok(())
 }

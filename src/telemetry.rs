@@ -19,9 +19,7 @@ pub fn init_logs(filter: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -57,9 +55,7 @@ impl ProxyMetrics {
     pub fn new() -> Self {
         let requests = (0..=MAX_COUNTED_KEY)
             .map(|k| {
-                let api = ApiKey::try_from(k)
-                    .map(|a| format!("{a:?}"))
-                    .unwrap_or_else(|_| k.to_string());
+                let api = ApiKey::try_from(k).map(|a| format!("{a:?}")).unwrap_or_else(|_| k.to_string());
                 counter!("eventgate_kafka_requests_total", "api" => api)
             })
             .collect();
@@ -77,10 +73,7 @@ impl ProxyMetrics {
 
     /// Counts one request of `api_key`.
     pub fn request(&self, api_key: i16) {
-        match usize::try_from(api_key)
-            .ok()
-            .and_then(|k| self.requests.get(k))
-        {
+        match usize::try_from(api_key).ok().and_then(|k| self.requests.get(k)) {
             Some(c) => c.increment(1),
             None => self.requests_unknown.increment(1),
         }

@@ -8,12 +8,7 @@ use eventgate::wire::compression::{Codec, Framing};
 use eventgate::wire::records::{BatchHeader, RawBatch, records, write_batch, write_record};
 use proptest::prelude::*;
 
-type Rec = (
-    i64,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Vec<(Vec<u8>, Option<Vec<u8>>)>,
-);
+type Rec = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(Vec<u8>, Option<Vec<u8>>)>);
 
 fn arb_record() -> impl Strategy<Value = Rec> {
     (
@@ -44,18 +39,8 @@ fn arb_codec() -> impl Strategy<Value = (Codec, Framing)> {
 fn encode(recs: &[Rec], codec: Codec, framing: Framing, producer: (i64, i16, i32)) -> Vec<u8> {
     let mut section = Vec::new();
     for (i, (ts, k, v, hs)) in recs.iter().enumerate() {
-        let headers: Vec<(&[u8], Option<&[u8]>)> = hs
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_deref()))
-            .collect();
-        write_record(
-            &mut section,
-            *ts,
-            i as i32,
-            k.as_deref(),
-            v.as_deref(),
-            headers.into_iter(),
-        );
+        let headers: Vec<(&[u8], Option<&[u8]>)> = hs.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
+        write_record(&mut section, *ts, i as i32, k.as_deref(), v.as_deref(), headers.into_iter());
     }
     let header = BatchHeader {
         base_offset: 0,
@@ -89,19 +74,11 @@ fn decode(batch: &[u8]) -> (BatchHeader, Vec<Rec>) {
                 r.timestamp_delta,
                 r.key.map(<[u8]>::to_vec),
                 r.value.map(<[u8]>::to_vec),
-                r.headers()
-                    .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
-                    .collect(),
+                r.headers().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect(),
             )
         })
         .collect();
-    (
-        BatchHeader {
-            crc: 0,
-            ..raw.header.clone()
-        },
-        recs,
-    )
+    (BatchHeader { crc: 0, ..raw.header.clone() }, recs)
 }
 
 proptest! {

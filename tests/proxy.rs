@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use serde_json::Value;
@@ -25,10 +25,7 @@ fn by_key(v: &Value) -> BTreeMap<String, Value> {
         let mut r = r.clone();
         // Offsets are assigned by the broker; everything the producer sent must match.
         r.as_object_mut().expect("record").remove("offset");
-        assert!(
-            out.insert(key.clone(), r).is_none(),
-            "record {key} seen twice"
-        );
+        assert!(out.insert(key.clone(), r).is_none(), "record {key} seen twice");
     }
     out
 }
@@ -65,31 +62,14 @@ fn librdkafka_produces_and_consumes_and_sees_only_eventgate_addresses() {
     let brokers = md["brokers"].as_array().expect("brokers");
     assert_eq!(brokers.len(), 1, "{md}");
     assert_eq!(brokers[0]["host"], "127.0.0.1");
-    assert_eq!(
-        brokers[0]["port"].as_u64(),
-        Some(u64::from(eg.node_port)),
-        "{md}"
-    );
+    assert_eq!(brokers[0]["port"].as_u64(), Some(u64::from(eg.node_port)), "{md}");
 
-    let p = client(
-        "ck-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            "orders",
-            "--count",
-            "300",
-        ],
-    );
+    let p = client("ck-produce", &["--bootstrap", &eg.addr(), "--topic", "orders", "--count", "300"]);
     assert_delivered(&p, 300);
     let through = by_key(&consume(&eg.addr(), "orders", 300, 3));
     let direct = by_key(&consume(&tansu.addr(), "orders", 300, 3));
     assert_eq!(through.len(), 300);
-    assert_eq!(
-        through, direct,
-        "records read through eventgate differ from the broker's"
-    );
+    assert_eq!(through, direct, "records read through eventgate differ from the broker's");
 }
 
 #[test]
@@ -111,62 +91,21 @@ fn kafka_python_admin_producer_and_consumer_group() {
             "dropped",
         ],
     );
-    let after_create: Vec<&str> = admin["topics_after_create"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(
-        after_create.contains(&"kept") && after_create.contains(&"dropped"),
-        "{admin}"
-    );
-    let topics: Vec<&str> = admin["topics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(
-        topics.contains(&"kept") && !topics.contains(&"dropped"),
-        "{admin}"
-    );
+    let after_create: Vec<&str> =
+        admin["topics_after_create"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(after_create.contains(&"kept") && after_create.contains(&"dropped"), "{admin}");
+    let topics: Vec<&str> = admin["topics"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(topics.contains(&"kept") && !topics.contains(&"dropped"), "{admin}");
     for b in admin["brokers"].as_array().unwrap() {
         assert_eq!(b["port"].as_u64(), Some(u64::from(eg.node_port)), "{admin}");
     }
 
-    let p = client(
-        "kp-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            "kept",
-            "--count",
-            "120",
-        ],
-    );
+    let p = client("kp-produce", &["--bootstrap", &eg.addr(), "--topic", "kept", "--count", "120"]);
     assert_delivered(&p, 120);
-    let c = client(
-        "kp-consume-group",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            "kept",
-            "--count",
-            "120",
-            "--group",
-            "g1",
-        ],
-    );
+    let c =
+        client("kp-consume-group", &["--bootstrap", &eg.addr(), "--topic", "kept", "--count", "120", "--group", "g1"]);
     assert_eq!(by_key(&c).len(), 120, "{c}");
-    let committed: u64 = c["committed"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter_map(Value::as_u64)
-        .sum();
+    let committed: u64 = c["committed"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
     assert_eq!(committed, 120, "committed offsets: {c}");
 }
 
@@ -175,18 +114,7 @@ fn idempotent_librdkafka_producer() {
     let tansu = Tansu::start();
     tansu.create_topic("idem", 2);
     let eg = Eventgate::start(&tansu.addr(), &[]);
-    let p = client(
-        "ck-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            "idem",
-            "--count",
-            "500",
-            "--idempotent",
-        ],
-    );
+    let p = client("ck-produce", &["--bootstrap", &eg.addr(), "--topic", "idem", "--count", "500", "--idempotent"]);
     assert_delivered(&p, 500);
     assert_eq!(by_key(&consume(&eg.addr(), "idem", 500, 2)).len(), 500);
 }
@@ -200,43 +128,17 @@ fn every_compression_codec_from_both_clients() {
         tansu.create_topic(&topic, 1);
         let ck = client(
             "ck-produce",
-            &[
-                "--bootstrap",
-                &eg.addr(),
-                "--topic",
-                &topic,
-                "--count",
-                "50",
-                "--compression",
-                codec,
-                "--prefix",
-                "ck",
-            ],
+            &["--bootstrap", &eg.addr(), "--topic", &topic, "--count", "50", "--compression", codec, "--prefix", "ck"],
         );
         assert_delivered(&ck, 50);
         let kp = client(
             "kp-produce",
-            &[
-                "--bootstrap",
-                &eg.addr(),
-                "--topic",
-                &topic,
-                "--count",
-                "50",
-                "--compression",
-                codec,
-                "--prefix",
-                "kp",
-            ],
+            &["--bootstrap", &eg.addr(), "--topic", &topic, "--count", "50", "--compression", codec, "--prefix", "kp"],
         );
         assert_delivered(&kp, 50);
         let through = by_key(&consume(&eg.addr(), &topic, 100, 1));
         assert_eq!(through.len(), 100, "{codec}");
-        assert_eq!(
-            through,
-            by_key(&consume(&tansu.addr(), &topic, 100, 1)),
-            "{codec}"
-        );
+        assert_eq!(through, by_key(&consume(&tansu.addr(), &topic, 100, 1)), "{codec}");
     }
 }
 
@@ -245,26 +147,10 @@ fn one_mib_record() {
     let tansu = Tansu::start();
     tansu.create_topic("big", 1);
     let eg = Eventgate::start(&tansu.addr(), &[]);
-    let p = client(
-        "ck-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            "big",
-            "--count",
-            "3",
-            "--size",
-            "1048576",
-        ],
-    );
+    let p = client("ck-produce", &["--bootstrap", &eg.addr(), "--topic", "big", "--count", "3", "--size", "1048576"]);
     assert_delivered(&p, 3);
     let through = by_key(&consume(&eg.addr(), "big", 3, 1));
-    assert!(
-        through
-            .values()
-            .all(|r| r["value_len"].as_u64() == Some(1_048_576))
-    );
+    assert!(through.values().all(|r| r["value_len"].as_u64() == Some(1_048_576)));
     assert_eq!(through, by_key(&consume(&tansu.addr(), "big", 3, 1)));
 }
 
@@ -275,27 +161,13 @@ fn fifty_concurrent_producers_lose_and_duplicate_nothing() {
     let eg = Eventgate::start(&tansu.addr(), &[]);
     let p = client(
         "ck-produce-many",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            "busy",
-            "--producers",
-            "50",
-            "--count",
-            "40",
-            "--prefix",
-            "p",
-        ],
+        &["--bootstrap", &eg.addr(), "--topic", "busy", "--producers", "50", "--count", "40", "--prefix", "p"],
     );
     assert_delivered(&p, 2000);
     let got = by_key(&consume(&tansu.addr(), "busy", 2000, 3));
     for producer in 0..50 {
         for i in 0..40 {
-            assert!(
-                got.contains_key(&format!("p{producer}-{i}")),
-                "record p{producer}-{i} missing"
-            );
+            assert!(got.contains_key(&format!("p{producer}-{i}")), "record p{producer}-{i} missing");
         }
     }
     assert_eq!(got.len(), 2000);
@@ -306,19 +178,7 @@ fn acks_zero_producer_gets_no_response_and_records_land() {
     let tansu = Tansu::start();
     tansu.create_topic("fire", 1);
     let eg = Eventgate::start(&tansu.addr(), &[]);
-    let p = client(
-        "ck-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            "fire",
-            "--count",
-            "200",
-            "--acks",
-            "0",
-        ],
-    );
+    let p = client("ck-produce", &["--bootstrap", &eg.addr(), "--topic", "fire", "--count", "200", "--acks", "0"]);
     assert_eq!(p["errors"], Value::Array(vec![]), "{p}");
     assert_eq!(by_key(&consume(&tansu.addr(), "fire", 200, 1)).len(), 200);
     // The connection stayed in sync: a later request/response exchange still works.
@@ -338,43 +198,18 @@ fn kcat_works_through_eventgate() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("kcat");
-    produce
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"k1:{\"n\":1}\nk2:{\"n\":2}\n")
-        .unwrap();
+    produce.stdin.take().unwrap().write_all(b"k1:{\"n\":1}\nk2:{\"n\":2}\n").unwrap();
     assert!(produce.wait().unwrap().success());
     let out = Command::new("kcat")
-        .args([
-            "-b",
-            &eg.addr(),
-            "-C",
-            "-t",
-            "kc",
-            "-o",
-            "beginning",
-            "-c",
-            "2",
-            "-f",
-            "%k=%s\n",
-        ])
+        .args(["-b", &eg.addr(), "-C", "-t", "kc", "-o", "beginning", "-c", "2", "-f", "%k=%s\n"])
         .output()
         .expect("kcat");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "k1={\"n\":1}\nk2={\"n\":2}\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k1={\"n\":1}\nk2={\"n\":2}\n");
 }
 
 // ------------------------------------------------------------------ raw frames
 
-fn request_frame<T: Encodable>(
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &T,
-) -> Vec<u8> {
+fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
     let header = RequestHeader::default()
         .with_request_api_key(key as i16)
         .with_request_api_version(version)
@@ -382,9 +217,7 @@ fn request_frame<T: Encodable>(
         .with_client_id(Some(StrBytes::from_static_str("raw-test")));
     let mut b = BytesMut::new();
     b.put_i32(0);
-    header
-        .encode(&mut b, key.request_header_version(version))
-        .unwrap();
+    header.encode(&mut b, key.request_header_version(version)).unwrap();
     body.encode(&mut b, version).unwrap();
     let len = (b.len() - 4) as i32;
     b[..4].copy_from_slice(&len.to_be_bytes());
@@ -416,13 +249,7 @@ fn assert_closed(s: &mut TcpStream) {
 
 fn metadata_works(port: u16) {
     let mut s = connect(port);
-    s.write_all(&request_frame(
-        ApiKey::Metadata,
-        12,
-        1,
-        &MetadataRequest::default(),
-    ))
-    .unwrap();
+    s.write_all(&request_frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default())).unwrap();
     let body = read_frame(&mut s).unwrap();
     let mut b = bytes::Bytes::from(body);
     let h = ResponseHeader::decode(&mut b, ApiKey::Metadata.response_header_version(12)).unwrap();
@@ -437,24 +264,15 @@ fn pipelined_requests_are_answered_in_order_across_versions() {
     let mut s = connect(eg.port);
     let mut all = Vec::new();
     for (i, v) in (0..=12i16).enumerate() {
-        all.extend(request_frame(
-            ApiKey::Metadata,
-            v,
-            100 + i as i32,
-            &MetadataRequest::default(),
-        ));
+        all.extend(request_frame(ApiKey::Metadata, v, 100 + i as i32, &MetadataRequest::default()));
     }
     s.write_all(&all).unwrap();
     for (i, v) in (0..=12i16).enumerate() {
         let mut b = bytes::Bytes::from(read_frame(&mut s).unwrap());
-        let h =
-            ResponseHeader::decode(&mut b, ApiKey::Metadata.response_header_version(v)).unwrap();
+        let h = ResponseHeader::decode(&mut b, ApiKey::Metadata.response_header_version(v)).unwrap();
         assert_eq!(h.correlation_id, 100 + i as i32);
         let m = MetadataResponse::decode(&mut b, v).unwrap();
-        assert!(
-            m.brokers.iter().all(|b| b.port == i32::from(eg.node_port)),
-            "v{v}: {m:?}"
-        );
+        assert!(m.brokers.iter().all(|b| b.port == i32::from(eg.node_port)), "v{v}: {m:?}");
     }
 }
 
@@ -474,13 +292,7 @@ fn too_new_api_versions_request_gets_unsupported_version_in_v0_form() {
     assert_eq!(r.error_code, 35);
     assert_eq!(r.api_keys[0].api_key, ApiKey::ApiVersions as i16);
     // The client retries with a version eventgate knows, on the same connection.
-    s.write_all(&request_frame(
-        ApiKey::ApiVersions,
-        3,
-        6,
-        &ApiVersionsRequest::default(),
-    ))
-    .unwrap();
+    s.write_all(&request_frame(ApiKey::ApiVersions, 3, 6, &ApiVersionsRequest::default())).unwrap();
     let mut b = bytes::Bytes::from(read_frame(&mut s).unwrap());
     assert_eq!(ResponseHeader::decode(&mut b, 0).unwrap().correlation_id, 6);
     let r = ApiVersionsResponse::decode(&mut b, 3).unwrap();
@@ -494,14 +306,7 @@ fn bad_frames_close_only_their_own_connection() {
     let tansu = Tansu::start();
     let eg = Eventgate::start(&tansu.addr(), &["--max-frame-bytes", "1048576"]);
     let mut bystander = connect(eg.port);
-    bystander
-        .write_all(&request_frame(
-            ApiKey::Metadata,
-            12,
-            1,
-            &MetadataRequest::default(),
-        ))
-        .unwrap();
+    bystander.write_all(&request_frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default())).unwrap();
     read_frame(&mut bystander).unwrap();
 
     // Negative size.
@@ -531,27 +336,15 @@ fn bad_frames_close_only_their_own_connection() {
     s.shutdown(Shutdown::Both).unwrap();
 
     // Everything else is unharmed.
-    bystander
-        .write_all(&request_frame(
-            ApiKey::Metadata,
-            12,
-            2,
-            &MetadataRequest::default(),
-        ))
-        .unwrap();
+    bystander.write_all(&request_frame(ApiKey::Metadata, 12, 2, &MetadataRequest::default())).unwrap();
     read_frame(&mut bystander).unwrap();
     metadata_works(eg.port);
     let log = eg.proc.log_text();
-    assert!(
-        log.contains("frame of 2097152 bytes exceeds the maximum of 1048576 bytes"),
-        "{log}"
-    );
+    assert!(log.contains("frame of 2097152 bytes exceeds the maximum of 1048576 bytes"), "{log}");
     assert!(log.contains("negative frame size"), "{log}");
-    wait_until(
-        "the mid-request close to be logged",
-        Duration::from_secs(10),
-        || eg.proc.log_text().contains("in the middle of a"),
-    );
+    wait_until("the mid-request close to be logged", Duration::from_secs(10), || {
+        eg.proc.log_text().contains("in the middle of a")
+    });
 }
 
 #[test]
@@ -578,28 +371,13 @@ fn broker_that_answers_with_an_unknown_correlation_id_loses_only_that_connection
     });
     let eg = Eventgate::start(&format!("127.0.0.1:{fake_port}"), &[]);
     let mut s = connect(eg.port);
-    s.write_all(&request_frame(
-        ApiKey::Metadata,
-        12,
-        7,
-        &MetadataRequest::default(),
-    ))
-    .unwrap();
+    s.write_all(&request_frame(ApiKey::Metadata, 12, 7, &MetadataRequest::default())).unwrap();
     assert_closed(&mut s);
     server.join().unwrap();
-    wait_until(
-        "the correlation error to be logged",
-        Duration::from_secs(10),
-        || {
-            eg.proc
-                .log_text()
-                .contains("correlation id 1007 while 7 was expected")
-        },
-    );
-    let health = Command::new("curl")
-        .args(["-sf", &eg.http("/healthz")])
-        .output()
-        .unwrap();
+    wait_until("the correlation error to be logged", Duration::from_secs(10), || {
+        eg.proc.log_text().contains("correlation id 1007 while 7 was expected")
+    });
+    let health = Command::new("curl").args(["-sf", &eg.http("/healthz")]).output().unwrap();
     assert!(health.status.success());
 }
 
@@ -608,13 +386,7 @@ fn broker_going_away_closes_client_connections_and_eventgate_stays_up() {
     let mut tansu = Tansu::start();
     let mut eg = Eventgate::start(&tansu.addr(), &[]);
     let mut s = connect(eg.port);
-    s.write_all(&request_frame(
-        ApiKey::Metadata,
-        12,
-        1,
-        &MetadataRequest::default(),
-    ))
-    .unwrap();
+    s.write_all(&request_frame(ApiKey::Metadata, 12, 1, &MetadataRequest::default())).unwrap();
     read_frame(&mut s).unwrap();
     tansu.proc.signal_and_wait("KILL", Duration::from_secs(10));
     assert_closed(&mut s);
@@ -622,11 +394,9 @@ fn broker_going_away_closes_client_connections_and_eventgate_stays_up() {
     let mut s = connect(eg.port);
     assert_closed(&mut s);
     assert!(eg.proc.is_running());
-    wait_until(
-        "the unreachable broker to be logged",
-        Duration::from_secs(10),
-        || eg.proc.log_text().contains("broker unreachable"),
-    );
+    wait_until("the unreachable broker to be logged", Duration::from_secs(10), || {
+        eg.proc.log_text().contains("broker unreachable")
+    });
 }
 
 #[test]
@@ -637,10 +407,7 @@ fn sigterm_and_sigint_stop_gracefully_with_exit_code_zero() {
         metadata_works(eg.port);
         // An idle client connection must not hold shutdown beyond its bound.
         let _idle = connect(eg.port);
-        let status = eg
-            .proc
-            .signal_and_wait(signal, Duration::from_secs(15))
-            .expect("eventgate exited");
+        let status = eg.proc.signal_and_wait(signal, Duration::from_secs(15)).expect("eventgate exited");
         assert!(status.success(), "SIG{signal}: {status}");
         assert!(!port_open(eg.port));
     }

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use serde_json::Value;
 use support::*;
@@ -55,8 +53,7 @@ fn consume_direct(tansu: &Tansu, topic: &str, count: usize, partitions: u32) -> 
 }
 
 fn annotation(record: &Value) -> Option<Value> {
-    header(record, "_asyncapi_eg_validation_error")
-        .map(|h| serde_json::from_str(&h).expect("annotation is JSON"))
+    header(record, "_asyncapi_eg_validation_error").map(|h| serde_json::from_str(&h).expect("annotation is JSON"))
 }
 
 /// Checks the records of a good/bad/not-JSON cycle: only the invalid ones are annotated, and no
@@ -73,17 +70,9 @@ fn assert_annotated(records: &[Value], values: &[&str]) {
             (v, Some(a)) => {
                 let ts = a["ts"].as_str().expect("ts");
                 assert!(ts.ends_with('Z') && ts.len() == 30, "ts {ts}");
-                let errors: Vec<&str> = a["errors"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let expected = if v == BAD {
-                    "/lumens: -1 is less than the minimum of 0"
-                } else {
-                    "/: payload is not JSON"
-                };
+                let errors: Vec<&str> = a["errors"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+                let expected =
+                    if v == BAD { "/lumens: -1 is less than the minimum of 0" } else { "/: payload is not JSON" };
                 assert!(errors[0].starts_with(expected), "{errors:?}");
             }
         }
@@ -99,16 +88,7 @@ fn annotate_marks_invalid_records_and_forwards_everything() {
     let f = values_file(&values);
     let p = client(
         "ck-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            TOPIC,
-            "--values-file",
-            f.path().to_str().unwrap(),
-            "--count",
-            "60",
-        ],
+        &["--bootstrap", &eg.addr(), "--topic", TOPIC, "--values-file", f.path().to_str().unwrap(), "--count", "60"],
     );
     assert_eq!(p["delivered"], 60, "{p}");
     let got = consume_direct(&tansu, TOPIC, 60, 2);
@@ -117,10 +97,7 @@ fn annotate_marks_invalid_records_and_forwards_everything() {
     assert_eq!(got.iter().filter(|r| annotation(r).is_some()).count(), 40);
     let (status, metrics) = http("GET", &eg.http("/metrics"), None, &[]);
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("eventgate_records_validated_total{outcome=\"invalid\"} 40"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("eventgate_records_validated_total{outcome=\"invalid\"} 40"), "{metrics}");
 }
 
 #[test]
@@ -162,16 +139,7 @@ fn every_codec_is_re_encoded_with_annotations() {
     // Consumers read them through eventgate as well.
     let through = records_of(&client(
         "ck-consume",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            TOPIC,
-            "--count",
-            &expected.to_string(),
-            "--assign",
-            "1",
-        ],
+        &["--bootstrap", &eg.addr(), "--topic", TOPIC, "--count", &expected.to_string(), "--assign", "1"],
     ));
     assert_eq!(through.len(), expected);
 }
@@ -218,39 +186,20 @@ fn reject_mode_fails_the_producer_with_invalid_record() {
     let f = values_file(&[BAD]);
     let p = client(
         "ck-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            TOPIC,
-            "--values-file",
-            f.path().to_str().unwrap(),
-            "--count",
-            "1",
-        ],
+        &["--bootstrap", &eg.addr(), "--topic", TOPIC, "--values-file", f.path().to_str().unwrap(), "--count", "1"],
     );
     assert_eq!(p["delivered"], 0, "{p}");
     let errors = p["errors"].as_array().unwrap();
     assert!(
         errors
             .iter()
-            .all(|e| e.as_str().unwrap().contains("INVALID_RECORD")
-                || e.as_str().unwrap().contains("Invalid record")),
+            .all(|e| e.as_str().unwrap().contains("INVALID_RECORD") || e.as_str().unwrap().contains("Invalid record")),
         "{p}"
     );
     let f = values_file(&[GOOD]);
     let p = client(
         "ck-produce",
-        &[
-            "--bootstrap",
-            &eg.addr(),
-            "--topic",
-            TOPIC,
-            "--values-file",
-            f.path().to_str().unwrap(),
-            "--count",
-            "1",
-        ],
+        &["--bootstrap", &eg.addr(), "--topic", TOPIC, "--values-file", f.path().to_str().unwrap(), "--count", "1"],
     );
     assert_eq!(p["delivered"], 1, "{p}");
     let got = consume_direct(&tansu, TOPIC, 1, 1);
@@ -262,19 +211,9 @@ fn batch(values: &[&str]) -> Bytes {
     use eventgate::wire::records::{BatchHeader, write_batch, write_record};
     let mut section = Vec::new();
     for (i, v) in values.iter().enumerate() {
-        write_record(
-            &mut section,
-            0,
-            i as i32,
-            Some(b"k"),
-            Some(v.as_bytes()),
-            std::iter::empty(),
-        );
+        write_record(&mut section, 0, i as i32, Some(b"k"), Some(v.as_bytes()), std::iter::empty());
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let header = BatchHeader {
         base_offset: 0,
         partition_leader_epoch: -1,
@@ -295,23 +234,14 @@ fn batch(values: &[&str]) -> Bytes {
 }
 
 fn produce_frame(version: i16, acks: i16, partitions: &[(i32, &[&str])]) -> Vec<u8> {
-    let req = ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partition_data(
-                    partitions
-                        .iter()
-                        .map(|(p, v)| {
-                            PartitionProduceData::default()
-                                .with_index(*p)
-                                .with_records(Some(batch(v)))
-                        })
-                        .collect(),
-                ),
-        ]);
+    let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(5000).with_topic_data(vec![
+        TopicProduceData::default().with_name(TopicName(StrBytes::from_static_str(TOPIC))).with_partition_data(
+            partitions
+                .iter()
+                .map(|(p, v)| PartitionProduceData::default().with_index(*p).with_records(Some(batch(v))))
+                .collect(),
+        ),
+    ]);
     let header = RequestHeader::default()
         .with_request_api_key(0)
         .with_request_api_version(version)
@@ -319,9 +249,7 @@ fn produce_frame(version: i16, acks: i16, partitions: &[(i32, &[&str])]) -> Vec<
         .with_client_id(Some(StrBytes::from_static_str("raw")));
     let mut b = BytesMut::new();
     b.put_i32(0);
-    header
-        .encode(&mut b, ApiKey::Produce.request_header_version(version))
-        .unwrap();
+    header.encode(&mut b, ApiKey::Produce.request_header_version(version)).unwrap();
     req.encode(&mut b, version).unwrap();
     let len = (b.len() - 4) as i32;
     b[..4].copy_from_slice(&len.to_be_bytes());
@@ -336,19 +264,13 @@ fn reject_mode_lands_valid_partitions_of_the_same_request() {
     for version in [3i16, 7, 8, 9, 12] {
         let mut s = TcpStream::connect(("127.0.0.1", eg.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&produce_frame(
-            version,
-            -1,
-            &[(0, &[GOOD]), (1, &[GOOD, BAD]), (2, &[GOOD])],
-        ))
-        .unwrap();
+        s.write_all(&produce_frame(version, -1, &[(0, &[GOOD]), (1, &[GOOD, BAD]), (2, &[GOOD])])).unwrap();
         let mut len = [0u8; 4];
         s.read_exact(&mut len).unwrap();
         let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
         s.read_exact(&mut body).unwrap();
         let mut body = Bytes::from(body);
-        let h = ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version))
-            .unwrap();
+        let h = ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).unwrap();
         assert_eq!(h.correlation_id, 77);
         let resp = ProduceResponse::decode(&mut body, version).unwrap();
         let parts = &resp.responses[0].partition_responses;
@@ -357,18 +279,12 @@ fn reject_mode_lands_valid_partitions_of_the_same_request() {
         if version >= 8 {
             assert_eq!(parts[1].record_errors[0].batch_index, 1);
             let msg = parts[1].error_message.as_ref().unwrap().to_string();
-            assert!(
-                msg.contains("/lumens: -1 is less than the minimum of 0"),
-                "{msg}"
-            );
+            assert!(msg.contains("/lumens: -1 is less than the minimum of 0"), "{msg}");
         }
     }
     let got = consume_direct(&tansu, TOPIC, 10, 3);
     assert_eq!(got.len(), 10, "5 requests x partitions 0 and 2");
-    assert!(
-        got.iter()
-            .all(|r| r["partition"] != 1 && r["value"] == GOOD)
-    );
+    assert!(got.iter().all(|r| r["partition"] != 1 && r["value"] == GOOD));
 }
 
 #[test]
@@ -378,18 +294,12 @@ fn acks_zero_refusal_closes_the_connection() {
     let eg = start(&tansu, &["--topic-policy", &format!("{TOPIC}=reject")]);
     let mut s = TcpStream::connect(("127.0.0.1", eg.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&produce_frame(9, 0, &[(0, &[GOOD]), (1, &[BAD])]))
-        .unwrap();
+    s.write_all(&produce_frame(9, 0, &[(0, &[GOOD]), (1, &[BAD])])).unwrap();
     let mut buf = [0u8; 16];
-    assert!(
-        matches!(s.read(&mut buf), Ok(0) | Err(_)),
-        "connection must be closed"
-    );
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "connection must be closed");
     let got = consume_direct(&tansu, TOPIC, 1, 2);
     assert_eq!(got[0]["partition"], 0, "the valid partition still landed");
-    wait_until("the refusal to be logged", Duration::from_secs(10), || {
-        eg.proc.log_text().contains("acks=0")
-    });
+    wait_until("the refusal to be logged", Duration::from_secs(10), || eg.proc.log_text().contains("acks=0"));
 }
 
 #[test]
@@ -423,22 +333,14 @@ fn uploading_a_document_while_producers_run_takes_effect_without_errors() {
     wait_until("records to flow", Duration::from_secs(20), || {
         eg.metric("eventgate_kafka_requests_total{api=\"Produce\"}") >= 20.0
     });
-    let (status, body) = http(
-        "PUT",
-        &eg.http("/specs/demo"),
-        Some(&repo_file("asyncapi/demo.yaml")),
-        &[],
-    );
+    let (status, body) = http("PUT", &eg.http("/specs/demo"), Some(&repo_file("asyncapi/demo.yaml")), &[]);
     assert_eq!(status, 201, "{body}");
     let p = producer.join().unwrap();
     assert_eq!(p["errors"], Value::Array(vec![]), "{p}");
     assert_eq!(p["delivered"], 1200);
     let got = consume_direct(&tansu, TOPIC, 1200, 2);
     let annotated = got.iter().filter(|r| annotation(r).is_some()).count();
-    assert!(
-        annotated > 0 && annotated < 600,
-        "only records after the upload are annotated: {annotated}"
-    );
+    assert!(annotated > 0 && annotated < 600, "only records after the upload are annotated: {annotated}");
     assert!(got.iter().all(|r| r["value"] == GOOD || r["value"] == BAD));
 }
 
@@ -448,45 +350,23 @@ fn asyncapi_2_document_validates_keys_headers_and_parameterized_topics() {
     let topic = "smartylighting.streetlights.1.0.event.lamp7.lighting.measured";
     tansu.create_topic(topic, 1);
     let eg = Eventgate::start(&tansu.addr(), &[]);
-    let (status, body) = http(
-        "PUT",
-        &eg.http("/specs/lights"),
-        Some(&repo_file("tests/fixtures/asyncapi/streetlights-2.6.yaml")),
-        &[],
-    );
+    let (status, body) =
+        http("PUT", &eg.http("/specs/lights"), Some(&repo_file("tests/fixtures/asyncapi/streetlights-2.6.yaml")), &[]);
     assert_eq!(status, 201, "{body}");
     let summary: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(summary["asyncapi"], "2.6.0");
     let mut produce = Command::new("kcat")
-        .args([
-            "-b",
-            &eg.addr(),
-            "-P",
-            "-t",
-            topic,
-            "-K",
-            "|",
-            "-H",
-            "my-app-header=7",
-        ])
+        .args(["-b", &eg.addr(), "-P", "-t", topic, "-K", "|", "-H", "my-app-header=7"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    produce
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("light-1|{GOOD}\nlamp-1|{GOOD}\n").as_bytes())
-        .unwrap();
+    produce.stdin.take().unwrap().write_all(format!("light-1|{GOOD}\nlamp-1|{GOOD}\n").as_bytes()).unwrap();
     assert!(produce.wait().unwrap().success());
     let got = consume_direct(&tansu, topic, 2, 1);
     let by_key = |k: &str| got.iter().find(|r| r["key"] == k).unwrap().clone();
     assert!(annotation(&by_key("light-1")).is_none());
     let a = annotation(&by_key("lamp-1")).unwrap();
-    assert_eq!(
-        a["errors"][0],
-        r#"key: "lamp-1" does not match "^light-[0-9]+$""#
-    );
+    assert_eq!(a["errors"][0], r#"key: "lamp-1" does not match "^light-[0-9]+$""#);
 }
 
 #[test]
@@ -494,53 +374,25 @@ fn spec_api_refuses_broken_documents_and_conflicts_and_guards_mutations() {
     let tansu = Tansu::start();
     let spec_dir = tempfile::tempdir().unwrap();
     let dir = spec_dir.path().to_str().unwrap().to_owned();
-    let eg = Eventgate::start(
-        &tansu.addr(),
-        &["--admin-token", "s3cret", "--spec-dir", &dir],
-    );
+    let eg = Eventgate::start(&tansu.addr(), &["--admin-token", "s3cret", "--spec-dir", &dir]);
     let auth = "Authorization: Bearer s3cret";
     let demo = repo_file("asyncapi/demo.yaml");
 
-    assert_eq!(
-        http("PUT", &eg.http("/specs/demo"), Some(&demo), &[]).0,
-        401
-    );
-    assert_eq!(
-        http(
-            "PUT",
-            &eg.http("/specs/demo"),
-            Some(&demo),
-            &["Authorization: Bearer wrong"]
-        )
-        .0,
-        401
-    );
+    assert_eq!(http("PUT", &eg.http("/specs/demo"), Some(&demo), &[]).0, 401);
+    assert_eq!(http("PUT", &eg.http("/specs/demo"), Some(&demo), &["Authorization: Bearer wrong"]).0, 401);
     let (status, body) = http("PUT", &eg.http("/specs/demo"), Some(&demo), &[auth]);
     assert_eq!(status, 201, "{body}");
-    assert_eq!(
-        http("PUT", &eg.http("/specs/demo"), Some(&demo), &[auth]).0,
-        200,
-        "replacing"
-    );
+    assert_eq!(http("PUT", &eg.http("/specs/demo"), Some(&demo), &[auth]).0, 200, "replacing");
 
     let (status, body) = http("PUT", &eg.http("/specs/copy"), Some(&demo), &[auth]);
     assert_eq!(status, 409, "{body}");
-    assert!(
-        body.contains("event-gateway-demo") && body.contains("demo"),
-        "{body}"
-    );
+    assert!(body.contains("event-gateway-demo") && body.contains("demo"), "{body}");
 
     for (fixture, needle) in [
         ("broken-syntax.yaml", "line 5 column 9"),
         ("broken-ref.yaml", "#/components/messages/doesNotExist"),
-        (
-            "broken-schema.yaml",
-            "/channels/a/messages/m/payload/properties/n/minimum",
-        ),
-        (
-            "external-ref.yaml",
-            "https://example.com/messages.yaml#/Thing",
-        ),
+        ("broken-schema.yaml", "/channels/a/messages/m/payload/properties/n/minimum"),
+        ("external-ref.yaml", "https://example.com/messages.yaml#/Thing"),
     ] {
         let (status, body) = http(
             "PUT",
@@ -575,21 +427,12 @@ fn spec_api_refuses_broken_documents_and_conflicts_and_guards_mutations() {
 
     // Persisted across a restart.
     drop(eg);
-    let eg = Eventgate::start(
-        &tansu.addr(),
-        &["--admin-token", "s3cret", "--spec-dir", &dir],
-    );
+    let eg = Eventgate::start(&tansu.addr(), &["--admin-token", "s3cret", "--spec-dir", &dir]);
     let (_, list) = http("GET", &eg.http("/specs"), None, &[]);
     assert!(list.contains("\"id\":\"demo\""), "{list}");
     assert_eq!(http("DELETE", &eg.http("/specs/demo"), None, &[]).0, 401);
-    assert_eq!(
-        http("DELETE", &eg.http("/specs/demo"), None, &[auth]).0,
-        204
-    );
-    assert_eq!(
-        http("DELETE", &eg.http("/specs/demo"), None, &[auth]).0,
-        404
-    );
+    assert_eq!(http("DELETE", &eg.http("/specs/demo"), None, &[auth]).0, 204);
+    assert_eq!(http("DELETE", &eg.http("/specs/demo"), None, &[auth]).0, 404);
     assert_eq!(http("GET", &eg.http("/specs/demo"), None, &[]).0, 404);
 }
 
@@ -604,47 +447,21 @@ fn offline_validate_and_lint_exit_codes() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
     };
     let demo = repo_path("asyncapi/demo.yaml");
     assert_eq!(run(&["validate", "--spec", &demo, "-"], GOOD).0, Some(0));
     let (code, out) = run(&["validate", "--spec", &demo, "-"], BAD);
     assert_eq!(code, Some(1));
-    assert!(
-        out.contains("/lumens: -1 is less than the minimum of 0"),
-        "{out}"
-    );
+    assert!(out.contains("/lumens: -1 is less than the minimum of 0"), "{out}");
     assert_eq!(
-        run(
-            &[
-                "validate",
-                "--spec",
-                &repo_path("tests/fixtures/asyncapi/broken-ref.yaml"),
-                "-"
-            ],
-            GOOD
-        )
-        .0,
+        run(&["validate", "--spec", &repo_path("tests/fixtures/asyncapi/broken-ref.yaml"), "-"], GOOD).0,
         Some(2)
     );
     assert_eq!(run(&["lint", &demo], "").0, Some(0));
-    let (code, out) = run(
-        &[
-            "lint",
-            &repo_path("tests/fixtures/asyncapi/broken-schema.yaml"),
-        ],
-        "",
-    );
+    let (code, out) = run(&["lint", &repo_path("tests/fixtures/asyncapi/broken-schema.yaml")], "");
     assert_eq!(code, Some(1));
     assert!(out.contains("minimum"), "{out}");
 }

@@ -29,11 +29,7 @@ pub enum SpecError {
     #[error("AsyncAPI version {0} is not supported (2.0–2.6 and 3.0 are)")]
     Version(String),
     #[error("{at}: unresolved $ref {reference}: {why}")]
-    Ref {
-        at: String,
-        reference: String,
-        why: String,
-    },
+    Ref { at: String, reference: String, why: String },
     #[error("{at}: {why}")]
     Invalid { at: String, why: String },
 }

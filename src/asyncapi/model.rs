@@ -19,9 +19,7 @@ use super::SpecError;
 use super::topic::TopicMatcher;
 
 /// What eventgate does with records of a topic that fail validation.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// Forward the record with a `_asyncapi_eg_validation_error` header.
@@ -39,9 +37,7 @@ impl FromStr for Policy {
             "annotate" => Ok(Self::Annotate),
             "reject" => Ok(Self::Reject),
             "off" => Ok(Self::Off),
-            other => Err(format!(
-                "unknown policy `{other}` (annotate, reject or off)"
-            )),
+            other => Err(format!("unknown policy `{other}` (annotate, reject or off)")),
         }
     }
 }
@@ -67,12 +63,7 @@ pub enum SchemaFormat {
 
 impl SchemaFormat {
     fn from_media_type(format: &str) -> Self {
-        let base = format
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let base = format.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         match base.as_str() {
             "application/vnd.aai.asyncapi"
             | "application/vnd.aai.asyncapi+json"
@@ -157,11 +148,7 @@ impl<'a> Resolver<'a> {
             })?;
             let (pointer, target) = self.lookup(&at, reference)?;
             if !seen.insert(pointer.clone()) || seen.len() > 64 {
-                return Err(SpecError::Ref {
-                    at,
-                    reference: reference.into(),
-                    why: "circular reference".into(),
-                });
+                return Err(SpecError::Ref { at, reference: reference.into(), why: "circular reference".into() });
             }
             at = pointer;
             v = target;
@@ -170,11 +157,8 @@ impl<'a> Resolver<'a> {
     }
 
     fn lookup(&self, at: &str, reference: &str) -> Result<(String, &'a Value), SpecError> {
-        let err = |why: &str| SpecError::Ref {
-            at: at.to_owned(),
-            reference: reference.to_owned(),
-            why: why.to_owned(),
-        };
+        let err =
+            |why: &str| SpecError::Ref { at: at.to_owned(), reference: reference.to_owned(), why: why.to_owned() };
         let fragment = reference
             .strip_prefix('#')
             .ok_or_else(|| err("only references within the document (`#/...`) are supported"))?;
@@ -185,18 +169,11 @@ impl<'a> Resolver<'a> {
         if !pointer.is_empty() && !pointer.starts_with('/') {
             return Err(err("the fragment is not a JSON pointer"));
         }
-        let target = self
-            .root
-            .pointer(&pointer)
-            .ok_or_else(|| err("nothing at that location"))?;
+        let target = self.root.pointer(&pointer).ok_or_else(|| err("nothing at that location"))?;
         Ok((pointer, target))
     }
 
-    fn deref_opt(
-        &self,
-        at: &str,
-        v: Option<&'a Value>,
-    ) -> Result<Option<(String, &'a Value)>, SpecError> {
+    fn deref_opt(&self, at: &str, v: Option<&'a Value>) -> Result<Option<(String, &'a Value)>, SpecError> {
         v.map(|v| self.deref(at, v)).transpose()
     }
 }
@@ -204,15 +181,11 @@ impl<'a> Resolver<'a> {
 impl Document {
     /// Models a parsed document.
     pub fn from_value(root: Value) -> Result<Self, SpecError> {
-        let obj = root
-            .as_object()
-            .ok_or_else(|| SpecError::NotAsyncApi("the document is not a mapping".into()))?;
+        let obj = root.as_object().ok_or_else(|| SpecError::NotAsyncApi("the document is not a mapping".into()))?;
         let asyncapi = match obj.get("asyncapi") {
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
-                return Err(SpecError::NotAsyncApi(format!(
-                    "`asyncapi` must be a string, not {other}"
-                )));
+                return Err(SpecError::NotAsyncApi(format!("`asyncapi` must be a string, not {other}")));
             }
             None => return Err(SpecError::NotAsyncApi("no `asyncapi` version field".into())),
         };
@@ -224,13 +197,10 @@ impl Document {
             (Some(3), Some(0)) => 3,
             _ => return Err(SpecError::Version(asyncapi)),
         };
-        let info = obj
-            .get("info")
-            .filter(|i| i.is_object())
-            .ok_or_else(|| SpecError::Invalid {
-                at: "/info".into(),
-                why: "the required `info` object is missing".into(),
-            })?;
+        let info = obj.get("info").filter(|i| i.is_object()).ok_or_else(|| SpecError::Invalid {
+            at: "/info".into(),
+            why: "the required `info` object is missing".into(),
+        })?;
         let title = str_at(info, "title").unwrap_or_default().to_owned();
         let info_version = str_at(info, "version").unwrap_or_default().to_owned();
         let default_ct = str_at(&root, "defaultContentType").map(str::to_owned);
@@ -243,54 +213,26 @@ impl Document {
             None => &empty,
             Some(Value::Object(m)) => m,
             Some(_) => {
-                return Err(SpecError::Invalid {
-                    at: "/channels".into(),
-                    why: "must be a mapping".into(),
-                });
+                return Err(SpecError::Invalid { at: "/channels".into(), why: "must be a mapping".into() });
             }
         };
         for (key, raw) in channel_map {
             let at = format!("/channels/{}", escape(key));
             let (at, ch) = resolver.deref(&at, raw)?;
             if !ch.is_object() {
-                return Err(SpecError::Invalid {
-                    at,
-                    why: "a channel must be a mapping".into(),
-                });
+                return Err(SpecError::Invalid { at, why: "a channel must be a mapping".into() });
             }
             let channel = if major == 2 {
-                channel_v2(
-                    &resolver,
-                    key,
-                    &at,
-                    ch,
-                    default_ct.as_deref(),
-                    &mut warnings,
-                )?
+                channel_v2(&resolver, key, &at, ch, default_ct.as_deref(), &mut warnings)?
             } else {
-                channel_v3(
-                    &resolver,
-                    key,
-                    &at,
-                    ch,
-                    default_ct.as_deref(),
-                    &mut warnings,
-                )?
+                channel_v3(&resolver, key, &at, ch, default_ct.as_deref(), &mut warnings)?
             };
             channels.extend(channel);
         }
         for ch in &channels {
             for m in &ch.messages {
-                for (part, slot) in [
-                    ("payload", &m.payload),
-                    ("headers", &m.headers),
-                    ("key", &m.key),
-                ] {
-                    if let Some(SchemaSlot {
-                        format: SchemaFormat::Other(f),
-                        ..
-                    }) = slot
-                    {
+                for (part, slot) in [("payload", &m.payload), ("headers", &m.headers), ("key", &m.key)] {
+                    if let Some(SchemaSlot { format: SchemaFormat::Other(f), .. }) = slot {
                         warnings.push(format!(
                             "message `{}` {part} uses schema format {f}, which eventgate cannot validate: \
                              records that match no other message are reported as unchecked",
@@ -300,23 +242,12 @@ impl Document {
                 }
             }
         }
-        Ok(Self {
-            asyncapi,
-            title,
-            info_version,
-            channels,
-            warnings,
-            root,
-        })
+        Ok(Self { asyncapi, title, info_version, channels, warnings, root })
     }
 
     /// The topic addresses (or templates) this document claims.
     pub fn topics(&self) -> Vec<String> {
-        let mut t: Vec<String> = self
-            .channels
-            .iter()
-            .map(|c| c.topic.address().to_owned())
-            .collect();
+        let mut t: Vec<String> = self.channels.iter().map(|c| c.topic.address().to_owned()).collect();
         t.sort();
         t.dedup();
         t
@@ -324,13 +255,10 @@ impl Document {
 }
 
 fn kafka_topic(resolver: &Resolver<'_>, at: &str, ch: &Value) -> Result<Option<String>, SpecError> {
-    let Some((b_at, bindings)) =
-        resolver.deref_opt(&format!("{at}/bindings"), ch.get("bindings"))?
-    else {
+    let Some((b_at, bindings)) = resolver.deref_opt(&format!("{at}/bindings"), ch.get("bindings"))? else {
         return Ok(None);
     };
-    let Some((_, kafka)) = resolver.deref_opt(&format!("{b_at}/kafka"), bindings.get("kafka"))?
-    else {
+    let Some((_, kafka)) = resolver.deref_opt(&format!("{b_at}/kafka"), bindings.get("kafka"))? else {
         return Ok(None);
     };
     Ok(str_at(kafka, "topic").map(str::to_owned))
@@ -339,10 +267,9 @@ fn kafka_topic(resolver: &Resolver<'_>, at: &str, ch: &Value) -> Result<Option<S
 fn policy_of(at: &str, ch: &Value) -> Result<Option<Policy>, SpecError> {
     match ch.get("x-eventgate-policy") {
         None => Ok(None),
-        Some(Value::String(s)) => s.parse().map(Some).map_err(|why| SpecError::Invalid {
-            at: format!("{at}/x-eventgate-policy"),
-            why,
-        }),
+        Some(Value::String(s)) => {
+            s.parse().map(Some).map_err(|why| SpecError::Invalid { at: format!("{at}/x-eventgate-policy"), why })
+        }
         Some(other) => Err(SpecError::Invalid {
             at: format!("{at}/x-eventgate-policy"),
             why: format!("must be annotate, reject or off, not {other}"),
@@ -359,9 +286,7 @@ fn parameter_enums(
     major: u8,
 ) -> Result<Vec<(String, Vec<String>)>, SpecError> {
     let mut out = Vec::new();
-    let Some((p_at, params)) =
-        resolver.deref_opt(&format!("{at}/parameters"), ch.get("parameters"))?
-    else {
+    let Some((p_at, params)) = resolver.deref_opt(&format!("{at}/parameters"), ch.get("parameters"))? else {
         return Ok(out);
     };
     let Some(params) = params.as_object() else {
@@ -378,30 +303,15 @@ fn parameter_enums(
             p
         };
         if let Some(values) = holder.get("enum").and_then(Value::as_array) {
-            out.push((
-                name.clone(),
-                values
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-            ));
+            out.push((name.clone(), values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()));
         }
     }
     Ok(out)
 }
 
-fn matcher(
-    address: &str,
-    enums: &[(String, Vec<String>)],
-    at: &str,
-) -> Result<TopicMatcher, SpecError> {
-    TopicMatcher::new(address, |p| {
-        enums.iter().find(|(n, _)| n == p).map(|(_, v)| v.clone())
-    })
-    .map_err(|why| SpecError::Invalid {
-        at: at.to_owned(),
-        why,
-    })
+fn matcher(address: &str, enums: &[(String, Vec<String>)], at: &str) -> Result<TopicMatcher, SpecError> {
+    TopicMatcher::new(address, |p| enums.iter().find(|(n, _)| n == p).map(|(_, v)| v.clone()))
+        .map_err(|why| SpecError::Invalid { at: at.to_owned(), why })
 }
 
 fn channel_v2(
@@ -421,22 +331,12 @@ fn channel_v2(
             continue;
         };
         if let Some(m) = operation.get("message") {
-            collect_messages(
-                resolver,
-                &format!("{op_at}/message"),
-                m,
-                2,
-                None,
-                default_ct,
-                &mut messages,
-            )?;
+            collect_messages(resolver, &format!("{op_at}/message"), m, 2, None, default_ct, &mut messages)?;
         }
     }
     dedup_messages(&mut messages);
     if messages.is_empty() {
-        warnings.push(format!(
-            "channel `{key}` has no messages: records on `{address}` cannot match any"
-        ));
+        warnings.push(format!("channel `{key}` has no messages: records on `{address}` cannot match any"));
     }
     Ok(Some(Channel {
         id: key.to_owned(),
@@ -459,9 +359,7 @@ fn channel_v3(
         None => match ch.get("address") {
             Some(Value::String(a)) => a.clone(),
             Some(Value::Null) | None => {
-                warnings.push(format!(
-                    "channel `{key}` has no address (unknown or dynamic): it validates no topic"
-                ));
+                warnings.push(format!("channel `{key}` has no address (unknown or dynamic): it validates no topic"));
                 return Ok(None);
             }
             Some(other) => {
@@ -475,27 +373,16 @@ fn channel_v3(
     let enums = parameter_enums(resolver, at, ch, 3)?;
     let mut messages = Vec::new();
     if let Some((m_at, map)) = resolver.deref_opt(&format!("{at}/messages"), ch.get("messages"))? {
-        let map = map.as_object().ok_or_else(|| SpecError::Invalid {
-            at: m_at.clone(),
-            why: "`messages` must be a mapping".into(),
-        })?;
+        let map = map
+            .as_object()
+            .ok_or_else(|| SpecError::Invalid { at: m_at.clone(), why: "`messages` must be a mapping".into() })?;
         for (id, m) in map {
-            collect_messages(
-                resolver,
-                &format!("{m_at}/{}", escape(id)),
-                m,
-                3,
-                Some(id),
-                default_ct,
-                &mut messages,
-            )?;
+            collect_messages(resolver, &format!("{m_at}/{}", escape(id)), m, 3, Some(id), default_ct, &mut messages)?;
         }
     }
     dedup_messages(&mut messages);
     if messages.is_empty() {
-        warnings.push(format!(
-            "channel `{key}` has no messages: records on `{address}` cannot match any"
-        ));
+        warnings.push(format!("channel `{key}` has no messages: records on `{address}` cannot match any"));
     }
     Ok(Some(Channel {
         id: key.to_owned(),
@@ -524,23 +411,12 @@ fn collect_messages<'a>(
     let (at, m) = resolver.deref(at, raw)?;
     if let Some(alternatives) = m.get("oneOf").and_then(Value::as_array) {
         for (i, alt) in alternatives.iter().enumerate() {
-            collect_messages(
-                resolver,
-                &format!("{at}/oneOf/{i}"),
-                alt,
-                major,
-                None,
-                default_ct,
-                out,
-            )?;
+            collect_messages(resolver, &format!("{at}/oneOf/{i}"), alt, major, None, default_ct, out)?;
         }
         return Ok(());
     }
     if !m.is_object() {
-        return Err(SpecError::Invalid {
-            at,
-            why: "a message must be a mapping".into(),
-        });
+        return Err(SpecError::Invalid { at, why: "a message must be a mapping".into() });
     }
     // Traits fill in what the message leaves out (the message's own fields win).
     let mut fields: Vec<(&'a str, String, &'a Value)> = Vec::new();
@@ -565,31 +441,17 @@ fn collect_messages<'a>(
             take(&t_at, t);
         }
     }
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, p, v)| (p.clone(), *v))
-    };
+    let field = |name: &str| fields.iter().find(|(n, _, _)| *n == name).map(|(_, p, v)| (p.clone(), *v));
 
     let name = field("name")
         .and_then(|(_, v)| v.as_str().map(str::to_owned))
         .or_else(|| field("messageId").and_then(|(_, v)| v.as_str().map(str::to_owned)))
         .or_else(|| map_key.map(str::to_owned))
-        .or_else(|| {
-            at.strip_prefix("/components/messages/")
-                .map(|k| k.replace("~1", "/").replace("~0", "~"))
-        })
+        .or_else(|| at.strip_prefix("/components/messages/").map(|k| k.replace("~1", "/").replace("~0", "~")))
         .unwrap_or_else(|| at.clone());
     let schema_format = field("schemaFormat").and_then(|(_, v)| v.as_str().map(str::to_owned));
     let payload = match field("payload") {
-        Some((p_at, p)) => Some(schema_slot(
-            resolver,
-            &p_at,
-            p,
-            major,
-            schema_format.as_deref(),
-        )?),
+        Some((p_at, p)) => Some(schema_slot(resolver, &p_at, p, major, schema_format.as_deref())?),
         None => None,
     };
     let headers = match field("headers") {
@@ -601,13 +463,7 @@ fn collect_messages<'a>(
             let (b_at, b) = resolver.deref(&b_at, b)?;
             match resolver.deref_opt(&format!("{b_at}/kafka"), b.get("kafka"))? {
                 Some((k_at, kafka)) => match kafka.get("key") {
-                    Some(k) => Some(schema_slot(
-                        resolver,
-                        &format!("{k_at}/key"),
-                        k,
-                        major,
-                        None,
-                    )?),
+                    Some(k) => Some(schema_slot(resolver, &format!("{k_at}/key"), k, major, None)?),
                     None => None,
                 },
                 None => None,
@@ -624,10 +480,7 @@ fn collect_messages<'a>(
         content_type: field("contentType")
             .and_then(|(_, v)| v.as_str().map(str::to_owned))
             .or(default_ct.map(str::to_owned)),
-        ce_type: m
-            .get("x-eventgate-ce-type")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        ce_type: m.get("x-eventgate-ce-type").and_then(Value::as_str).map(str::to_owned),
     });
     Ok(())
 }
@@ -644,24 +497,13 @@ fn schema_slot(
     if major >= 3
         && let (Some(format), Some(_)) = (str_at(schema, "schemaFormat"), schema.get("schema"))
     {
-        return Ok(SchemaSlot {
-            pointer: format!("{at}/schema"),
-            format: SchemaFormat::from_media_type(format),
-        });
+        return Ok(SchemaSlot { pointer: format!("{at}/schema"), format: SchemaFormat::from_media_type(format) });
     }
-    let format = v2_format
-        .map(SchemaFormat::from_media_type)
-        .unwrap_or(SchemaFormat::JsonSchema);
+    let format = v2_format.map(SchemaFormat::from_media_type).unwrap_or(SchemaFormat::JsonSchema);
     if format == SchemaFormat::JsonSchema && !(schema.is_object() || schema.is_boolean()) {
-        return Err(SpecError::Invalid {
-            at,
-            why: "a schema must be a mapping or a boolean".into(),
-        });
+        return Err(SpecError::Invalid { at, why: "a schema must be a mapping or a boolean".into() });
     }
-    Ok(SchemaSlot {
-        pointer: at,
-        format,
-    })
+    Ok(SchemaSlot { pointer: at, format })
 }
 
 #[cfg(test)]

@@ -15,15 +15,12 @@ const MAX_DEPTH: usize = 128;
 pub fn parse(text: &str) -> Result<Value, SpecError> {
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     let value = if trimmed.starts_with('{') {
-        serde_json::from_str::<Value>(trimmed)
-            .map_err(|e| SpecError::Syntax(format!("invalid JSON: {e}")))?
+        serde_json::from_str::<Value>(trimmed).map_err(|e| SpecError::Syntax(format!("invalid JSON: {e}")))?
     } else {
         serde_saphyr::from_str::<Value>(trimmed).map_err(|e| SpecError::Syntax(yaml_error(&e)))?
     };
     if depth(&value) > MAX_DEPTH {
-        return Err(SpecError::Syntax(format!(
-            "document nests deeper than {MAX_DEPTH} levels"
-        )));
+        return Err(SpecError::Syntax(format!("document nests deeper than {MAX_DEPTH} levels")));
     }
     Ok(value)
 }
@@ -32,10 +29,7 @@ pub fn parse(text: &str) -> Result<Value, SpecError> {
 fn yaml_error(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default();
-    format!(
-        "invalid YAML: {}",
-        first.strip_prefix("error: ").unwrap_or(first)
-    )
+    format!("invalid YAML: {}", first.strip_prefix("error: ").unwrap_or(first))
 }
 
 fn depth(v: &Value) -> usize {

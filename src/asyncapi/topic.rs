@@ -10,19 +10,12 @@ use regex::Regex;
 #[derive(Debug, Clone)]
 pub enum TopicMatcher {
     Exact(String),
-    Pattern {
-        template: String,
-        regex: Regex,
-        literal_len: usize,
-    },
+    Pattern { template: String, regex: Regex, literal_len: usize },
 }
 
 impl TopicMatcher {
     /// Builds the matcher for `address`; `enum_of(param)` gives a parameter's allowed values.
-    pub fn new(
-        address: &str,
-        enum_of: impl Fn(&str) -> Option<Vec<String>>,
-    ) -> Result<Self, String> {
+    pub fn new(address: &str, enum_of: impl Fn(&str) -> Option<Vec<String>>) -> Result<Self, String> {
         if !address.contains('{') {
             return Ok(Self::Exact(address.to_owned()));
         }
@@ -33,9 +26,7 @@ impl TopicMatcher {
             let (lit, tail) = rest.split_at(open);
             re.push_str(&regex::escape(lit));
             literal_len += lit.len();
-            let close = tail
-                .find('}')
-                .ok_or_else(|| format!("unclosed parameter in address `{address}`"))?;
+            let close = tail.find('}').ok_or_else(|| format!("unclosed parameter in address `{address}`"))?;
             let name = &tail[1..close];
             if name.is_empty() {
                 return Err(format!("empty parameter name in address `{address}`"));
@@ -53,11 +44,7 @@ impl TopicMatcher {
         literal_len += rest.len();
         re.push('$');
         let regex = Regex::new(&re).map_err(|e| format!("address `{address}`: {e}"))?;
-        Ok(Self::Pattern {
-            template: address.to_owned(),
-            regex,
-            literal_len,
-        })
+        Ok(Self::Pattern { template: address.to_owned(), regex, literal_len })
     }
 
     pub fn matches(&self, topic: &str) -> bool {
@@ -110,20 +97,11 @@ mod tests {
         assert!(!m.matches("user.4.2.signedup"));
         assert!(!m.matches("user..signedup"));
         assert!(!m.matches("xuser.42.signedup"));
-        let m = TopicMatcher::new("events.{region}", |p| {
-            (p == "region").then(|| vec!["eu".into(), "us".into()])
-        })
-        .unwrap();
+        let m =
+            TopicMatcher::new("events.{region}", |p| (p == "region").then(|| vec!["eu".into(), "us".into()])).unwrap();
         assert!(m.matches("events.eu") && !m.matches("events.asia"));
-        assert_eq!(
-            TopicMatcher::new("a.{x}.b", |_| None).unwrap().claim_key(),
-            "a.{}.b"
-        );
+        assert_eq!(TopicMatcher::new("a.{x}.b", |_| None).unwrap().claim_key(), "a.{}.b");
         assert!(TopicMatcher::new("a.{x", |_| None).is_err());
-        assert!(
-            TopicMatcher::new("a+b.c", |_| None)
-                .unwrap()
-                .matches("a+b.c")
-        );
+        assert!(TopicMatcher::new("a+b.c", |_| None).unwrap().matches("a+b.c"));
     }
 }

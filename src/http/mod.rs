@@ -4,6 +4,7 @@
 //! token is configured, every mutating route requires `Authorization: Bearer <token>`.
 
 pub mod specs;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,22 +26,18 @@ use crate::telemetry;
 pub struct AppState {
     pub store: Arc<SpecStore>,
     pub admin_token: Option<Arc<str>>,
+    pub ws: ws::WsState,
 }
 
 /// Binds the admin listener and serves it until shutdown. Returns the bound address.
-pub async fn start(gw: Arc<Gateway>, store: Arc<SpecStore>) -> std::io::Result<SocketAddr> {
+pub async fn start(gw: Arc<Gateway>, store: Arc<SpecStore>, ws: ws::WsState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(gw.config.http_listen).await?;
     let addr = listener.local_addr()?;
-    let state = AppState {
-        store,
-        admin_token: gw.config.admin_token.as_deref().map(Arc::from),
-    };
+    let state = AppState { store, admin_token: gw.config.admin_token.as_deref().map(Arc::from), ws };
     let app = router(state, gw.config.max_spec_bytes);
     let shutdown = gw.shutdown.clone();
     gw.tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin HTTP server failed");
         }
@@ -55,11 +52,9 @@ pub fn router(state: AppState, max_spec_bytes: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/specs", get(specs::list))
-        .route(
-            "/specs/{id}",
-            put(specs::put).get(specs::get).delete(specs::delete),
-        )
+        .route("/specs/{id}", put(specs::put).get(specs::get).delete(specs::delete))
         .route("/specs/{id}/validate", post(specs::validate))
+        .route("/ws", get(ws::handler))
         .layer(DefaultBodyLimit::max(max_spec_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -88,7 +83,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -99,8 +94,5 @@ async fn healthz() -> impl IntoResponse {
 async fn metrics() -> impl IntoResponse {
     let handle = telemetry::prometheus();
     handle.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
 }

@@ -63,25 +63,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-pub async fn put(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn put(State(app): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     let text = String::from_utf8(body.to_vec()).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "invalid_document",
-            format!("the document is not UTF-8 text: {e}"),
-        )
+        ApiError(StatusCode::BAD_REQUEST, "invalid_document", format!("the document is not UTF-8 text: {e}"))
     })?;
     let (put, summary) = blocking(&app.store, move |s| s.put(&id, &text)).await?;
     tracing::info!(id = summary.id, topics = ?summary.topics, "AsyncAPI document {}", if put == Put::Created { "uploaded" } else { "replaced" });
-    let status = if put == Put::Created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if put == Put::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(summary)).into_response())
 }
 
@@ -89,26 +77,13 @@ pub async fn list(State(app): State<AppState>) -> impl IntoResponse {
     Json(app.store.list())
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let text = app
-        .store
-        .text(&id)
-        .ok_or_else(|| ApiError::from(StoreError::NotFound(id)))?;
-    let ct = if text.trim_start().starts_with('{') {
-        "application/json"
-    } else {
-        "application/yaml"
-    };
+pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let text = app.store.text(&id).ok_or_else(|| ApiError::from(StoreError::NotFound(id)))?;
+    let ct = if text.trim_start().starts_with('{') { "application/json" } else { "application/yaml" };
     Ok(([(header::CONTENT_TYPE, ct)], text.to_string()).into_response())
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let shown = id.clone();
     blocking(&app.store, move |s| s.delete(&id)).await?;
     tracing::info!(id = shown, "AsyncAPI document deleted");
@@ -138,28 +113,17 @@ pub async fn validate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"))
-    {
+    if !headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json")) {
         return Err(ApiError(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "bad_request",
             "send the sample as application/json".into(),
         ));
     }
-    let sample: Sample = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("invalid sample: {e}"),
-        )
-    })?;
+    let sample: Sample = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", format!("invalid sample: {e}")))?;
     let catalog = app.store.validation().catalog.load();
-    let doc = catalog
-        .doc(&id)
-        .ok_or_else(|| ApiError::from(StoreError::NotFound(id.clone())))?;
+    let doc = catalog.doc(&id).ok_or_else(|| ApiError::from(StoreError::NotFound(id.clone())))?;
     let route = match &sample.topic {
         Some(t) => doc.route_for(t),
         None => doc.single_route(),
@@ -183,12 +147,7 @@ pub async fn validate(
         (None, Some(t)) => Some(t.clone().into_bytes()),
         (None, None) => None,
     };
-    let outcome = check_sample(
-        route,
-        sample.key.as_deref(),
-        value.as_deref(),
-        &sample.headers,
-    );
+    let outcome = check_sample(route, sample.key.as_deref(), value.as_deref(), &sample.headers);
     let mut answer = json!({ "document": id, "topic": sample.topic.unwrap_or_else(|| route.address.clone()), "outcome": outcome.label() });
     match &outcome {
         Outcome::Valid(i) => answer["message"] = json!(route.messages[*i].name),
@@ -207,22 +166,10 @@ pub fn check_sample(
     headers: &BTreeMap<String, String>,
 ) -> Outcome {
     let mut raw = Vec::new();
-    let hs: Vec<(&[u8], Option<&[u8]>)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes())))
-        .collect();
-    write_record(
-        &mut raw,
-        0,
-        0,
-        key.map(str::as_bytes),
-        value,
-        hs.into_iter(),
-    );
+    let hs: Vec<(&[u8], Option<&[u8]>)> = headers.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))).collect();
+    write_record(&mut raw, 0, 0, key.map(str::as_bytes), value, hs.into_iter());
     match records(&raw).next() {
         Some(Ok(rec)) => route.check(&rec),
-        _ => Outcome::Invalid(vec![
-            "/: the sample cannot be encoded as a Kafka record".into(),
-        ]),
+        _ => Outcome::Invalid(vec!["/: the sample cannot be encoded as a Kafka record".into()]),
     }
 }

@@ -33,12 +33,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, Target, produce};
+use crate::mirror::Job;
 use crate::wire::WireError;
 use crate::wire::frame::FrameBuffer;
-use crate::wire::header::{RequestMeta, response_correlation_id};
-use crate::wire::rewrite::{
-    ResponseAction, RewriteError, recode_produce_response, rewrite_response,
-};
+use crate::wire::header::{RequestMeta, response_correlation_id, response_header_len};
+use crate::wire::rewrite::{ResponseAction, RewriteError, recode_produce_response, rewrite_response};
+use crate::wire::scan;
 use crate::wire::versions;
 
 /// An answer the client is owed, in request order.
@@ -52,6 +52,10 @@ pub enum Pending {
         action: ResponseAction,
         /// Partition errors eventgate merges into a Produce answer.
         merge: Option<Box<produce::Merge>>,
+        /// Produce partitions to mirror once the broker has accepted them.
+        mirror: Option<Box<Vec<produce::Mirrored>>>,
+        /// The client expects no answer (`acks=0` sent as `acks=1` for the mirror): consume it.
+        swallow: bool,
     },
     /// eventgate answers this request itself with these bytes.
     Local(Bytes),
@@ -85,11 +89,7 @@ pub enum ConnError {
     #[error("refused an acks=0 produce request, so closing the connection as a broker would: {0}")]
     RefusedAcksZero(String),
     #[error("rewriting {api:?} v{version} response: {source}")]
-    Rewrite {
-        api: i16,
-        version: i16,
-        source: RewriteError,
-    },
+    Rewrite { api: i16, version: i16, source: RewriteError },
 }
 
 /// Serves one accepted client until either side closes or eventgate shuts down.
@@ -116,18 +116,15 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
         }
         r
     };
-    let (req, resp) = tokio::join!(
-        async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort).await) },
-        async { on_error(responses(&gw, broker_rd, client_wr, rx, &abort).await) },
-    );
+    let (req, resp) = tokio::join!(async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort).await) }, async {
+        on_error(responses(&gw, broker_rd, client_wr, rx, &abort).await)
+    },);
     match req.and(resp) {
         Ok(()) => tracing::debug!(%peer, broker = %broker_addr, "connection closed"),
         Err(e) => {
             gw.metrics.connection_errors.increment(1);
             match &e {
-                ConnError::ClientRead(_)
-                | ConnError::ClientWrite(_)
-                | ConnError::ClientClosedMidFrame(_) => {
+                ConnError::ClientRead(_) | ConnError::ClientWrite(_) | ConnError::ClientClosedMidFrame(_) => {
                     tracing::info!(%peer, broker = %broker_addr, error = %e, "connection closed")
                 }
                 _ => tracing::warn!(%peer, broker = %broker_addr, error = %e, "connection closed"),
@@ -149,48 +146,51 @@ struct Plan {
 fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
     let meta = RequestMeta::peek(&frame)?;
     gw.metrics.request(meta.api_key);
-    let upstream = |merge| {
+    let upstream = |merge, mirror, swallow| {
         Some(Pending::Upstream {
             correlation_id: meta.correlation_id,
             api_key: meta.api_key,
             api_version: meta.api_version,
             action: ResponseAction::for_request(meta.api_key, meta.api_version),
             merge,
+            mirror,
+            swallow,
         })
     };
-    let forward = |frame, pending| Plan {
-        forward: Some(frame),
-        pending,
-        close: false,
-    };
+    let forward = |frame, pending| Plan { forward: Some(frame), pending, close: false };
     let plan = match meta.key() {
         Some(ApiKey::ApiVersions) if meta.api_version > versions::API_VERSIONS_MAX => Plan {
             forward: None,
-            pending: Some(Pending::Local(versions::unsupported_version_frame(
-                meta.correlation_id,
-            ))),
+            pending: Some(Pending::Local(versions::unsupported_version_frame(meta.correlation_id))),
             close: false,
         },
         Some(ApiKey::Produce) => {
-            match produce::inspect(&gw.validation, &gw.validation_metrics, &meta, &frame)? {
-                // acks=0: the broker sends no answer, so none is owed.
-                produce::Plan::Forward { acks: 0 } => forward(frame, None),
-                produce::Plan::Forward { .. } => forward(frame, upstream(None)),
-                produce::Plan::Rewritten { frame, acks: 0, .. } => forward(frame, None),
-                produce::Plan::Rewritten { frame, merge, .. } => forward(frame, upstream(merge)),
-                produce::Plan::Answer(answer) => Plan {
-                    forward: None,
-                    pending: Some(Pending::Local(answer)),
-                    close: false,
-                },
-                produce::Plan::ForwardThenClose { frame, reason } => Plan {
-                    forward: frame,
-                    pending: Some(Pending::Close(reason)),
-                    close: true,
-                },
+            let inspection =
+                produce::inspect(&gw.validation, &gw.validation_metrics, &meta, &frame, gw.mirror.is_some())?;
+            if let Some(m) = &gw.mirror {
+                for job in inspection.refused {
+                    m.submit(job);
+                }
+            }
+            match inspection.plan {
+                produce::Plan::Forward { frame: new, client_acks, broker_answers, merge, mirror } => {
+                    let frame = new.unwrap_or(frame);
+                    let pending = match (client_acks, broker_answers) {
+                        (0, false) => None,
+                        (0, true) => upstream(None, mirror, true),
+                        _ => upstream(merge, mirror, false),
+                    };
+                    forward(frame, pending)
+                }
+                produce::Plan::Answer(answer) => {
+                    Plan { forward: None, pending: Some(Pending::Local(answer)), close: false }
+                }
+                produce::Plan::ForwardThenClose { frame, reason } => {
+                    Plan { forward: frame, pending: Some(Pending::Close(reason)), close: true }
+                }
             }
         }
-        _ => forward(frame, upstream(None)),
+        _ => forward(frame, upstream(None, None, false)),
     };
     Ok(plan)
 }
@@ -212,9 +212,7 @@ async fn requests(
                 // The answer is queued before its request leaves, so it is always there to match.
                 if let Err(mpsc::error::TrySendError::Full(p)) = tx.try_send(p) {
                     // max_in_flight reached: send what is buffered, then wait for room.
-                    write_frames(&mut broker, &mut out)
-                        .await
-                        .map_err(ConnError::BrokerWrite)?;
+                    write_frames(&mut broker, &mut out).await.map_err(ConnError::BrokerWrite)?;
                     if tx.send(p).await.is_err() {
                         return Ok(());
                     }
@@ -222,15 +220,11 @@ async fn requests(
             }
             out.extend(plan.forward);
             if plan.close {
-                write_frames(&mut broker, &mut out)
-                    .await
-                    .map_err(ConnError::BrokerWrite)?;
+                write_frames(&mut broker, &mut out).await.map_err(ConnError::BrokerWrite)?;
                 return Ok(());
             }
         }
-        write_frames(&mut broker, &mut out)
-            .await
-            .map_err(ConnError::BrokerWrite)?;
+        write_frames(&mut broker, &mut out).await.map_err(ConnError::BrokerWrite)?;
         let n = tokio::select! {
             biased;
             _ = abort.cancelled() => return Ok(()),
@@ -269,9 +263,7 @@ async fn responses(
                     }
                 }
                 Some(Pending::Close(_)) => {
-                    write_frames(&mut client, &mut out)
-                        .await
-                        .map_err(ConnError::ClientWrite)?;
+                    write_frames(&mut client, &mut out).await.map_err(ConnError::ClientWrite)?;
                     let reason = match pending.pop_front() {
                         Some(Pending::Close(reason)) => reason,
                         _ => String::new(),
@@ -288,6 +280,8 @@ async fn responses(
                         api_version,
                         action,
                         merge,
+                        mirror,
+                        swallow,
                     }) = pending.pop_front()
                     else {
                         break;
@@ -295,19 +289,28 @@ async fn responses(
                     gw.metrics.bytes_from_brokers.increment(frame.len() as u64);
                     let got = response_correlation_id(&frame).map_err(ConnError::BrokerFrame)?;
                     if got != correlation_id {
-                        return Err(ConnError::UnexpectedCorrelation {
-                            expected: correlation_id,
-                            got,
-                        });
+                        return Err(ConnError::UnexpectedCorrelation { expected: correlation_id, got });
+                    }
+                    if let Some(parts) = mirror {
+                        let refused =
+                            mirror_accepted(gw, api_version, &frame, *parts).map_err(ConnError::BrokerFrame)?;
+                        if swallow {
+                            // The client sent acks=0: no answer goes back, but a refusal closes
+                            // the connection, as the broker would have.
+                            if refused > 0 {
+                                return Err(ConnError::RefusedAcksZero(format!(
+                                    "the broker refused {refused} partition(s)"
+                                )));
+                            }
+                            continue;
+                        }
                     }
                     let mut map = |id: i32, host: &str, port: i32| gw.advertise(id, host, port);
                     let rewritten = match merge {
-                        Some(merge) => {
-                            recode_produce_response(api_version, &frame, &mut map, |resp| {
-                                produce::merge_into(resp, &merge, api_version)
-                            })
-                            .map(Some)
-                        }
+                        Some(merge) => recode_produce_response(api_version, &frame, &mut map, |resp| {
+                            produce::merge_into(resp, &merge, api_version)
+                        })
+                        .map(Some),
                         None => rewrite_response(action, api_version, &frame, &mut map),
                     };
                     let answer = match rewritten {
@@ -317,11 +320,7 @@ async fn responses(
                         }
                         Ok(None) => frame,
                         Err(source) => {
-                            return Err(ConnError::Rewrite {
-                                api: api_key,
-                                version: api_version,
-                                source,
-                            });
+                            return Err(ConnError::Rewrite { api: api_key, version: api_version, source });
                         }
                     };
                     out.push_back(answer);
@@ -335,9 +334,7 @@ async fn responses(
                 }
             }
         }
-        write_frames(&mut client, &mut out)
-            .await
-            .map_err(ConnError::ClientWrite)?;
+        write_frames(&mut client, &mut out).await.map_err(ConnError::ClientWrite)?;
         if requests_done && pending.is_empty() {
             let _ = client.shutdown().await;
             return Ok(());
@@ -364,11 +361,46 @@ async fn responses(
     }
 }
 
+/// Hands the partitions the broker accepted to the mirror, with their offsets. Returns how many
+/// partitions the broker refused.
+fn mirror_accepted(
+    gw: &Gateway,
+    version: i16,
+    frame: &Bytes,
+    parts: Vec<produce::Mirrored>,
+) -> Result<usize, WireError> {
+    let Some(mirror) = &gw.mirror else { return Ok(0) };
+    let hlen = response_header_len(ApiKey::Produce, version, frame.get(4..).unwrap_or_default())?;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    scan::produce_response(&frame[4 + hlen..], version, |p| {
+        if p.error_code == 0 {
+            accepted.push((p.topic, p.partition, p.base_offset, p.log_append_time));
+        } else {
+            refused += 1;
+        }
+    })?;
+    for part in parts {
+        let Some(&(_, _, base, append)) =
+            accepted.iter().find(|(t, p, _, _)| *t == part.topic.as_bytes() && *p == part.partition)
+        else {
+            continue;
+        };
+        mirror.submit(Job {
+            topic: part.topic,
+            partition: part.partition,
+            base_offset: Some(base),
+            log_append_time: append,
+            records: part.records,
+            outcomes: part.outcomes,
+            route: part.route,
+        });
+    }
+    Ok(refused)
+}
+
 /// Writes every frame in `out` with as few system calls as the socket allows, and empties it.
-async fn write_frames<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    out: &mut VecDeque<Bytes>,
-) -> std::io::Result<()> {
+async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, out: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     const MAX_SLICES: usize = 64;
     while !out.is_empty() {
         let written = {
@@ -434,16 +466,11 @@ mod tests {
 
     #[tokio::test]
     async fn partial_writes_keep_every_byte_in_order() {
-        let frames: Vec<Bytes> = (0u8..100)
-            .map(|i| Bytes::from(vec![i; (i as usize % 7) + 1]))
-            .collect();
+        let frames: Vec<Bytes> = (0u8..100).map(|i| Bytes::from(vec![i; (i as usize % 7) + 1])).collect();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         for chunk in [1, 3, 5, 1000] {
             let mut out: VecDeque<Bytes> = frames.iter().cloned().collect();
-            let mut w = Trickle {
-                got: Vec::new(),
-                chunk,
-            };
+            let mut w = Trickle { got: Vec::new(), chunk };
             write_frames(&mut w, &mut out).await.unwrap();
             assert_eq!(w.got, expected, "chunk {chunk}");
             assert!(out.is_empty());

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, split_host_port};
+use crate::mirror::Mirror;
 use crate::telemetry::{ProxyMetrics, ValidationMetrics};
 use crate::validate::Validation;
 use crate::wire::rewrite::AdvertiseError;
@@ -46,11 +47,13 @@ pub struct Gateway {
     /// Documents in force and policies, read by every Produce request.
     pub validation: Arc<Validation>,
     pub validation_metrics: ValidationMetrics,
+    /// The CloudEvents mirror, when NATS is configured or someone watches the live feed.
+    pub mirror: Option<Arc<Mirror>>,
     next_bootstrap: AtomicUsize,
 }
 
 impl Gateway {
-    pub fn new(config: Config, validation: Arc<Validation>) -> Arc<Self> {
+    pub fn new(config: Config, validation: Arc<Validation>, mirror: Option<Arc<Mirror>>) -> Arc<Self> {
         Arc::new(Self {
             config,
             nodes: NodeRegistry::default(),
@@ -59,6 +62,7 @@ impl Gateway {
             metrics: ProxyMetrics::new(),
             validation,
             validation_metrics: ValidationMetrics::new(),
+            mirror,
             next_bootstrap: AtomicUsize::new(0),
         })
     }
@@ -68,63 +72,37 @@ impl Gateway {
         let listener = TcpListener::bind(self.config.listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, upstream = ?self.config.upstream, "kafka bootstrap listener ready");
-        self.tasks
-            .spawn(accept_loop(self.clone(), listener, Target::Bootstrap));
+        self.tasks.spawn(accept_loop(self.clone(), listener, Target::Bootstrap));
         Ok(addr)
     }
 
     /// The address clients must use for broker `node_id`, which the cluster reports at
     /// `host:port`. Opens the broker's listener the first time the broker is seen.
-    pub fn advertise(
-        self: &Arc<Self>,
-        node_id: i32,
-        host: &str,
-        port: i32,
-    ) -> Result<(StrBytes, i32), AdvertiseError> {
-        let fail = |reason: String| AdvertiseError {
-            node_id,
-            host: host.to_owned(),
-            port,
-            reason,
-        };
+    pub fn advertise(self: &Arc<Self>, node_id: i32, host: &str, port: i32) -> Result<(StrBytes, i32), AdvertiseError> {
+        let fail = |reason: String| AdvertiseError { node_id, host: host.to_owned(), port, reason };
         let upstream_port = u16::try_from(port).map_err(|_| fail("port out of range".into()))?;
-        let upstream = Upstream {
-            host: host.to_owned(),
-            port: upstream_port,
-        };
+        let upstream = Upstream { host: host.to_owned(), port: upstream_port };
         let cfg = &self.config;
-        let overflow_base = cfg
-            .node_port_base
-            .saturating_add(u16::try_from(cfg.node_id_max).unwrap_or(u16::MAX))
-            .saturating_add(1);
+        let overflow_base =
+            cfg.node_port_base.saturating_add(u16::try_from(cfg.node_id_max).unwrap_or(u16::MAX)).saturating_add(1);
         let port = match self
             .nodes
-            .observe(
-                node_id,
-                upstream.clone(),
-                cfg.fixed_node_port(node_id),
-                overflow_base,
-            )
+            .observe(node_id, upstream.clone(), cfg.fixed_node_port(node_id), overflow_base)
             .map_err(fail)?
         {
             Observed::Known(p) => p,
             Observed::New(p) => {
                 let addr = SocketAddr::new(cfg.listen.ip(), p);
-                let listener =
-                    bind_now(addr).map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
+                let listener = bind_now(addr).map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
                 let confirmed = self.nodes.confirm(node_id, upstream.clone(), p);
                 if confirmed == p {
                     tracing::info!(node_id, %addr, %upstream, "broker listener ready");
-                    self.tasks
-                        .spawn(accept_loop(self.clone(), listener, Target::Node(node_id)));
+                    self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id)));
                 }
                 confirmed
             }
         };
-        Ok((
-            StrBytes::from_string(cfg.advertised_host.clone()),
-            i32::from(port),
-        ))
+        Ok((StrBytes::from_string(cfg.advertised_host.clone()), i32::from(port)))
     }
 
     /// Opens a connection to the broker behind `target`.
@@ -133,9 +111,7 @@ impl Gateway {
             Target::Bootstrap => {
                 let all = &self.config.upstream;
                 let start = self.next_bootstrap.fetch_add(1, Ordering::Relaxed);
-                (0..all.len())
-                    .map(|i| all[(start + i) % all.len()].clone())
-                    .collect()
+                (0..all.len()).map(|i| all[(start + i) % all.len()].clone()).collect()
             }
             Target::Node(id) => match self.nodes.upstream(id) {
                 Some(u) => vec![u.to_string()],
@@ -146,11 +122,7 @@ impl Gateway {
         for addr in candidates {
             let attempt = match split_host_port(&addr) {
                 Ok((host, port)) => {
-                    tokio::time::timeout(
-                        self.config.connect_timeout,
-                        TcpStream::connect((host, port)),
-                    )
-                    .await
+                    tokio::time::timeout(self.config.connect_timeout, TcpStream::connect((host, port))).await
                 }
                 Err(e) => {
                     errors.push(e);
@@ -160,10 +132,7 @@ impl Gateway {
             match attempt {
                 Ok(Ok(stream)) => return Ok((stream, addr)),
                 Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
-                Err(_) => errors.push(format!(
-                    "{addr}: timed out after {:?}",
-                    self.config.connect_timeout
-                )),
+                Err(_) => errors.push(format!("{addr}: timed out after {:?}", self.config.connect_timeout)),
             }
         }
         Err(errors.join("; "))
@@ -185,8 +154,7 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, target: Target) {
         };
         match accepted {
             Ok((socket, peer)) => {
-                gw.tasks
-                    .spawn(connection::serve(gw.clone(), socket, peer, target));
+                gw.tasks.spawn(connection::serve(gw.clone(), socket, peer, target));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning, keep the listener.

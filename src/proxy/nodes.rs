@@ -102,35 +102,20 @@ mod tests {
     use super::*;
 
     fn up(h: &str, p: u16) -> Upstream {
-        Upstream {
-            host: h.into(),
-            port: p,
-        }
+        Upstream { host: h.into(), port: p }
     }
 
     #[test]
     fn new_known_moved_and_overflow_nodes() {
         let r = NodeRegistry::default();
-        assert_eq!(
-            r.observe(1, up("k1", 9092), Some(9094), 10000).unwrap(),
-            Observed::New(9094)
-        );
+        assert_eq!(r.observe(1, up("k1", 9092), Some(9094), 10000).unwrap(), Observed::New(9094));
         assert_eq!(r.confirm(1, up("k1", 9092), 9094), 9094);
-        assert_eq!(
-            r.observe(1, up("k1b", 9092), Some(9094), 10000).unwrap(),
-            Observed::Known(9094)
-        );
+        assert_eq!(r.observe(1, up("k1b", 9092), Some(9094), 10000).unwrap(), Observed::Known(9094));
         assert_eq!(r.upstream(1), Some(up("k1b", 9092)));
         // Ids outside the fixed range take the first unused port above it.
-        assert_eq!(
-            r.observe(70000, up("k7", 1), None, 10000).unwrap(),
-            Observed::New(10000)
-        );
+        assert_eq!(r.observe(70000, up("k7", 1), None, 10000).unwrap(), Observed::New(10000));
         r.confirm(70000, up("k7", 1), 10000);
-        assert_eq!(
-            r.observe(70001, up("k8", 1), None, 10000).unwrap(),
-            Observed::New(10001)
-        );
+        assert_eq!(r.observe(70001, up("k8", 1), None, 10000).unwrap(), Observed::New(10001));
         assert_eq!(r.upstream(5), None);
     }
 }

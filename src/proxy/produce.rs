@@ -18,12 +18,16 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use std::sync::Arc;
+
+use crate::mirror::Job;
 use crate::telemetry::ValidationMetrics;
 use crate::validate::batch::{Verdict, check_partition, codes, now_rfc3339};
-use crate::validate::{Decision, Validation};
+use crate::validate::{Decision, Outcome, Route, Validation};
 use crate::wire::WireError;
 use crate::wire::header::RequestMeta;
 use crate::wire::produce::{ProduceRequestView, acks};
+use crate::wire::reader::Reader;
 
 /// A partition eventgate refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,57 +48,79 @@ pub struct Merge {
     pub order: Vec<(String, i32)>,
 }
 
+/// A partition as it went to the broker, for the CloudEvents mirror.
+#[derive(Debug)]
+pub struct Mirrored {
+    pub topic: String,
+    pub partition: i32,
+    /// The records field as forwarded (annotated when it was).
+    pub records: Bytes,
+    pub outcomes: Option<Arc<Vec<Outcome>>>,
+    pub route: Option<Arc<Route>>,
+}
+
 /// What becomes of a Produce request.
 #[derive(Debug)]
 pub enum Plan {
-    /// Forward the original frame.
-    Forward { acks: i16 },
-    /// Forward this frame instead; merge `merge` into the answer.
-    Rewritten {
-        frame: Bytes,
-        acks: i16,
+    /// Forward `frame` (the original when `None`).
+    Forward {
+        frame: Option<Bytes>,
+        /// The client's `acks`: 0 means it expects no answer.
+        client_acks: i16,
+        /// The broker will answer (eventgate asked for `acks=1` to learn the offsets of an `acks=0`
+        /// request for the mirror; that answer is not forwarded).
+        broker_answers: bool,
+        /// eventgate's refusals to merge into the answer.
         merge: Option<Box<Merge>>,
+        /// Partitions to mirror once the broker has accepted them.
+        mirror: Option<Box<Vec<Mirrored>>>,
     },
     /// Forward nothing; answer the client with this frame.
     Answer(Bytes),
     /// `acks=0` with refused partitions: forward `frame` (the valid rest), then close.
-    ForwardThenClose {
-        frame: Option<Bytes>,
-        reason: String,
-    },
+    ForwardThenClose { frame: Option<Bytes>, reason: String },
 }
 
-/// Inspects a Produce request frame.
+/// A plan, and the refused records to mirror at once (they never reach Kafka).
+#[derive(Debug)]
+pub struct Inspection {
+    pub plan: Plan,
+    pub refused: Vec<Job>,
+}
+
+fn forward(frame: Option<Bytes>, acks: i16) -> Inspection {
+    Inspection {
+        plan: Plan::Forward { frame, client_acks: acks, broker_answers: acks != 0, merge: None, mirror: None },
+        refused: Vec::new(),
+    }
+}
+
+/// Inspects a Produce request frame. With `mirror_on`, the partitions that go to the broker are
+/// listed for the mirror, and an `acks=0` request is sent with `acks=1` so their offsets are known.
 pub fn inspect(
     validation: &Validation,
     metrics: &ValidationMetrics,
     meta: &RequestMeta,
     frame: &Bytes,
-) -> Result<Plan, WireError> {
+    mirror_on: bool,
+) -> Result<Inspection, WireError> {
     let body_at = meta.body_offset(frame)?;
     let body = &frame[body_at..];
     let version = meta.api_version;
     let catalog = validation.catalog.load();
     let policies = &validation.policies;
-    if !policies.active(&catalog) {
-        return Ok(Plan::Forward {
-            acks: acks(body, version)?,
-        });
+    if !policies.active(&catalog) && !mirror_on {
+        return Ok(forward(None, acks(body, version)?));
     }
     let view = ProduceRequestView::parse(body, version)?;
-    let decisions: Vec<Decision<'_>> = view
-        .topics
-        .iter()
-        .map(|t| policies.decide(&catalog, t.name))
-        .collect();
-    if decisions.iter().all(|d| matches!(d, Decision::Pass)) {
-        return Ok(Plan::Forward { acks: view.acks });
+    let decisions: Vec<Decision<'_>> = view.topics.iter().map(|t| policies.decide(&catalog, t.name)).collect();
+    let all_pass = decisions.iter().all(|d| matches!(d, Decision::Pass));
+    if all_pass && (!mirror_on || version < 3) {
+        // Message sets (v0-v2) are not mirrored: they carry no headers and no batch framing.
+        return Ok(forward(None, view.acks));
     }
-    let order: Vec<(String, i32)> = view
-        .topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| (t.name.to_owned(), p.index)))
-        .collect();
+    let order: Vec<(String, i32)> =
+        view.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.to_owned(), p.index))).collect();
 
     if version < 3 {
         // Message sets (magic 0/1) have no headers, so nothing can be annotated: refuse the request.
@@ -105,21 +131,34 @@ pub fn inspect(
                 topic: topic.clone(),
                 partition: *partition,
                 error_code: codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
-                message:
-                    "eventgate validates this topic and needs Produce v3 or later (record batches)"
-                        .into(),
+                message: "eventgate validates this topic and needs Produce v3 or later (record batches)".into(),
                 record_errors: Vec::new(),
             })
             .collect();
-        return refuse_all(meta, view.acks, Merge { refused, order });
+        return Ok(Inspection { plan: refuse_all(meta, view.acks, Merge { refused, order })?, refused: Vec::new() });
     }
 
     let ts = now_rfc3339();
     let mut replaced: Vec<(String, i32, Bytes)> = Vec::new();
     let mut refused: Vec<Refused> = Vec::new();
+    let mut mirrored: Vec<Mirrored> = Vec::new();
+    let mut refused_jobs: Vec<Job> = Vec::new();
     for (topic, decision) in view.topics.iter().zip(&decisions) {
         match decision {
-            Decision::Pass => {}
+            Decision::Pass => {
+                if mirror_on {
+                    for p in &topic.partitions {
+                        let Some(records) = p.records else { continue };
+                        mirrored.push(Mirrored {
+                            topic: topic.name.to_owned(),
+                            partition: p.index,
+                            records: frame.slice_ref(records),
+                            outcomes: None,
+                            route: None,
+                        });
+                    }
+                }
+            }
             Decision::RejectUnknown => {
                 for p in &topic.partitions {
                     metrics.partitions_rejected.increment(1);
@@ -127,34 +166,47 @@ pub fn inspect(
                         topic: topic.name.to_owned(),
                         partition: p.index,
                         error_code: codes::INVALID_RECORD,
-                        message: format!("topic {} is not described by any AsyncAPI document (unknown_topic: reject)", topic.name),
+                        message: format!(
+                            "topic {} is not described by any AsyncAPI document (unknown_topic: reject)",
+                            topic.name
+                        ),
                         record_errors: Vec::new(),
                     });
+                    if let (true, Some(records)) = (mirror_on, p.records) {
+                        refused_jobs.push(refused_job(topic.name, p.index, frame.slice_ref(records), None, None));
+                    }
                 }
             }
             Decision::Check { route, policy } => {
                 for p in &topic.partitions {
                     let Some(records) = p.records else { continue };
-                    let result = check_partition(
-                        route,
-                        *policy,
-                        records,
-                        &ts,
-                        policies.max_decompressed_bytes,
-                    );
+                    let result = check_partition(route, *policy, records, &ts, policies.max_decompressed_bytes);
                     metrics.count(&result.counts);
+                    let outcomes = Arc::new(result.outcomes);
+                    let keep = |bytes: Bytes| Mirrored {
+                        topic: topic.name.to_owned(),
+                        partition: p.index,
+                        records: bytes,
+                        outcomes: Some(outcomes.clone()),
+                        route: Some((*route).clone()),
+                    };
                     match result.verdict {
-                        Verdict::Untouched => {}
+                        Verdict::Untouched => {
+                            if mirror_on {
+                                mirrored.push(keep(frame.slice_ref(records)));
+                            }
+                        }
                         Verdict::Annotated(bytes) => {
                             metrics.partitions_annotated.increment(1);
+                            if mirror_on {
+                                mirrored.push(keep(bytes.clone()));
+                            }
                             replaced.push((topic.name.to_owned(), p.index, bytes));
                         }
                         Verdict::Rejected(record_errors) => {
                             metrics.partitions_rejected.increment(1);
-                            let first = record_errors
-                                .first()
-                                .map(|(i, e)| format!("record {i}: {e}"))
-                                .unwrap_or_default();
+                            let first =
+                                record_errors.first().map(|(i, e)| format!("record {i}: {e}")).unwrap_or_default();
                             refused.push(Refused {
                                 topic: topic.name.to_owned(),
                                 partition: p.index,
@@ -166,6 +218,15 @@ pub fn inspect(
                                 ),
                                 record_errors,
                             });
+                            if mirror_on {
+                                refused_jobs.push(refused_job(
+                                    topic.name,
+                                    p.index,
+                                    frame.slice_ref(records),
+                                    Some(outcomes.clone()),
+                                    Some((*route).clone()),
+                                ));
+                            }
                         }
                         Verdict::Unreadable { code, message } => {
                             metrics.partitions_unreadable.increment(1);
@@ -182,53 +243,72 @@ pub fn inspect(
             }
         }
     }
-    if replaced.is_empty() && refused.is_empty() {
-        return Ok(Plan::Forward { acks: view.acks });
-    }
     if refused.len() == order.len() {
-        return refuse_all(meta, view.acks, Merge { refused, order });
+        let plan = refuse_all(meta, view.acks, Merge { refused, order })?;
+        return Ok(Inspection { plan, refused: refused_jobs });
     }
-    let rebuilt = rebuild(frame, body_at, version, &replaced, &refused)?;
-    if refused.is_empty() {
-        return Ok(Plan::Rewritten {
-            frame: rebuilt,
-            acks: view.acks,
-            merge: None,
-        });
-    }
-    if view.acks == 0 {
+    let mut out = if replaced.is_empty() && refused.is_empty() {
+        None
+    } else {
+        Some(rebuild(frame, body_at, version, &replaced, &refused)?)
+    };
+    if view.acks == 0 && !refused.is_empty() {
         metrics.acks0_closed.increment(1);
-        return Ok(Plan::ForwardThenClose {
-            frame: Some(rebuilt),
-            reason: describe(&refused),
+        return Ok(Inspection {
+            plan: Plan::ForwardThenClose {
+                frame: Some(out.unwrap_or_else(|| frame.clone())),
+                reason: describe(&refused),
+            },
+            refused: refused_jobs,
         });
     }
-    Ok(Plan::Rewritten {
-        frame: rebuilt,
-        acks: view.acks,
-        merge: Some(Box::new(Merge { refused, order })),
+    let mut broker_answers = view.acks != 0;
+    if mirror_on && !broker_answers {
+        out = Some(with_acks(out.as_ref().unwrap_or(frame), version, 1)?);
+        broker_answers = true;
+    }
+    let merge = (!refused.is_empty()).then(|| Box::new(Merge { refused, order }));
+    let mirror = (mirror_on && !mirrored.is_empty()).then(|| Box::new(mirrored));
+    Ok(Inspection {
+        plan: Plan::Forward { frame: out, client_acks: view.acks, broker_answers, merge, mirror },
+        refused: refused_jobs,
     })
 }
 
+fn refused_job(
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    outcomes: Option<Arc<Vec<Outcome>>>,
+    route: Option<Arc<Route>>,
+) -> Job {
+    Job { topic: topic.to_owned(), partition, base_offset: None, log_append_time: -1, records, outcomes, route }
+}
+
+/// `frame` with its `acks` set to `acks`.
+fn with_acks(frame: &Bytes, version: i16, acks: i16) -> Result<Bytes, WireError> {
+    let meta = RequestMeta::peek(frame)?;
+    let body_at = meta.body_offset(frame)?;
+    let mut r = Reader::new(&frame[body_at..]);
+    if version >= 3 {
+        r.nullable_string(version >= 9, "transactional id")?;
+    }
+    let at = body_at + r.position();
+    r.i16("acks")?;
+    let mut out = BytesMut::from(&frame[..]);
+    out[at..at + 2].copy_from_slice(&acks.to_be_bytes());
+    Ok(out.freeze())
+}
+
 fn describe(refused: &[Refused]) -> String {
-    let parts: Vec<String> = refused
-        .iter()
-        .take(5)
-        .map(|r| format!("{}[{}]: {}", r.topic, r.partition, r.message))
-        .collect();
-    format!(
-        "{} partition(s) refused: {}",
-        refused.len(),
-        parts.join("; ")
-    )
+    let parts: Vec<String> =
+        refused.iter().take(5).map(|r| format!("{}[{}]: {}", r.topic, r.partition, r.message)).collect();
+    format!("{} partition(s) refused: {}", refused.len(), parts.join("; "))
 }
 
 fn refuse_all(meta: &RequestMeta, acks: i16, merge: Merge) -> Result<Plan, WireError> {
     if acks == 0 {
-        return Ok(Plan::ForwardThenClose {
-            frame: None,
-            reason: describe(&merge.refused),
-        });
+        return Ok(Plan::ForwardThenClose { frame: None, reason: describe(&merge.refused) });
     }
     local_answer(meta, &merge).map(Plan::Answer)
 }
@@ -243,46 +323,27 @@ fn rebuild(
     refused: &[Refused],
 ) -> Result<Bytes, WireError> {
     let mut body = frame.slice(body_at..);
-    let mut req =
-        ProduceRequest::decode(&mut body, version).map_err(|source| WireError::Decode {
-            api: "Produce",
-            version,
-            source,
-        })?;
+    let mut req = ProduceRequest::decode(&mut body, version).map_err(|source| WireError::Decode {
+        api: "Produce",
+        version,
+        source,
+    })?;
     for t in &mut req.topic_data {
         let name = t.name.0.as_str();
-        t.partition_data.retain(|p| {
-            !refused
-                .iter()
-                .any(|r| r.topic == name && r.partition == p.index)
-        });
+        t.partition_data.retain(|p| !refused.iter().any(|r| r.topic == name && r.partition == p.index));
         for p in &mut t.partition_data {
-            if let Some((_, _, bytes)) = replaced
-                .iter()
-                .find(|(topic, idx, _)| topic == name && *idx == p.index)
-            {
+            if let Some((_, _, bytes)) = replaced.iter().find(|(topic, idx, _)| topic == name && *idx == p.index) {
                 p.records = Some(bytes.clone());
             }
         }
     }
     req.topic_data.retain(|t| !t.partition_data.is_empty());
-    let size = req
-        .compute_size(version)
-        .map_err(|source| WireError::Encode {
-            api: "Produce",
-            version,
-            source,
-        })?;
+    let size = req.compute_size(version).map_err(|source| WireError::Encode { api: "Produce", version, source })?;
     let header = &frame[4..body_at];
     let mut out = BytesMut::with_capacity(4 + header.len() + size);
     out.put_i32((header.len() + size) as i32);
     out.put_slice(header);
-    req.encode(&mut out, version)
-        .map_err(|source| WireError::Encode {
-            api: "Produce",
-            version,
-            source,
-        })?;
+    req.encode(&mut out, version).map_err(|source| WireError::Encode { api: "Produce", version, source })?;
     Ok(out.freeze())
 }
 
@@ -312,38 +373,24 @@ fn partition_response(r: &Refused, version: i16) -> PartitionProduceResponse {
 /// request order.
 pub fn merge_into(resp: &mut ProduceResponse, merge: &Merge, version: i16) {
     for r in &merge.refused {
-        let topic = match resp
-            .responses
-            .iter_mut()
-            .position(|t| t.name.0.as_str() == r.topic)
-        {
+        let topic = match resp.responses.iter_mut().position(|t| t.name.0.as_str() == r.topic) {
             Some(i) => &mut resp.responses[i],
             None => {
-                resp.responses.push(
-                    TopicProduceResponse::default()
-                        .with_name(TopicName(StrBytes::from_string(r.topic.clone()))),
-                );
+                resp.responses
+                    .push(TopicProduceResponse::default().with_name(TopicName(StrBytes::from_string(r.topic.clone()))));
                 let last = resp.responses.len() - 1;
                 &mut resp.responses[last]
             }
         };
-        topic
-            .partition_responses
-            .push(partition_response(r, version));
+        topic.partition_responses.push(partition_response(r, version));
     }
     let rank = |topic: &str, partition: Option<i32>| {
-        merge
-            .order
-            .iter()
-            .position(|(t, p)| t == topic && partition.is_none_or(|x| x == *p))
-            .unwrap_or(usize::MAX)
+        merge.order.iter().position(|(t, p)| t == topic && partition.is_none_or(|x| x == *p)).unwrap_or(usize::MAX)
     };
-    resp.responses
-        .sort_by_key(|t| rank(t.name.0.as_str(), None));
+    resp.responses.sort_by_key(|t| rank(t.name.0.as_str(), None));
     for t in &mut resp.responses {
         let name = t.name.0.clone();
-        t.partition_responses
-            .sort_by_key(|p| rank(name.as_str(), Some(p.index)));
+        t.partition_responses.sort_by_key(|p| rank(name.as_str(), Some(p.index)));
     }
 }
 
@@ -385,12 +432,7 @@ fn local_answer(meta: &RequestMeta, merge: &Merge) -> Result<Bytes, WireError> {
         }
         let mut resp = ProduceResponse::default();
         merge_into(&mut resp, merge, version);
-        resp.encode(&mut out, version)
-            .map_err(|source| WireError::Encode {
-                api: "Produce",
-                version,
-                source,
-            })?;
+        resp.encode(&mut out, version).map_err(|source| WireError::Encode { api: "Produce", version, source })?;
     }
     let len = (out.len() - 4) as i32;
     out[..4].copy_from_slice(&len.to_be_bytes());

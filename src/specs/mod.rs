@@ -8,11 +8,13 @@
 //!
 //! Uploaded documents persist in a directory (`<id>.spec` holds the original text, `<id>.json` its
 //! metadata), written atomically; documents given with `--spec` are loaded at every start and not
-//! written there.
+//! written there. With NATS, documents live in a JetStream key-value bucket instead ([`shared`]).
+
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,16 +34,10 @@ pub enum StoreError {
     Conflict(#[from] Conflict),
     #[error("no document `{0}`")]
     NotFound(String),
-    #[error(
-        "document `{0}` was loaded from a file given with --spec and cannot be changed over the API"
-    )]
+    #[error("document `{0}` was loaded from a file given with --spec and cannot be changed over the API")]
     Pinned(String),
     #[error("cannot persist document `{id}` in {dir}: {source}")]
-    Io {
-        id: String,
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    Io { id: String, dir: PathBuf, source: std::io::Error },
 }
 
 /// Where a document came from.
@@ -87,6 +83,9 @@ pub struct SpecStore {
     validation: Arc<Validation>,
     dir: Option<PathBuf>,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// Documents are shared through NATS (the bucket is set once it is reachable).
+    shared: bool,
+    bucket: OnceLock<async_nats::jetstream::kv::Store>,
 }
 
 /// Whether `put` created or replaced a document.
@@ -99,15 +98,9 @@ pub enum Put {
 fn check_id(id: &str) -> Result<(), StoreError> {
     let ok = !id.is_empty()
         && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && !id.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::BadId(id.to_owned()))
-    }
+    if ok { Ok(()) } else { Err(StoreError::BadId(id.to_owned())) }
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -143,17 +136,10 @@ impl SpecStore {
     /// Opens the store, loading documents persisted in `dir`. A persisted document that no longer
     /// loads is logged and left on disk, not deleted.
     pub fn open(validation: Arc<Validation>, dir: Option<PathBuf>) -> Result<Self, StoreError> {
-        let store = Self {
-            validation,
-            dir,
-            entries: Mutex::new(BTreeMap::new()),
-        };
+        let store =
+            Self { validation, dir, entries: Mutex::new(BTreeMap::new()), shared: false, bucket: OnceLock::new() };
         if let Some(dir) = &store.dir {
-            let io = |source| StoreError::Io {
-                id: "*".into(),
-                dir: dir.clone(),
-                source,
-            };
+            let io = |source| StoreError::Io { id: "*".into(), dir: dir.clone(), source };
             std::fs::create_dir_all(dir).map_err(io)?;
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
                 .map_err(io)?
@@ -166,11 +152,7 @@ impl SpecStore {
                     continue;
                 };
                 let loaded = std::fs::read_to_string(&path)
-                    .map_err(|source| StoreError::Io {
-                        id: id.clone(),
-                        dir: dir.clone(),
-                        source,
-                    })
+                    .map_err(|source| StoreError::Io { id: id.clone(), dir: dir.clone(), source })
                     .and_then(|text| {
                         let meta: Option<Meta> = std::fs::read(dir.join(format!("{id}.json")))
                             .ok()
@@ -189,20 +171,77 @@ impl SpecStore {
         Ok(store)
     }
 
+    /// A store whose documents are shared through a NATS bucket (see [`shared`]).
+    pub fn open_shared(validation: Arc<Validation>) -> Self {
+        Self { validation, dir: None, entries: Mutex::new(BTreeMap::new()), shared: true, bucket: OnceLock::new() }
+    }
+
+    /// Whether documents are shared through NATS.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    fn bucket(&self) -> Option<async_nats::jetstream::kv::Store> {
+        self.bucket.get().cloned()
+    }
+
+    fn set_bucket(&self, bucket: async_nats::jetstream::kv::Store) {
+        let _ = self.bucket.set(bucket);
+    }
+
+    /// Checks a document as `put` would, without installing it.
+    pub fn check(&self, id: &str, text: &str, at: &str) -> Result<Summary, StoreError> {
+        let (compiled, summary) = prepare(id, text, Source::Upload, at.to_owned())?;
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.get(id).is_some_and(|e| e.summary.source == Source::File) {
+            return Err(StoreError::Pinned(id.to_owned()));
+        }
+        self.validation.catalog.load().with(Arc::new(compiled))?;
+        Ok(summary)
+    }
+
+    /// Installs a document that came through the bucket (or was just written to it); a text
+    /// already in force is left alone.
+    fn install_shared(&self, id: &str, text: &str, at: String) -> Result<(Put, Summary), StoreError> {
+        {
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = entries.get(id)
+                && e.summary.sha256 == sha256_hex(text)
+            {
+                return Ok((Put::Replaced, e.summary.clone()));
+            }
+        }
+        self.install(id, text, Source::Upload, at, false)
+    }
+
+    fn check_deletable(&self, id: &str) -> Result<(), StoreError> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(id) {
+            None => Err(StoreError::NotFound(id.to_owned())),
+            Some(e) if e.summary.source == Source::File => Err(StoreError::Pinned(id.to_owned())),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Removes a document from the local set only.
+    fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.check_deletable(id)?;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let catalog: Catalog = self.validation.catalog.load().without(id);
+        self.validation.catalog.store(Arc::new(catalog));
+        entries.remove(id);
+        Ok(())
+    }
+
     /// Loads a document from a file given with `--spec` (id: the file name without extension).
     pub fn load_file(&self, path: &Path) -> Result<Summary, StoreError> {
-        let id = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
+        let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
         let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
             id: id.clone(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             source,
         })?;
-        self.install(&id, &text, Source::File, now_rfc3339(), false)
-            .map(|(_, s)| s)
+        self.install(&id, &text, Source::File, now_rfc3339(), false).map(|(_, s)| s)
     }
 
     /// Uploads or replaces document `id`.
@@ -233,30 +272,14 @@ impl SpecStore {
             self.write(dir, id, text, &summary.uploaded_at)?;
         }
         self.validation.catalog.store(Arc::new(catalog));
-        entries.insert(
-            id.to_owned(),
-            Entry {
-                text: text.into(),
-                summary: summary.clone(),
-            },
-        );
+        entries.insert(id.to_owned(), Entry { text: text.into(), summary: summary.clone() });
         Ok((put, summary))
     }
 
     fn write(&self, dir: &Path, id: &str, text: &str, uploaded_at: &str) -> Result<(), StoreError> {
-        let io = |source| StoreError::Io {
-            id: id.to_owned(),
-            dir: dir.to_path_buf(),
-            source,
-        };
-        let meta = serde_json::to_vec(&Meta {
-            uploaded_at: uploaded_at.to_owned(),
-        })
-        .unwrap_or_default();
-        for (name, bytes) in [
-            (format!("{id}.json"), meta.as_slice()),
-            (format!("{id}.spec"), text.as_bytes()),
-        ] {
+        let io = |source| StoreError::Io { id: id.to_owned(), dir: dir.to_path_buf(), source };
+        let meta = serde_json::to_vec(&Meta { uploaded_at: uploaded_at.to_owned() }).unwrap_or_default();
+        for (name, bytes) in [(format!("{id}.json"), meta.as_slice()), (format!("{id}.spec"), text.as_bytes())] {
             let tmp = dir.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, bytes).map_err(io)?;
             std::fs::rename(&tmp, dir.join(&name)).map_err(io)?;
@@ -280,11 +303,7 @@ impl SpecStore {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(source) => {
-                        return Err(StoreError::Io {
-                            id: id.to_owned(),
-                            dir: dir.clone(),
-                            source,
-                        });
+                        return Err(StoreError::Io { id: id.to_owned(), dir: dir.clone(), source });
                     }
                 }
             }
@@ -332,35 +351,19 @@ mod tests {
         assert_eq!(put, Put::Created);
         assert_eq!(summary.topics, vec!["event-gateway-demo"]);
         assert_eq!(summary.sha256.len(), 64);
-        assert!(
-            s.validation()
-                .catalog
-                .load()
-                .route("event-gateway-demo")
-                .is_some()
-        );
+        assert!(s.validation().catalog.load().route("event-gateway-demo").is_some());
         let (put, summary) = s.put("demo", DEMO).unwrap();
         assert_eq!(put, Put::Replaced);
         assert!(matches!(s.put("other", DEMO), Err(StoreError::Conflict(_))));
         assert!(matches!(s.put("bad id!", DEMO), Err(StoreError::BadId(_))));
-        assert!(matches!(
-            s.put("broken", "asyncapi: [").unwrap_err(),
-            StoreError::Invalid(_)
-        ));
+        assert!(matches!(s.put("broken", "asyncapi: [").unwrap_err(), StoreError::Invalid(_)));
 
         // A new store over the same directory has the document back.
         let again = store(Some(dir.path().to_path_buf()));
         assert_eq!(again.list()[0].uploaded_at, summary.uploaded_at);
         assert_eq!(&*again.text("demo").unwrap(), DEMO);
         again.delete("demo").unwrap();
-        assert!(
-            again
-                .validation()
-                .catalog
-                .load()
-                .route("event-gateway-demo")
-                .is_none()
-        );
+        assert!(again.validation().catalog.load().route("event-gateway-demo").is_none());
         assert!(store(Some(dir.path().to_path_buf())).list().is_empty());
         assert!(matches!(again.delete("demo"), Err(StoreError::NotFound(_))));
     }

@@ -59,13 +59,7 @@ struct Annotation<'a> {
 
 /// Checks the `records` of one partition against `route` under `policy` (annotate or reject).
 /// `ts` is the RFC 3339 time put in annotations; `limit` bounds decompression.
-pub fn check_partition(
-    route: &Route,
-    policy: Policy,
-    records: &[u8],
-    ts: &str,
-    limit: usize,
-) -> PartitionResult {
+pub fn check_partition(route: &Route, policy: Policy, records: &[u8], ts: &str, limit: usize) -> PartitionResult {
     let mut counts = Counts::default();
     let mut outcomes = Vec::new();
     let mut scratch = Vec::new();
@@ -79,10 +73,7 @@ pub fn check_partition(
             _ => codes::CORRUPT_MESSAGE,
         };
         PartitionResult {
-            verdict: Verdict::Unreadable {
-                code,
-                message: format!("eventgate cannot read this record batch: {e}"),
-            },
+            verdict: Verdict::Unreadable { code, message: format!("eventgate cannot read this record batch: {e}") },
             counts: Counts::default(),
             outcomes: Vec::new(),
         }
@@ -128,10 +119,7 @@ pub fn check_partition(
             n += 1;
         }
         if i32::try_from(n).ok() != Some(batch.header.record_count) {
-            return unreadable(RecordError::RecordCount {
-                declared: batch.header.record_count,
-                found: n,
-            });
+            return unreadable(RecordError::RecordCount { declared: batch.header.record_count, found: n });
         }
         if policy == Policy::Annotate && batch_invalid {
             changed = true;
@@ -150,11 +138,7 @@ pub fn check_partition(
     } else {
         Verdict::Untouched
     };
-    PartitionResult {
-        verdict,
-        counts,
-        outcomes,
-    }
+    PartitionResult { verdict, counts, outcomes }
 }
 
 /// The records section `data` again, with the annotation header added to each invalid record.
@@ -179,12 +163,9 @@ fn annotate(data: &[u8], outcomes: &[Outcome], ts: &str) -> Vec<u8> {
 
 /// The current time as RFC 3339 UTC with nanoseconds, as annotations carry it.
 pub fn now_rfc3339() -> String {
-    const FORMAT: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
-    );
-    time::OffsetDateTime::now_utc()
-        .format(FORMAT)
-        .unwrap_or_default()
+    const FORMAT: &[time::format_description::FormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z");
+    time::OffsetDateTime::now_utc().format(FORMAT).unwrap_or_default()
 }
 
 #[cfg(test)]

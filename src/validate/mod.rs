@@ -44,12 +44,7 @@ impl Content {
         let Some(ct) = content_type else {
             return Self::Json;
         };
-        let base = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         let (kind, sub) = base.split_once('/').unwrap_or((&base, ""));
         if sub == "json" || sub.ends_with("+json") {
             Self::Json
@@ -93,6 +88,18 @@ pub struct Route {
     pub messages: Vec<Arc<CompiledMessage>>,
 }
 
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.messages.iter().map(|m| m.name.as_str()).collect();
+        f.debug_struct("Route")
+            .field("doc_id", &self.doc_id)
+            .field("address", &self.address)
+            .field("policy", &self.policy)
+            .field("messages", &names)
+            .finish()
+    }
+}
+
 /// A document with every schema compiled.
 pub struct CompiledDoc {
     pub id: String,
@@ -103,17 +110,12 @@ pub struct CompiledDoc {
 impl CompiledDoc {
     /// The topic claims of this document, keyed for conflict detection.
     pub fn claims(&self) -> impl Iterator<Item = (String, &str)> {
-        self.routes
-            .iter()
-            .map(|(m, r)| (m.claim_key(), r.address.as_str()))
+        self.routes.iter().map(|(m, r)| (m.claim_key(), r.address.as_str()))
     }
 
     /// The route for an address of this document (for offline validation).
     pub fn route_for(&self, topic: &str) -> Option<&Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|(m, _)| m.matches(topic))
-            .map(|(_, r)| r)
+        self.routes.iter().find(|(m, _)| m.matches(topic)).map(|(_, r)| r)
     }
 
     /// The only route, when the document describes exactly one topic.
@@ -148,12 +150,8 @@ impl Outcome {
 }
 
 fn fragment(pointer: &str) -> String {
-    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'/')
-        .remove(b'~')
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.');
+    const KEEP: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'/').remove(b'~').remove(b'-').remove(b'_').remove(b'.');
     percent_encoding::utf8_percent_encode(pointer, KEEP).to_string()
 }
 
@@ -161,20 +159,12 @@ fn fragment(pointer: &str) -> String {
 pub fn compile(id: &str, doc: Document) -> Result<CompiledDoc, SpecError> {
     let base = format!("urn:eventgate:spec:{id}");
     let registry = jsonschema::Registry::new()
-        .add(
-            base.as_str(),
-            jsonschema::Draft::Draft7.create_resource(doc.root.clone()),
-        )
+        .add(base.as_str(), jsonschema::Draft::Draft7.create_resource(doc.root.clone()))
         .and_then(|r| r.prepare())
-        .map_err(|e| SpecError::Invalid {
-            at: "/".into(),
-            why: format!("cannot index the document's schemas: {e}"),
-        })?;
+        .map_err(|e| SpecError::Invalid { at: "/".into(), why: format!("cannot index the document's schemas: {e}") })?;
     let build = |slot: &SchemaSlot| -> Result<Check, SpecError> {
         if let SchemaFormat::Other(f) = &slot.format {
-            return Ok(Check::Unsupported(format!(
-                "schema format {f} cannot be validated by eventgate"
-            )));
+            return Ok(Check::Unsupported(format!("schema format {f} cannot be validated by eventgate")));
         }
         let target = doc.root.pointer(&slot.pointer).unwrap_or(&Value::Null);
         // Check the schema itself first, so the error points into the schema, not at the wrapper.
@@ -191,25 +181,18 @@ pub fn compile(id: &str, doc: Document) -> Result<CompiledDoc, SpecError> {
             .with_registry(&registry)
             .build(&wrapper)
             .map(|v| Check::Schema(Box::new(v)))
-            .map_err(|e| SpecError::Invalid {
-                at: slot.pointer.clone(),
-                why: format!("invalid schema: {e}"),
-            })
+            .map_err(|e| SpecError::Invalid { at: slot.pointer.clone(), why: format!("invalid schema: {e}") })
     };
     let compile_message = |m: &Message| -> Result<Arc<CompiledMessage>, SpecError> {
         let content = Content::of(m.content_type.as_deref());
         let payload = match (&m.payload, &content) {
-            (Some(slot), Content::Opaque(ct)) if slot.format == SchemaFormat::JsonSchema => Some(
-                Check::Unsupported(format!("content type {ct} is not JSON or text")),
-            ),
+            (Some(slot), Content::Opaque(ct)) if slot.format == SchemaFormat::JsonSchema => {
+                Some(Check::Unsupported(format!("content type {ct} is not JSON or text")))
+            }
             (Some(slot), _) => Some(build(slot)?),
             (None, _) => None,
         };
-        let json_headers = m
-            .headers
-            .as_ref()
-            .map(|h| non_string_properties(&doc.root, &h.pointer))
-            .unwrap_or_default();
+        let json_headers = m.headers.as_ref().map(|h| non_string_properties(&doc.root, &h.pointer)).unwrap_or_default();
         Ok(Arc::new(CompiledMessage {
             name: m.name.clone(),
             doc_id: id.to_owned(),
@@ -227,21 +210,14 @@ pub fn compile(id: &str, doc: Document) -> Result<CompiledDoc, SpecError> {
     // Channels of one document that share a topic form one route.
     let mut routes: Vec<(TopicMatcher, Route)> = Vec::new();
     for ch in &doc.channels {
-        let messages = ch
-            .messages
-            .iter()
-            .map(compile_message)
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages = ch.messages.iter().map(compile_message).collect::<Result<Vec<_>, _>>()?;
         let claim = ch.topic.claim_key();
         match routes.iter_mut().find(|(m, _)| m.claim_key() == claim) {
             Some((_, route)) => {
                 if ch.policy.is_some() && route.policy.is_some() && ch.policy != route.policy {
                     return Err(SpecError::Invalid {
                         at: format!("/channels/{}", ch.id),
-                        why: format!(
-                            "topic `{}` is given two different x-eventgate-policy values",
-                            route.address
-                        ),
+                        why: format!("topic `{}` is given two different x-eventgate-policy values", route.address),
                     });
                 }
                 route.policy = route.policy.or(ch.policy);
@@ -253,32 +229,19 @@ pub fn compile(id: &str, doc: Document) -> Result<CompiledDoc, SpecError> {
             }
             None => routes.push((
                 ch.topic.clone(),
-                Route {
-                    doc_id: id.to_owned(),
-                    address: ch.topic.address().to_owned(),
-                    policy: ch.policy,
-                    messages,
-                },
+                Route { doc_id: id.to_owned(), address: ch.topic.address().to_owned(), policy: ch.policy, messages },
             )),
         }
     }
     let routes = routes.into_iter().map(|(m, r)| (m, Arc::new(r))).collect();
-    Ok(CompiledDoc {
-        id: id.to_owned(),
-        doc,
-        routes,
-    })
+    Ok(CompiledDoc { id: id.to_owned(), doc, routes })
 }
 
 /// Names of the header properties whose declared `type` does not allow a string.
 fn non_string_properties(root: &Value, pointer: &str) -> HashSet<String> {
     fn deref<'v>(root: &'v Value, mut v: &'v Value) -> &'v Value {
         for _ in 0..32 {
-            match v
-                .get("$ref")
-                .and_then(Value::as_str)
-                .and_then(|r| r.strip_prefix('#'))
-            {
+            match v.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
                 Some(p) => v = root.pointer(p).unwrap_or(&Value::Null),
                 None => break,
             }
@@ -330,10 +293,7 @@ impl Catalog {
         for d in &docs {
             for (matcher, route) in &d.routes {
                 if let Some(other) = claims.insert(matcher.claim_key(), &d.id) {
-                    return Err(Conflict {
-                        topic: route.address.clone(),
-                        other: other.to_owned(),
-                    });
+                    return Err(Conflict { topic: route.address.clone(), other: other.to_owned() });
                 }
                 match matcher {
                     TopicMatcher::Exact(t) => {
@@ -347,11 +307,7 @@ impl Catalog {
             TopicMatcher::Pattern { literal_len, .. } => std::cmp::Reverse(*literal_len),
             TopicMatcher::Exact(_) => std::cmp::Reverse(usize::MAX),
         });
-        Ok(Self {
-            docs,
-            exact,
-            patterns,
-        })
+        Ok(Self { docs, exact, patterns })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -368,22 +324,12 @@ impl Catalog {
 
     /// The route for `topic`: an exact address first, else the most specific pattern.
     pub fn route(&self, topic: &str) -> Option<&Arc<Route>> {
-        self.exact.get(topic).or_else(|| {
-            self.patterns
-                .iter()
-                .find(|(m, _)| m.matches(topic))
-                .map(|(_, r)| r)
-        })
+        self.exact.get(topic).or_else(|| self.patterns.iter().find(|(m, _)| m.matches(topic)).map(|(_, r)| r))
     }
 
     /// A catalog with `doc` added (replacing a document of the same id).
     pub fn with(&self, doc: Arc<CompiledDoc>) -> Result<Self, Conflict> {
-        let mut docs: Vec<_> = self
-            .docs
-            .iter()
-            .filter(|d| d.id != doc.id)
-            .cloned()
-            .collect();
+        let mut docs: Vec<_> = self.docs.iter().filter(|d| d.id != doc.id).cloned().collect();
         docs.push(doc);
         Self::new(docs)
     }
@@ -435,10 +381,7 @@ pub enum Decision<'c> {
     /// Forward untouched.
     Pass,
     /// Check every record against `route` and apply `policy` (annotate or reject).
-    Check {
-        route: &'c Arc<Route>,
-        policy: Policy,
-    },
+    Check { route: &'c Arc<Route>, policy: Policy },
     /// Refuse: no document describes the topic and `unknown_topic` is `reject`.
     RejectUnknown,
 }
@@ -474,10 +417,7 @@ pub struct Validation {
 
 impl Validation {
     pub fn new(policies: Policies) -> Self {
-        Self {
-            catalog: arc_swap::ArcSwap::from_pointee(Catalog::default()),
-            policies,
-        }
+        Self { catalog: arc_swap::ArcSwap::from_pointee(Catalog::default()), policies }
     }
 }
 
@@ -495,10 +435,7 @@ impl<'r> Parsed<'r> {
             None => Ok(Value::Null),
             Some(bytes) => {
                 let text = std::str::from_utf8(bytes).map_err(|e| {
-                    format!(
-                        "/: payload is not UTF-8 text (invalid byte at offset {})",
-                        e.valid_up_to()
-                    )
+                    format!("/: payload is not UTF-8 text (invalid byte at offset {})", e.valid_up_to())
                 })?;
                 serde_json::from_str(text).map_err(|e| format!("/: payload is not JSON: {e}"))
             }
@@ -510,12 +447,7 @@ impl<'r> Parsed<'r> {
             None => Ok(Value::Null),
             Some(b) => std::str::from_utf8(b)
                 .map(|t| Value::String(t.to_owned()))
-                .map_err(|e| {
-                    format!(
-                        "/: payload is not UTF-8 text (invalid byte at offset {})",
-                        e.valid_up_to()
-                    )
-                }),
+                .map_err(|e| format!("/: payload is not UTF-8 text (invalid byte at offset {})", e.valid_up_to())),
         }
     }
 
@@ -525,16 +457,9 @@ impl<'r> Parsed<'r> {
         self.key.get_or_insert_with(|| match record.key {
             None => Ok((None, Value::Null)),
             Some(bytes) => {
-                let text = std::str::from_utf8(bytes).map_err(|e| {
-                    format!(
-                        "key: not UTF-8 text (invalid byte at offset {})",
-                        e.valid_up_to()
-                    )
-                })?;
-                Ok((
-                    serde_json::from_str(text).ok(),
-                    Value::String(text.to_owned()),
-                ))
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|e| format!("key: not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))?;
+                Ok((serde_json::from_str(text).ok(), Value::String(text.to_owned())))
             }
         })
     }
@@ -551,11 +476,10 @@ impl<'r> Parsed<'r> {
             let value = match v {
                 None => Value::Null,
                 Some(bytes) => {
-                    let text = std::str::from_utf8(bytes)
-                        .map_err(|_| format!("headers/{name}: value is not UTF-8 text"))?;
+                    let text =
+                        std::str::from_utf8(bytes).map_err(|_| format!("headers/{name}: value is not UTF-8 text"))?;
                     if json_headers.contains(name) {
-                        serde_json::from_str(text)
-                            .unwrap_or_else(|_| Value::String(text.to_owned()))
+                        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
                     } else {
                         Value::String(text.to_owned())
                     }
@@ -587,11 +511,7 @@ fn schema_errors(v: &Validator, instance: &Value, prefix: &str, out: &mut Vec<St
 impl Route {
     /// Checks one record against every message of the route.
     pub fn check(&self, record: &Record<'_>) -> Outcome {
-        let mut parsed = Parsed {
-            record,
-            value: None,
-            key: None,
-        };
+        let mut parsed = Parsed { record, value: None, key: None };
         let mut unchecked: Option<String> = None;
         let mut all_errors: Vec<String> = Vec::new();
         let many = self.messages.len() > 1;
@@ -600,9 +520,7 @@ impl Route {
             let mut cannot_check = None;
             match &m.payload {
                 None => {}
-                Some(Check::Unsupported(why)) => {
-                    cannot_check = Some(format!("message {}: {why}", m.name))
-                }
+                Some(Check::Unsupported(why)) => cannot_check = Some(format!("message {}: {why}", m.name)),
                 Some(Check::Schema(v)) => {
                     let text;
                     let instance = match m.content {
@@ -625,20 +543,14 @@ impl Route {
             }
             match &m.key {
                 None => {}
-                Some(Check::Unsupported(why)) => {
-                    cannot_check = Some(format!("message {} key: {why}", m.name))
-                }
+                Some(Check::Unsupported(why)) => cannot_check = Some(format!("message {} key: {why}", m.name)),
                 Some(Check::Schema(v)) => match parsed.key() {
                     Err(e) => errors.push(e.clone()),
                     Ok((json, text)) => {
                         let json_ok = json.as_ref().is_some_and(|j| v.is_valid(j));
                         if !json_ok && !v.is_valid(text) {
                             // Report against the reading the producer most likely meant.
-                            let shown = if record.key.is_none() {
-                                &Value::Null
-                            } else {
-                                json.as_ref().unwrap_or(text)
-                            };
+                            let shown = if record.key.is_none() { &Value::Null } else { json.as_ref().unwrap_or(text) };
                             schema_errors(v, shown, "key", &mut errors);
                         }
                     }
@@ -646,9 +558,7 @@ impl Route {
             }
             match &m.headers {
                 None => {}
-                Some(Check::Unsupported(why)) => {
-                    cannot_check = Some(format!("message {} headers: {why}", m.name))
-                }
+                Some(Check::Unsupported(why)) => cannot_check = Some(format!("message {} headers: {why}", m.name)),
                 Some(Check::Schema(v)) => match parsed.headers(&m.json_headers) {
                     Err(e) => errors.push(e),
                     Ok(h) => schema_errors(v, &h, "headers", &mut errors),

@@ -70,17 +70,9 @@ const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
 const XERIAL_BLOCK: usize = 32 * 1024;
 
 /// Decompresses `input` into `out` (cleared first), failing once more than `limit` bytes come out.
-pub fn decompress(
-    codec: Codec,
-    input: &[u8],
-    out: &mut Vec<u8>,
-    limit: usize,
-) -> Result<Framing, RecordError> {
+pub fn decompress(codec: Codec, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<Framing, RecordError> {
     out.clear();
-    let codec_err = |e: std::io::Error| RecordError::Decompress {
-        codec: codec.name(),
-        reason: e.to_string(),
-    };
+    let codec_err = |e: std::io::Error| RecordError::Decompress { codec: codec.name(), reason: e.to_string() };
     let mut framing = Framing::Standard;
     match codec {
         Codec::None => {
@@ -89,11 +81,8 @@ pub fn decompress(
             }
             out.extend_from_slice(input);
         }
-        Codec::Gzip => {
-            read_bounded(flate2::read::GzDecoder::new(input), out, limit).map_err(codec_err)?
-        }
-        Codec::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), out, limit)
-            .map_err(codec_err)?,
+        Codec::Gzip => read_bounded(flate2::read::GzDecoder::new(input), out, limit).map_err(codec_err)?,
+        Codec::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), out, limit).map_err(codec_err)?,
         Codec::Zstd => {
             let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(codec_err)?;
             read_bounded(decoder, out, limit).map_err(codec_err)?
@@ -111,16 +100,8 @@ pub fn decompress(
 }
 
 /// Compresses `input` with `codec` and `framing`, appending to `out`.
-pub fn compress(
-    codec: Codec,
-    framing: Framing,
-    input: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), RecordError> {
-    let codec_err = |e: std::io::Error| RecordError::Compress {
-        codec: codec.name(),
-        reason: e.to_string(),
-    };
+pub fn compress(codec: Codec, framing: Framing, input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let codec_err = |e: std::io::Error| RecordError::Compress { codec: codec.name(), reason: e.to_string() };
     match codec {
         Codec::None => out.extend_from_slice(input),
         Codec::Gzip => {
@@ -134,8 +115,7 @@ pub fn compress(
                 .block_mode(lz4_flex::frame::BlockMode::Independent);
             let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
             enc.write_all(input).map_err(codec_err)?;
-            enc.finish()
-                .map_err(|e| codec_err(std::io::Error::other(e)))?;
+            enc.finish().map_err(|e| codec_err(std::io::Error::other(e)))?;
         }
         Codec::Zstd => {
             // Level 3 is Kafka's default for zstd.
@@ -145,10 +125,7 @@ pub fn compress(
         }
         Codec::Snappy => {
             let mut enc = snap::raw::Encoder::new();
-            let snap_err = |e: snap::Error| RecordError::Compress {
-                codec: "snappy",
-                reason: e.to_string(),
-            };
+            let snap_err = |e: snap::Error| RecordError::Compress { codec: "snappy", reason: e.to_string() };
             match framing {
                 Framing::Standard => {
                     let start = out.len();
@@ -179,43 +156,30 @@ pub fn compress(
 fn read_bounded(reader: impl Read, out: &mut Vec<u8>, limit: usize) -> std::io::Result<()> {
     let n = reader.take(limit as u64 + 1).read_to_end(out)?;
     if n > limit {
-        return Err(std::io::Error::other(format!(
-            "decompressed size exceeds {limit} bytes"
-        )));
+        return Err(std::io::Error::other(format!("decompressed size exceeds {limit} bytes")));
     }
     Ok(())
 }
 
 fn snappy_block(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
-    let err = |e: snap::Error| RecordError::Decompress {
-        codec: "snappy",
-        reason: e.to_string(),
-    };
+    let err = |e: snap::Error| RecordError::Decompress { codec: "snappy", reason: e.to_string() };
     let len = snap::raw::decompress_len(input).map_err(err)?;
     if out.len() + len > limit {
         return Err(RecordError::TooLarge { limit });
     }
     let start = out.len();
     out.resize(start + len, 0);
-    let n = snap::raw::Decoder::new()
-        .decompress(input, &mut out[start..])
-        .map_err(err)?;
+    let n = snap::raw::Decoder::new().decompress(input, &mut out[start..]).map_err(err)?;
     out.truncate(start + n);
     Ok(())
 }
 
 fn xerial_decompress(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
-    let bad = |why: &str| RecordError::Decompress {
-        codec: "snappy",
-        reason: format!("xerial stream: {why}"),
-    };
+    let bad = |why: &str| RecordError::Decompress { codec: "snappy", reason: format!("xerial stream: {why}") };
     let mut rest = input.get(16..).ok_or_else(|| bad("truncated header"))?;
     while !rest.is_empty() {
-        let (len, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| bad("truncated block length"))?;
-        let len =
-            usize::try_from(i32::from_be_bytes(*len)).map_err(|_| bad("negative block length"))?;
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(|| bad("truncated block length"))?;
+        let len = usize::try_from(i32::from_be_bytes(*len)).map_err(|_| bad("negative block length"))?;
         let block = tail.get(..len).ok_or_else(|| bad("truncated block"))?;
         snappy_block(block, out, limit)?;
         rest = &tail[len..];
@@ -228,21 +192,13 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        (0..200_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect()
+        (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
     }
 
     #[test]
     fn every_codec_round_trips() {
         let data = sample();
-        for codec in [
-            Codec::None,
-            Codec::Gzip,
-            Codec::Snappy,
-            Codec::Lz4,
-            Codec::Zstd,
-        ] {
+        for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
             for framing in [Framing::Standard, Framing::Xerial] {
                 if framing == Framing::Xerial && codec != Codec::Snappy {
                     continue;
@@ -263,10 +219,7 @@ mod tests {
         for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
             let mut packed = Vec::new();
             compress(codec, Framing::Standard, &zeros, &mut packed).unwrap();
-            assert!(
-                packed.len() < zeros.len() / 10,
-                "{codec:?} did not compress"
-            );
+            assert!(packed.len() < zeros.len() / 10, "{codec:?} did not compress");
             let mut out = Vec::new();
             let err = decompress(codec, &packed, &mut out, 1024 * 1024).unwrap_err();
             assert!(
@@ -280,14 +233,8 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
             let mut out = Vec::new();
-            assert!(
-                decompress(codec, b"\x82SNAPPY\x00garbage-garbage", &mut out, 1 << 20).is_err(),
-                "{codec:?}"
-            );
-            assert!(
-                decompress(codec, &[0xff; 64], &mut out, 1 << 20).is_err(),
-                "{codec:?}"
-            );
+            assert!(decompress(codec, b"\x82SNAPPY\x00garbage-garbage", &mut out, 1 << 20).is_err(), "{codec:?}");
+            assert!(decompress(codec, &[0xff; 64], &mut out, 1 << 20).is_err(), "{codec:?}");
         }
     }
 }

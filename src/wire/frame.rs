@@ -43,10 +43,7 @@ pub struct FrameBuffer {
 
 impl FrameBuffer {
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self {
-            buf: BytesMut::with_capacity(MIN_READ),
-            max: max_frame_bytes,
-        }
+        Self { buf: BytesMut::with_capacity(MIN_READ), max: max_frame_bytes }
     }
 
     /// Takes the next whole frame (size prefix included) out of the buffer, if one is there.
@@ -71,9 +68,7 @@ impl FrameBuffer {
         let wanted = match self.buf.first_chunk::<4>() {
             Some(prefix) => {
                 let total = 4 + (i32::from_be_bytes(*prefix).max(0) as usize).min(self.max);
-                total
-                    .saturating_sub(self.buf.len())
-                    .min(self.buf.len().max(MIN_READ))
+                total.saturating_sub(self.buf.len()).min(self.buf.len().max(MIN_READ))
             }
             None => 0,
         };
@@ -116,14 +111,8 @@ mod tests {
 
     #[test]
     fn oversized_and_negative_frames_are_errors() {
-        assert!(matches!(
-            check(&frame(&[0; 11]), 10),
-            Err(WireError::FrameTooLarge { size: 11, max: 10 })
-        ));
-        assert!(matches!(
-            check(&(-5i32).to_be_bytes(), 10),
-            Err(WireError::NegativeFrameSize(-5))
-        ));
+        assert!(matches!(check(&frame(&[0; 11]), 10), Err(WireError::FrameTooLarge { size: 11, max: 10 })));
+        assert!(matches!(check(&(-5i32).to_be_bytes(), 10), Err(WireError::NegativeFrameSize(-5))));
         assert_eq!(check(&[0, 0], 10).unwrap(), None);
     }
 
@@ -133,10 +122,6 @@ mod tests {
         let mut src: &[u8] = &[0x05, 0x00, 0x00, 0x00, 1, 2, 3];
         fb.fill(&mut src).await.unwrap();
         fb.fill(&mut src).await.unwrap();
-        assert!(
-            fb.buf.capacity() < 1024 * 1024,
-            "capacity {}",
-            fb.buf.capacity()
-        );
+        assert!(fb.buf.capacity() < 1024 * 1024, "capacity {}", fb.buf.capacity());
     }
 }

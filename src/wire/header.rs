@@ -36,10 +36,7 @@ impl RequestMeta {
     /// The offset in the frame (size prefix included) at which the request body starts.
     /// Only meaningful for known API keys.
     pub fn body_offset(&self, frame: &[u8]) -> Result<usize, WireError> {
-        let key = self.key().ok_or(WireError::Malformed {
-            what: "request header",
-            why: "unknown api key",
-        })?;
+        let key = self.key().ok_or(WireError::Malformed { what: "request header", why: "unknown api key" })?;
         let header_version = key.request_header_version(self.api_version);
         let mut r = Reader::new(frame.get(4..).unwrap_or_default());
         r.skip(8, "request header")?;
@@ -60,11 +57,7 @@ pub fn response_correlation_id(frame: &[u8]) -> Result<i32, WireError> {
 
 /// The length of the response header for `api_key`/`api_version` at the start of `body`
 /// (the frame without its size prefix).
-pub fn response_header_len(
-    api_key: ApiKey,
-    api_version: i16,
-    body: &[u8],
-) -> Result<usize, WireError> {
+pub fn response_header_len(api_key: ApiKey, api_version: i16, body: &[u8]) -> Result<usize, WireError> {
     let mut r = Reader::new(body);
     r.skip(4, "response correlation id")?;
     if api_key.response_header_version(api_version) >= 1 {
@@ -89,14 +82,7 @@ mod tests {
         f.push(0); // no tagged fields
         f.push(0xAA); // body
         let m = RequestMeta::peek(&f).unwrap();
-        assert_eq!(
-            m,
-            RequestMeta {
-                api_key: 3,
-                api_version: 12,
-                correlation_id: 42
-            }
-        );
+        assert_eq!(m, RequestMeta { api_key: 3, api_version: 12, correlation_id: 42 });
         assert_eq!(m.body_offset(&f).unwrap(), f.len() - 1);
     }
 

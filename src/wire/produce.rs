@@ -38,39 +38,24 @@ impl<'a> ProduceRequestView<'a> {
     /// by id, which eventgate does not negotiate.
     pub fn parse(body: &'a [u8], version: i16) -> Result<Self, WireError> {
         if !(0..=12).contains(&version) {
-            return Err(WireError::Malformed {
-                what: "produce request",
-                why: "version not negotiated (0-12)",
-            });
+            return Err(WireError::Malformed { what: "produce request", why: "version not negotiated (0-12)" });
         }
         let flexible = version >= 9;
         let mut r = Reader::new(body);
-        let transactional_id = if version >= 3 {
-            r.nullable_string(flexible, "transactional id")?
-        } else {
-            None
-        };
+        let transactional_id = if version >= 3 { r.nullable_string(flexible, "transactional id")? } else { None };
         let acks = r.i16("acks")?;
         let timeout_ms = r.i32("timeout")?;
         let (topic_min, partition_min) = if flexible { (3, 6) } else { (6, 8) };
         let n_topics = r.array_len(flexible, topic_min, "produce topics")?;
         let mut topics = Vec::with_capacity(n_topics);
         for _ in 0..n_topics {
-            let name = std::str::from_utf8(r.string(flexible, "topic name")?).map_err(|_| {
-                WireError::Malformed {
-                    what: "topic name",
-                    why: "not UTF-8",
-                }
-            })?;
+            let name = std::str::from_utf8(r.string(flexible, "topic name")?)
+                .map_err(|_| WireError::Malformed { what: "topic name", why: "not UTF-8" })?;
             let n_partitions = r.array_len(flexible, partition_min, "produce partitions")?;
             let mut partitions = Vec::with_capacity(n_partitions);
             for _ in 0..n_partitions {
                 let index = r.i32("partition index")?;
-                let records = if flexible {
-                    r.compact_nullable("records")?
-                } else {
-                    r.nullable_bytes32("records")?
-                };
+                let records = if flexible { r.compact_nullable("records")? } else { r.nullable_bytes32("records")? };
                 if flexible {
                     r.skip_tagged_fields("partition tagged fields")?;
                 }
@@ -85,18 +70,9 @@ impl<'a> ProduceRequestView<'a> {
             r.skip_tagged_fields("request tagged fields")?;
         }
         if r.remaining() != 0 {
-            return Err(WireError::Malformed {
-                what: "produce request",
-                why: "trailing bytes after the body",
-            });
+            return Err(WireError::Malformed { what: "produce request", why: "trailing bytes after the body" });
         }
-        Ok(Self {
-            version,
-            transactional_id,
-            acks,
-            timeout_ms,
-            topics,
-        })
+        Ok(Self { version, transactional_id, acks, timeout_ms, topics })
     }
 }
 
@@ -119,28 +95,15 @@ mod tests {
     use super::*;
 
     fn request() -> ProduceRequest {
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(1500)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str("a")))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(Bytes::from_static(b"batch-0"))),
-                        PartitionProduceData::default()
-                            .with_index(3)
-                            .with_records(None),
-                    ]),
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str("b")))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(1)
-                            .with_records(Some(Bytes::from_static(b"b1"))),
-                    ]),
-            ])
+        ProduceRequest::default().with_acks(-1).with_timeout_ms(1500).with_topic_data(vec![
+            TopicProduceData::default().with_name(TopicName(StrBytes::from_static_str("a"))).with_partition_data(vec![
+                PartitionProduceData::default().with_index(0).with_records(Some(Bytes::from_static(b"batch-0"))),
+                PartitionProduceData::default().with_index(3).with_records(None),
+            ]),
+            TopicProduceData::default().with_name(TopicName(StrBytes::from_static_str("b"))).with_partition_data(vec![
+                PartitionProduceData::default().with_index(1).with_records(Some(Bytes::from_static(b"b1"))),
+            ]),
+        ])
     }
 
     #[test]
@@ -152,21 +115,12 @@ mod tests {
             assert_eq!((v.acks, v.timeout_ms), (-1, 1500));
             assert_eq!(v.topics.len(), 2);
             assert_eq!(v.topics[0].name, "a");
-            assert_eq!(
-                v.topics[0].partitions[0],
-                PartitionData {
-                    index: 0,
-                    records: Some(b"batch-0")
-                }
-            );
+            assert_eq!(v.topics[0].partitions[0], PartitionData { index: 0, records: Some(b"batch-0") });
             assert_eq!(v.topics[0].partitions[1].records, None);
             assert_eq!(v.topics[1].partitions[0].records, Some(&b"b1"[..]));
             assert_eq!(acks(&b, version).unwrap(), -1);
             for cut in 0..b.len() {
-                assert!(
-                    ProduceRequestView::parse(&b[..cut], version).is_err(),
-                    "v{version} cut at {cut}"
-                );
+                assert!(ProduceRequestView::parse(&b[..cut], version).is_err(), "v{version} cut at {cut}");
             }
         }
     }
@@ -185,13 +139,7 @@ mod tests {
         b.extend(3i32.to_be_bytes());
         b.extend(b"abc");
         let v = ProduceRequestView::parse(&b, 2).unwrap();
-        assert_eq!(
-            v.topics[0].partitions[0],
-            PartitionData {
-                index: 7,
-                records: Some(b"abc")
-            }
-        );
+        assert_eq!(v.topics[0].partitions[0], PartitionData { index: 7, records: Some(b"abc") });
         assert_eq!(v.transactional_id, None);
     }
 

@@ -37,11 +37,7 @@ impl<'a> Reader<'a> {
     /// Takes the next `n` bytes.
     pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         if n > self.remaining() {
-            return Err(WireError::Truncated {
-                what,
-                needed: n,
-                remaining: self.remaining(),
-            });
+            return Err(WireError::Truncated { what, needed: n, remaining: self.remaining() });
         }
         let out = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -86,20 +82,14 @@ impl<'a> Reader<'a> {
         for i in 0..5 {
             let b = self.array::<1>(what)?[0];
             if i == 4 && b > 0x0f {
-                return Err(WireError::Malformed {
-                    what,
-                    why: "varint longer than 32 bits",
-                });
+                return Err(WireError::Malformed { what, why: "varint longer than 32 bits" });
             }
             value |= u32::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err(WireError::Malformed {
-            what,
-            why: "varint longer than 32 bits",
-        })
+        Err(WireError::Malformed { what, why: "varint longer than 32 bits" })
     }
 
     /// An unsigned LEB128 varint of at most 64 bits.
@@ -108,20 +98,14 @@ impl<'a> Reader<'a> {
         for i in 0..10 {
             let b = self.array::<1>(what)?[0];
             if i == 9 && b > 0x01 {
-                return Err(WireError::Malformed {
-                    what,
-                    why: "varlong longer than 64 bits",
-                });
+                return Err(WireError::Malformed { what, why: "varlong longer than 64 bits" });
             }
             value |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(value);
             }
         }
-        Err(WireError::Malformed {
-            what,
-            why: "varlong longer than 64 bits",
-        })
+        Err(WireError::Malformed { what, why: "varlong longer than 64 bits" })
     }
 
     /// A zig-zag encoded signed varint (Kafka's `VARINT`, used inside record batches).
@@ -147,10 +131,7 @@ impl<'a> Reader<'a> {
 
     /// A `STRING` with an `INT16` length.
     pub fn str16(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
-        self.nullable_str16(what)?.ok_or(WireError::Malformed {
-            what,
-            why: "null where a string is required",
-        })
+        self.nullable_str16(what)?.ok_or(WireError::Malformed { what, why: "null where a string is required" })
     }
 
     /// A `COMPACT_NULLABLE_STRING`/`COMPACT_NULLABLE_BYTES`: an unsigned varint of length + 1.
@@ -164,10 +145,7 @@ impl<'a> Reader<'a> {
 
     /// A `COMPACT_STRING`/`COMPACT_BYTES`.
     pub fn compact(&mut self, what: &'static str) -> Result<&'a [u8], WireError> {
-        self.compact_nullable(what)?.ok_or(WireError::Malformed {
-            what,
-            why: "null where a value is required",
-        })
+        self.compact_nullable(what)?.ok_or(WireError::Malformed { what, why: "null where a value is required" })
     }
 
     /// An `INT32`-prefixed `NULLABLE_BYTES` (such as `records` before flexible versions).
@@ -196,48 +174,26 @@ impl<'a> Reader<'a> {
             if n < 0 { 0 } else { n as usize }
         };
         if n.saturating_mul(min_element_size.max(1)) > self.remaining() {
-            return Err(WireError::Malformed {
-                what,
-                why: "element count exceeds the bytes sent",
-            });
+            return Err(WireError::Malformed { what, why: "element count exceeds the bytes sent" });
         }
         Ok(n)
     }
 
     /// A string in either encoding: `COMPACT_STRING` when `flexible`, else `INT16`-prefixed.
     pub fn string(&mut self, flexible: bool, what: &'static str) -> Result<&'a [u8], WireError> {
-        if flexible {
-            self.compact(what)
-        } else {
-            self.str16(what)
-        }
+        if flexible { self.compact(what) } else { self.str16(what) }
     }
 
     /// A nullable string in either encoding.
-    pub fn nullable_string(
-        &mut self,
-        flexible: bool,
-        what: &'static str,
-    ) -> Result<Option<&'a [u8]>, WireError> {
-        if flexible {
-            self.compact_nullable(what)
-        } else {
-            self.nullable_str16(what)
-        }
+    pub fn nullable_string(&mut self, flexible: bool, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
+        if flexible { self.compact_nullable(what) } else { self.nullable_str16(what) }
     }
 
     /// Reads a tagged-field section and calls `f(tag, value)` for each field.
-    pub fn tagged_fields(
-        &mut self,
-        what: &'static str,
-        mut f: impl FnMut(u32, &'a [u8]),
-    ) -> Result<(), WireError> {
+    pub fn tagged_fields(&mut self, what: &'static str, mut f: impl FnMut(u32, &'a [u8])) -> Result<(), WireError> {
         let n = self.uvarint(what)? as usize;
         if n.saturating_mul(2) > self.remaining() {
-            return Err(WireError::Malformed {
-                what,
-                why: "tagged field count exceeds the bytes sent",
-            });
+            return Err(WireError::Malformed { what, why: "tagged field count exceeds the bytes sent" });
         }
         for _ in 0..n {
             let tag = self.uvarint(what)?;

@@ -95,11 +95,9 @@ impl<'a> RawBatch<'a> {
         let base_offset = r.i64("batch base offset")?;
         let batch_length = r.i32("batch length")?;
         if batch_length < (BATCH_HEADER_LEN - LOG_OVERHEAD) as i32 {
-            return Err(WireError::Malformed {
-                what: "record batch",
-                why: "batch length shorter than its header",
-            }
-            .into());
+            return Err(
+                WireError::Malformed { what: "record batch", why: "batch length shorter than its header" }.into()
+            );
         }
         let total = LOG_OVERHEAD + batch_length as usize;
         let bytes = buf.get(..total).ok_or(WireError::Truncated {
@@ -133,10 +131,7 @@ impl<'a> RawBatch<'a> {
     pub fn verify_crc(&self) -> Result<(), RecordError> {
         let actual = crc32c::crc32c(&self.bytes[CRC_START..]);
         if actual != self.header.crc {
-            return Err(RecordError::Crc {
-                expected: self.header.crc,
-                actual,
-            });
+            return Err(RecordError::Crc { expected: self.header.crc, actual });
         }
         Ok(())
     }
@@ -159,8 +154,7 @@ impl<'a> RawBatch<'a> {
         match self.header.codec()? {
             Codec::None => Ok((self.stored_records(), Framing::Standard)),
             codec => {
-                let framing =
-                    compression::decompress(codec, self.stored_records(), scratch, limit)?;
+                let framing = compression::decompress(codec, self.stored_records(), scratch, limit)?;
                 Ok((scratch.as_slice(), framing))
             }
         }
@@ -217,17 +211,11 @@ impl<'a> Record<'a> {
 
     /// The header value of the last header named `key`.
     pub fn header(&self, key: &[u8]) -> Option<Option<&'a [u8]>> {
-        self.headers()
-            .filter(|(k, _)| *k == key)
-            .last()
-            .map(|(_, v)| v)
+        self.headers().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
     }
 }
 
-fn read_varbytes<'a>(
-    r: &mut Reader<'a>,
-    what: &'static str,
-) -> Result<Option<&'a [u8]>, WireError> {
+fn read_varbytes<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<Option<&'a [u8]>, WireError> {
     let len = r.varint(what)?;
     if len < 0 {
         return Ok(None);
@@ -244,41 +232,21 @@ fn parse_record<'a>(raw: &'a [u8]) -> Result<Record<'a>, WireError> {
     let value = read_varbytes(&mut r, "record value")?;
     let headers_at = r.position();
     let count = r.varint("record header count")?;
-    let header_count = usize::try_from(count).map_err(|_| WireError::Malformed {
-        what: "record header count",
-        why: "negative",
-    })?;
+    let header_count =
+        usize::try_from(count).map_err(|_| WireError::Malformed { what: "record header count", why: "negative" })?;
     if header_count.saturating_mul(2) > r.remaining() {
-        return Err(WireError::Malformed {
-            what: "record header count",
-            why: "exceeds the bytes sent",
-        });
+        return Err(WireError::Malformed { what: "record header count", why: "exceeds the bytes sent" });
     }
     let first_header_at = r.position();
     for _ in 0..header_count {
-        read_varbytes(&mut r, "header key")?.ok_or(WireError::Malformed {
-            what: "header key",
-            why: "null header key",
-        })?;
+        read_varbytes(&mut r, "header key")?
+            .ok_or(WireError::Malformed { what: "header key", why: "null header key" })?;
         read_varbytes(&mut r, "header value")?;
     }
     if r.remaining() != 0 {
-        return Err(WireError::Malformed {
-            what: "record",
-            why: "trailing bytes after the headers",
-        });
+        return Err(WireError::Malformed { what: "record", why: "trailing bytes after the headers" });
     }
-    Ok(Record {
-        raw,
-        attributes,
-        timestamp_delta,
-        offset_delta,
-        key,
-        value,
-        header_count,
-        headers_at,
-        first_header_at,
-    })
+    Ok(Record { raw, attributes, timestamp_delta, offset_delta, key, value, header_count, headers_at, first_header_at })
 }
 
 /// Iterates over the records of an uncompressed records section.
@@ -290,10 +258,8 @@ pub fn records(data: &[u8]) -> impl Iterator<Item = Result<Record<'_>, WireError
         }
         let item = (|| {
             let len = r.varint("record length")?;
-            let len = usize::try_from(len).map_err(|_| WireError::Malformed {
-                what: "record length",
-                why: "negative",
-            })?;
+            let len =
+                usize::try_from(len).map_err(|_| WireError::Malformed { what: "record length", why: "negative" })?;
             parse_record(r.bytes(len, "record")?)
         })();
         if item.is_err() {
@@ -365,8 +331,7 @@ pub fn write_record<'h>(
     value: Option<&[u8]>,
     headers: impl ExactSizeIterator<Item = (&'h [u8], Option<&'h [u8]>)>,
 ) {
-    let mut body =
-        Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+    let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
     body.push(0);
     put_varlong(&mut body, timestamp_delta);
     put_varint(&mut body, offset_delta);
@@ -386,8 +351,7 @@ pub fn write_record_with_header(out: &mut Vec<u8>, record: &Record<'_>, key: &[u
     let raw = record.raw;
     let count = record.header_count as i32 + 1;
     let headers = &raw[record.first_header_at..];
-    let extra =
-        varint_len(key.len() as i32) + key.len() + varint_len(value.len() as i32) + value.len();
+    let extra = varint_len(key.len() as i32) + key.len() + varint_len(value.len() as i32) + value.len();
     let len = record.headers_at + varint_len(count) + headers.len() + extra;
     put_varint(out, len as i32);
     out.extend_from_slice(&raw[..record.headers_at]);

@@ -34,10 +34,7 @@ pub const INSPECTED: &[(ApiKey, i16, i16)] = &[
 
 /// The range eventgate supports for `api_key`, if it inspects that API.
 pub fn supported(api_key: i16) -> Option<(i16, i16)> {
-    INSPECTED
-        .iter()
-        .find(|(k, _, _)| *k as i16 == api_key)
-        .map(|&(_, min, max)| (min, max))
+    INSPECTED.iter().find(|(k, _, _)| *k as i16 == api_key).map(|&(_, min, max)| (min, max))
 }
 
 /// Trims the broker's advertised ranges to what eventgate can handle. Returns whether anything
@@ -81,10 +78,7 @@ mod tests {
     use super::*;
 
     fn v(key: i16, min: i16, max: i16) -> ApiVersion {
-        ApiVersion::default()
-            .with_api_key(key)
-            .with_min_version(min)
-            .with_max_version(max)
+        ApiVersion::default().with_api_key(key).with_min_version(min).with_max_version(max)
     }
 
     #[test]
@@ -98,15 +92,8 @@ mod tests {
             v(78, 0, 0),   // ShareFetch v0 only: no overlap, removed
         ]);
         assert!(intersect(&mut resp));
-        let got: Vec<_> = resp
-            .api_keys
-            .iter()
-            .map(|a| (a.api_key, a.min_version, a.max_version))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(0, 0, 12), (3, 0, 13), (10, 0, 6), (19, 0, 7), (9999, 1, 2)]
-        );
+        let got: Vec<_> = resp.api_keys.iter().map(|a| (a.api_key, a.min_version, a.max_version)).collect();
+        assert_eq!(got, vec![(0, 0, 12), (3, 0, 13), (10, 0, 6), (19, 0, 7), (9999, 1, 2)]);
     }
 
     #[test]
@@ -118,10 +105,7 @@ mod tests {
     #[test]
     fn unsupported_version_answer_is_a_v0_api_versions_response() {
         let f = unsupported_version_frame(77);
-        assert_eq!(
-            i32::from_be_bytes(f[..4].try_into().unwrap()) as usize,
-            f.len() - 4
-        );
+        assert_eq!(i32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
         assert_eq!(i32::from_be_bytes(f[4..8].try_into().unwrap()), 77);
         let mut body = f.slice(8..);
         let resp = ApiVersionsResponse::decode(&mut body, 0).unwrap();

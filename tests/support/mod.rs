@@ -15,10 +15,7 @@ pub const TANSU_NODE_ID: i32 = 111;
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// Polls `cond` until it holds or `timeout` passes; panics with `what` on timeout.
@@ -34,11 +31,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 }
 
 pub fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
 }
 
 fn find_binary(env: &str, name: &str) -> PathBuf {
@@ -54,11 +47,7 @@ fn find_binary(env: &str, name: &str) -> PathBuf {
         }
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    for dir in [
-        format!("{home}/.cargo/bin"),
-        "/usr/sbin".into(),
-        "/usr/bin".into(),
-    ] {
+    for dir in [format!("{home}/.cargo/bin"), "/usr/sbin".into(), "/usr/bin".into()] {
         let candidate = Path::new(&dir).join(name);
         if candidate.is_file() {
             return candidate;
@@ -87,12 +76,7 @@ impl Proc {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.into(),
-            child,
-            log,
-            _dir: dir,
-        }
+        Proc { name: name.into(), child, log, _dir: dir }
     }
 
     pub fn pid(&self) -> u32 {
@@ -104,14 +88,8 @@ impl Proc {
     }
 
     /// Sends a signal and waits (bounded) for the process to exit; returns its exit status.
-    pub fn signal_and_wait(
-        &mut self,
-        signal: &str,
-        timeout: Duration,
-    ) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status();
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -152,9 +130,7 @@ impl Tansu {
     pub fn start_advertising(advertised: Option<&str>) -> Tansu {
         let port = free_port();
         let listen = format!("tcp://127.0.0.1:{port}");
-        let adv = advertised
-            .map(|a| format!("tcp://{a}"))
-            .unwrap_or_else(|| listen.clone());
+        let adv = advertised.map(|a| format!("tcp://{a}")).unwrap_or_else(|| listen.clone());
         let proc = Proc::spawn(
             "tansu",
             Command::new(find_binary("TANSU", "tansu")).args([
@@ -167,9 +143,7 @@ impl Tansu {
                 "memory://tansu/",
             ]),
         );
-        wait_until("tansu to listen", Duration::from_secs(30), || {
-            port_open(port)
-        });
+        wait_until("tansu to listen", Duration::from_secs(30), || port_open(port));
         Tansu { port, proc }
     }
 
@@ -191,11 +165,7 @@ impl Tansu {
             ])
             .output()
             .expect("tansu topic create");
-        assert!(
-            out.status.success(),
-            "topic create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "topic create failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -212,8 +182,7 @@ pub struct Eventgate {
 impl Eventgate {
     pub fn start(upstream: &str, extra: &[&str]) -> Eventgate {
         let (port, http_port, node_port) = (free_port(), free_port(), free_port());
-        let spec_dir =
-            (!extra.contains(&"--spec-dir")).then(|| tempfile::tempdir().expect("tempdir"));
+        let spec_dir = (!extra.contains(&"--spec-dir")).then(|| tempfile::tempdir().expect("tempdir"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventgate"));
         cmd.args([
             "serve",
@@ -236,13 +205,7 @@ impl Eventgate {
             assert!(proc.is_running(), "eventgate exited: {}", proc.log_text());
             port_open(port) && port_open(http_port)
         });
-        Eventgate {
-            port,
-            http_port,
-            node_port,
-            proc,
-            spec_dir,
-        }
+        Eventgate { port, http_port, node_port, proc, spec_dir }
     }
 
     pub fn addr(&self) -> String {
@@ -256,12 +219,7 @@ impl Eventgate {
     /// The current value of a Prometheus sample, e.g. `name{label="x"}` (0 when absent).
     pub fn metric(&self, sample: &str) -> f64 {
         let (_, text) = http("GET", &self.http("/metrics"), None, &[]);
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
     }
 }
 
@@ -280,26 +238,16 @@ pub fn python_bin() -> PathBuf {
 /// Runs `tests/clients/kafka_client.py COMMAND ARGS...` and returns its JSON output.
 pub fn client(command: &str, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/kafka_client.py");
-    let out = Command::new(python_bin())
-        .arg(script)
-        .arg(command)
-        .args(args)
-        .output()
-        .expect("run python client");
+    let out = Command::new(python_bin()).arg(script).arg(command).args(args).output().expect("run python client");
     parse_client_output(command, &out)
 }
 
 fn parse_client_output(command: &str, out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "client {command} failed ({}):\n{stderr}\n{stdout}",
-        out.status
-    );
+    assert!(out.status.success(), "client {command} failed ({}):\n{stderr}\n{stdout}", out.status);
     let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("client {command} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("client {command} printed no JSON ({e}):\n{stdout}\n{stderr}"))
 }
 
 /// An HTTP exchange through curl: returns the status code and the body.
@@ -317,12 +265,7 @@ pub fn http(method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> (u
     let mut child = cmd.spawn().expect("curl");
     if let Some(b) = body {
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b.as_bytes())
-            .expect("write body");
+        child.stdin.take().expect("stdin").write_all(b.as_bytes()).expect("write body");
     }
     let out = child.wait_with_output().expect("curl output");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -337,10 +280,7 @@ pub fn repo_file(path: &str) -> String {
 }
 
 pub fn repo_path(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(path)
-        .display()
-        .to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path).display().to_string()
 }
 
 /// Writes `lines` to a temporary file for `--values-file`.
@@ -356,10 +296,5 @@ pub fn values_file(lines: &[&str]) -> tempfile::NamedTempFile {
 /// The text of the last header `name` of a consumed record (from `kafka_client.py` output).
 pub fn header(record: &Value, name: &str) -> Option<String> {
     let headers = record["headers"].as_array()?;
-    headers
-        .iter()
-        .rev()
-        .find(|h| h[0] == name)
-        .and_then(|h| h[1].as_str())
-        .map(str::to_owned)
+    headers.iter().rev().find(|h| h[0] == name).and_then(|h| h[1].as_str()).map(str::to_owned)
 }

@@ -10,25 +10,15 @@ use crate::wire::records::{BatchHeader, RawBatch, records, write_batch, write_re
 
 fn demo() -> Arc<CompiledDoc> {
     Arc::new(
-        compile(
-            "demo",
-            load(include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/asyncapi/demo.yaml"
-            )))
+        compile("demo", load(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/asyncapi/demo.yaml"))).unwrap())
             .unwrap(),
-        )
-        .unwrap(),
     )
 }
 
 fn batch(values: &[&str], codec: Codec) -> Vec<u8> {
     let mut section = Vec::new();
     for (i, v) in values.iter().enumerate() {
-        let hs = [
-            (b"trace".as_slice(), Some(b"t1".as_slice())),
-            (b"trace".as_slice(), Some(b"t2".as_slice())),
-        ];
+        let hs = [(b"trace".as_slice(), Some(b"t1".as_slice())), (b"trace".as_slice(), Some(b"t2".as_slice()))];
         write_record(
             &mut section,
             i as i64 * 3,
@@ -64,59 +54,26 @@ const BAD: &str = r#"{"lumens":-1,"sentAt":"2026-01-01T00:00:00Z"}"#;
 fn all_valid_batches_are_untouched() {
     let d = demo();
     let route = d.route_for("event-gateway-demo").unwrap();
-    let r = check_partition(
-        route,
-        Policy::Annotate,
-        &batch(&[GOOD, GOOD], Codec::None),
-        "ts",
-        1 << 20,
-    );
+    let r = check_partition(route, Policy::Annotate, &batch(&[GOOD, GOOD], Codec::None), "ts", 1 << 20);
     assert!(matches!(r.verdict, Verdict::Untouched));
-    assert_eq!(
-        r.counts,
-        Counts {
-            valid: 2,
-            invalid: 0,
-            unchecked: 0
-        }
-    );
+    assert_eq!(r.counts, Counts { valid: 2, invalid: 0, unchecked: 0 });
 }
 
 #[test]
 fn annotated_batches_keep_everything_but_add_one_header_to_invalid_records() {
     let d = demo();
     let route = d.route_for("event-gateway-demo").unwrap();
-    for codec in [
-        Codec::None,
-        Codec::Gzip,
-        Codec::Snappy,
-        Codec::Lz4,
-        Codec::Zstd,
-    ] {
+    for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
         let original = batch(&[GOOD, BAD, "nope"], codec);
-        let r = check_partition(
-            route,
-            Policy::Annotate,
-            &original,
-            "2026-11-26T00:00:00.000000001Z",
-            1 << 20,
-        );
-        let Verdict::Annotated(new) = r.verdict else {
-            panic!("{codec:?}: {:?}", r.verdict)
-        };
+        let r = check_partition(route, Policy::Annotate, &original, "2026-11-26T00:00:00.000000001Z", 1 << 20);
+        let Verdict::Annotated(new) = r.verdict else { panic!("{codec:?}: {:?}", r.verdict) };
         let (before, _) = RawBatch::parse(&original).unwrap();
         let (after, used) = RawBatch::parse(&new).unwrap();
         assert_eq!(used, new.len());
         after.verify_crc().unwrap();
         assert_eq!(
-            BatchHeader {
-                crc: 0,
-                ..after.header.clone()
-            },
-            BatchHeader {
-                crc: 0,
-                ..before.header.clone()
-            },
+            BatchHeader { crc: 0, ..after.header.clone() },
+            BatchHeader { crc: 0, ..before.header.clone() },
             "{codec:?}"
         );
         let (mut s1, mut s2) = (Vec::new(), Vec::new());
@@ -127,18 +84,8 @@ fn annotated_batches_keep_everything_but_add_one_header_to_invalid_records() {
         assert_eq!(r1[0], r2[0], "valid records are copied byte for byte");
         for i in [1, 2] {
             assert_eq!(
-                (
-                    r1[i].key,
-                    r1[i].value,
-                    r1[i].offset_delta,
-                    r1[i].timestamp_delta
-                ),
-                (
-                    r2[i].key,
-                    r2[i].value,
-                    r2[i].offset_delta,
-                    r2[i].timestamp_delta
-                )
+                (r1[i].key, r1[i].value, r1[i].offset_delta, r1[i].timestamp_delta),
+                (r2[i].key, r2[i].value, r2[i].offset_delta, r2[i].timestamp_delta)
             );
             let mut h2: Vec<_> = r2[i].headers().collect();
             let (name, value) = h2.pop().unwrap();
@@ -150,10 +97,7 @@ fn annotated_batches_keep_everything_but_add_one_header_to_invalid_records() {
             assert_eq!(name, ANNOTATION_HEADER.as_bytes());
             let json: serde_json::Value = serde_json::from_slice(value.unwrap()).unwrap();
             assert_eq!(json["ts"], "2026-11-26T00:00:00.000000001Z");
-            assert!(
-                json["errors"][0].as_str().unwrap().starts_with('/'),
-                "{json}"
-            );
+            assert!(json["errors"][0].as_str().unwrap().starts_with('/'), "{json}");
         }
     }
 }
@@ -162,16 +106,8 @@ fn annotated_batches_keep_everything_but_add_one_header_to_invalid_records() {
 fn rejected_partitions_name_each_invalid_record() {
     let d = demo();
     let route = d.route_for("event-gateway-demo").unwrap();
-    let r = check_partition(
-        route,
-        Policy::Reject,
-        &batch(&[GOOD, BAD, GOOD, BAD], Codec::Zstd),
-        "ts",
-        1 << 20,
-    );
-    let Verdict::Rejected(errors) = r.verdict else {
-        panic!()
-    };
+    let r = check_partition(route, Policy::Reject, &batch(&[GOOD, BAD, GOOD, BAD], Codec::Zstd), "ts", 1 << 20);
+    let Verdict::Rejected(errors) = r.verdict else { panic!() };
     assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 3]);
     assert_eq!(errors[0].1, "/lumens: -1 is less than the minimum of 0");
 }

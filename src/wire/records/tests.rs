@@ -1,22 +1,10 @@
 use super::*;
 
-type OwnedRecord = (
-    i64,
-    i32,
-    Option<Vec<u8>>,
-    Option<Vec<u8>>,
-    Vec<(Vec<u8>, Option<Vec<u8>>)>,
-);
+type OwnedRecord = (i64, i32, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(Vec<u8>, Option<Vec<u8>>)>);
 
 fn sample_records() -> Vec<OwnedRecord> {
     vec![
-        (
-            0,
-            0,
-            Some(b"k0".to_vec()),
-            Some(br#"{"lumens":1}"#.to_vec()),
-            vec![],
-        ),
+        (0, 0, Some(b"k0".to_vec()), Some(br#"{"lumens":1}"#.to_vec()), vec![]),
         (
             5,
             1,
@@ -28,13 +16,7 @@ fn sample_records() -> Vec<OwnedRecord> {
                 (b"nil".to_vec(), None),
             ],
         ),
-        (
-            -3,
-            2,
-            Some(vec![]),
-            None,
-            vec![(b"h".to_vec(), Some(vec![0xff; 300]))],
-        ),
+        (-3, 2, Some(vec![]), None, vec![(b"h".to_vec(), Some(vec![0xff; 300]))]),
     ]
 }
 
@@ -64,10 +46,7 @@ fn encode(records: &[OwnedRecord]) -> Vec<u8> {
             *off,
             k.as_deref(),
             v.as_deref(),
-            hs.iter()
-                .map(|(k, v)| (k.as_slice(), v.as_deref()))
-                .collect::<Vec<_>>()
-                .into_iter(),
+            hs.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect::<Vec<_>>().into_iter(),
         );
     }
     section
@@ -79,9 +58,7 @@ fn owned(r: &Record<'_>) -> OwnedRecord {
         r.offset_delta,
         r.key.map(<[u8]>::to_vec),
         r.value.map(<[u8]>::to_vec),
-        r.headers()
-            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
-            .collect(),
+        r.headers().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect(),
     )
 }
 
@@ -91,10 +68,7 @@ fn decode_all(batch: &[u8]) -> (BatchHeader, Vec<OwnedRecord>, Framing) {
     raw.verify_crc().unwrap();
     let mut scratch = Vec::new();
     let (data, framing) = raw.records_data(&mut scratch, 1 << 20).unwrap();
-    assert_eq!(
-        count_records(data, raw.header.record_count).unwrap(),
-        raw.header.record_count as usize
-    );
+    assert_eq!(count_records(data, raw.header.record_count).unwrap(), raw.header.record_count as usize);
     let recs = records(data).map(|r| owned(&r.unwrap())).collect();
     (raw.header.clone(), recs, framing)
 }
@@ -102,13 +76,7 @@ fn decode_all(batch: &[u8]) -> (BatchHeader, Vec<OwnedRecord>, Framing) {
 #[test]
 fn batches_round_trip_with_every_codec() {
     let recs = sample_records();
-    for codec in [
-        Codec::None,
-        Codec::Gzip,
-        Codec::Snappy,
-        Codec::Lz4,
-        Codec::Zstd,
-    ] {
+    for codec in [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
         let h = header(codec, recs.len() as i32);
         let mut out = BytesMut::new();
         write_batch(&mut out, &h, &encode(&recs), Framing::Standard).unwrap();
@@ -124,20 +92,12 @@ fn added_header_keeps_everything_else() {
     let section = encode(&recs);
     let mut rewritten = Vec::new();
     for r in records(&section) {
-        write_record_with_header(
-            &mut rewritten,
-            &r.unwrap(),
-            b"_asyncapi_eg_validation_error",
-            b"{\"errors\":[]}",
-        );
+        write_record_with_header(&mut rewritten, &r.unwrap(), b"_asyncapi_eg_validation_error", b"{\"errors\":[]}");
     }
     let got: Vec<OwnedRecord> = records(&rewritten).map(|r| owned(&r.unwrap())).collect();
     for (before, after) in recs.iter().zip(&got) {
         let mut expected = before.clone();
-        expected.4.push((
-            b"_asyncapi_eg_validation_error".to_vec(),
-            Some(b"{\"errors\":[]}".to_vec()),
-        ));
+        expected.4.push((b"_asyncapi_eg_validation_error".to_vec(), Some(b"{\"errors\":[]}".to_vec())));
         assert_eq!(&expected, after);
     }
 }
@@ -146,22 +106,10 @@ fn added_header_keeps_everything_else() {
 fn untouched_batch_encodes_to_identical_bytes() {
     let recs = sample_records();
     let mut first = BytesMut::new();
-    write_batch(
-        &mut first,
-        &header(Codec::None, 3),
-        &encode(&recs),
-        Framing::Standard,
-    )
-    .unwrap();
+    write_batch(&mut first, &header(Codec::None, 3), &encode(&recs), Framing::Standard).unwrap();
     let (raw, _) = RawBatch::parse(&first).unwrap();
     let mut again = BytesMut::new();
-    write_batch(
-        &mut again,
-        &raw.header,
-        raw.stored_records(),
-        Framing::Standard,
-    )
-    .unwrap();
+    write_batch(&mut again, &raw.header, raw.stored_records(), Framing::Standard).unwrap();
     assert_eq!(first, again);
 }
 
@@ -169,13 +117,7 @@ fn untouched_batch_encodes_to_identical_bytes() {
 fn crc_mismatch_and_wrong_count_are_detected() {
     let recs = sample_records();
     let mut out = BytesMut::new();
-    write_batch(
-        &mut out,
-        &header(Codec::None, 3),
-        &encode(&recs),
-        Framing::Standard,
-    )
-    .unwrap();
+    write_batch(&mut out, &header(Codec::None, 3), &encode(&recs), Framing::Standard).unwrap();
     let mut bad = out.to_vec();
     let last = bad.len() - 1;
     bad[last] ^= 1;
@@ -183,23 +125,11 @@ fn crc_mismatch_and_wrong_count_are_detected() {
     assert!(matches!(raw.verify_crc(), Err(RecordError::Crc { .. })));
 
     let mut lying = BytesMut::new();
-    write_batch(
-        &mut lying,
-        &header(Codec::None, 5),
-        &encode(&recs),
-        Framing::Standard,
-    )
-    .unwrap();
+    write_batch(&mut lying, &header(Codec::None, 5), &encode(&recs), Framing::Standard).unwrap();
     let (raw, _) = RawBatch::parse(&lying).unwrap();
     let mut scratch = Vec::new();
     let (data, _) = raw.records_data(&mut scratch, 1 << 20).unwrap();
-    assert!(matches!(
-        count_records(data, 5),
-        Err(RecordError::RecordCount {
-            declared: 5,
-            found: 3
-        })
-    ));
+    assert!(matches!(count_records(data, 5), Err(RecordError::RecordCount { declared: 5, found: 3 })));
 }
 
 #[test]
@@ -207,13 +137,7 @@ fn truncated_batches_fail_at_every_byte() {
     let recs = sample_records();
     for codec in [Codec::None, Codec::Zstd] {
         let mut out = BytesMut::new();
-        write_batch(
-            &mut out,
-            &header(codec, 3),
-            &encode(&recs),
-            Framing::Standard,
-        )
-        .unwrap();
+        write_batch(&mut out, &header(codec, 3), &encode(&recs), Framing::Standard).unwrap();
         for cut in 0..out.len() {
             let piece = &out[..cut];
             let ok = RawBatch::parse(piece).is_ok();
@@ -222,10 +146,7 @@ fn truncated_batches_fail_at_every_byte() {
         // A record section cut anywhere fails to walk or to count.
         let section = encode(&recs);
         for cut in 0..section.len() {
-            assert!(
-                count_records(&section[..cut], 3).is_err(),
-                "section cut at {cut}"
-            );
+            assert!(count_records(&section[..cut], 3).is_err(), "section cut at {cut}");
         }
     }
 }

@@ -1,0 +1,250 @@
+//! The CloudEvents mirror: every record the broker accepted, as a CloudEvent, into NATS JetStream
+//! (or, without NATS, to the in-process feed the websocket reads).
+//!
+//! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
+//! partition's records (the very `Bytes` that went to the broker) with the offset the broker
+//! assigned and the validation outcomes, or drops the job and counts it when the buffer
+//! (`mirror_buffer_bytes`) is full. A worker task turns jobs into events ([`event`]) and publishes
+//! them ([`sink`]) with many acknowledgements outstanding; when NATS is away it retries, the buffer
+//! fills, and once NATS is back it catches up. Each event's `Nats-Msg-Id` is its id
+//! (`<topic>-<partition>-<offset>`), so a retried publish is stored once.
+//!
+//! Records refused by policy never reach Kafka; they are mirrored to a separate subject prefix so
+//! they can be watched too.
+
+pub mod event;
+pub mod sink;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::{Counter, Gauge, counter, gauge};
+use tokio::sync::mpsc;
+
+use crate::validate::{Outcome, Route};
+use crate::wire::records::{self, RawBatch};
+use sink::Sink;
+
+/// Mirror settings.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Names the Kafka cluster in each event's `source`.
+    pub cluster: String,
+    /// `type` of events whose record matched no AsyncAPI message.
+    pub default_type: String,
+    /// Subject prefix of accepted records: `<prefix>.<topic>`.
+    pub subject_prefix: String,
+    /// Subject prefix of records refused by policy.
+    pub rejected_prefix: String,
+    /// Largest event published with its data.
+    pub max_event_bytes: usize,
+    /// Records (bytes) waiting to be mirrored before new ones are dropped and counted.
+    pub buffer_bytes: usize,
+    /// Largest decompressed batch read.
+    pub max_decompressed_bytes: usize,
+}
+
+/// One partition's records, ready to be mirrored.
+#[derive(Debug)]
+pub struct Job {
+    pub topic: String,
+    pub partition: i32,
+    /// Offset of the first record, from the broker's answer; `None` for records refused by policy.
+    pub base_offset: Option<i64>,
+    /// The broker's append time, used for batches with log-append-time timestamps (-1: none).
+    pub log_append_time: i64,
+    pub records: Bytes,
+    /// Each record's validation outcome (absent: the topic is not validated).
+    pub outcomes: Option<Arc<Vec<Outcome>>>,
+    pub route: Option<Arc<Route>>,
+}
+
+struct MirrorMetrics {
+    events: Counter,
+    rejected_events: Counter,
+    dropped: Counter,
+    omitted: Counter,
+    queued: Gauge,
+}
+
+/// The handle the Kafka path submits to.
+pub struct Mirror {
+    tx: mpsc::Sender<Job>,
+    queued_bytes: Arc<AtomicUsize>,
+    limit: usize,
+    metrics: Arc<MirrorMetrics>,
+    /// When set, jobs are only built while this says someone is watching (the in-process feed).
+    wanted: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// Signals that stop the worker: `drain` lets it finish what is queued, `abort` gives up retries.
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub drain: tokio_util::sync::CancellationToken,
+    pub abort: tokio_util::sync::CancellationToken,
+}
+
+impl Mirror {
+    /// Starts the worker that publishes to `sink`. Returns the handle and the worker task.
+    pub fn start(
+        config: MirrorConfig,
+        sink: Sink,
+        stop: Stop,
+        wanted: Option<Box<dyn Fn() -> bool + Send + Sync>>,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(1 << 16);
+        let metrics = Arc::new(MirrorMetrics {
+            events: counter!("eventgate_mirror_events_total", "kind" => "accepted"),
+            rejected_events: counter!("eventgate_mirror_events_total", "kind" => "rejected"),
+            dropped: counter!("eventgate_mirror_dropped_records_total"),
+            omitted: counter!("eventgate_mirror_data_omitted_total"),
+            queued: gauge!("eventgate_mirror_queued_bytes"),
+        });
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let mirror = Arc::new(Self {
+            tx,
+            queued_bytes: queued_bytes.clone(),
+            limit: config.buffer_bytes,
+            metrics: metrics.clone(),
+            wanted,
+        });
+        let worker = tokio::spawn(run(config, sink, rx, queued_bytes, metrics, stop));
+        (mirror, worker)
+    }
+
+    /// Queues a job without ever waiting; drops and counts it when the buffer is full.
+    pub fn submit(&self, job: Job) {
+        if self.wanted.as_ref().is_some_and(|w| !w()) {
+            return;
+        }
+        let size = job.records.len();
+        let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if before + size > self.limit {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.drop_job(&job, "the mirror buffer is full");
+            return;
+        }
+        self.metrics.queued.set((before + size) as f64);
+        if let Err(e) = self.tx.try_send(job) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.drop_job(&job, "the mirror queue is full or stopped");
+        }
+    }
+
+    fn drop_job(&self, job: &Job, why: &str) {
+        let n = batch_record_count(&job.records);
+        self.metrics.dropped.increment(n as u64);
+        tracing::warn!(topic = job.topic, partition = job.partition, records = n, "records not mirrored: {why}");
+    }
+}
+
+fn batch_record_count(records: &[u8]) -> usize {
+    records::batches(records).filter_map(Result::ok).map(|b| b.header.record_count.max(0) as usize).sum()
+}
+
+async fn run(
+    config: MirrorConfig,
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Job>,
+    queued_bytes: Arc<AtomicUsize>,
+    metrics: Arc<MirrorMetrics>,
+    stop: Stop,
+) {
+    let shutdown = stop.abort;
+    loop {
+        let job = tokio::select! {
+            j = rx.recv() => j,
+            // Once draining, stop when nothing is left; the caller bounds how long that takes.
+            _ = stop.drain.cancelled(), if rx.is_empty() => None,
+        };
+        let Some(job) = job else { break };
+        let size = job.records.len();
+        let subject_prefix = if job.base_offset.is_some() { &config.subject_prefix } else { &config.rejected_prefix };
+        let subject = format!("{subject_prefix}.{}", job.topic);
+        let events = expand(&config, &job);
+        for e in &events {
+            if e.1 {
+                metrics.omitted.increment(1);
+            }
+        }
+        let n = events.len() as u64;
+        sink.publish(&subject, events.into_iter().map(|(e, _)| e).collect(), &shutdown).await;
+        if job.base_offset.is_some() {
+            metrics.events.increment(n);
+        } else {
+            metrics.rejected_events.increment(n);
+        }
+        let left = queued_bytes.fetch_sub(size, Ordering::AcqRel).saturating_sub(size);
+        metrics.queued.set(left as f64);
+    }
+    sink.flush(&shutdown).await;
+    let left = queued_bytes.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(bytes = left, "mirror stopped with records still queued");
+    }
+}
+
+/// The events of one job; the flag says whether the data had to be omitted.
+fn expand(config: &MirrorConfig, job: &Job) -> Vec<(event::Event, bool)> {
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    let mut index = 0usize;
+    let unvalidated = Outcome::Unchecked("no AsyncAPI document describes this topic".into());
+    let single = job.route.as_ref().and_then(|r| (r.messages.len() == 1).then(|| r.messages[0].clone()));
+    let mut next_offset = job.base_offset;
+    let unix_nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    for batch in records::batches(&job.records) {
+        let Ok(batch): Result<RawBatch<'_>, _> = batch else { break };
+        if batch.header.is_control() {
+            continue;
+        }
+        let Ok((data, _)) = batch.records_data(&mut scratch, config.max_decompressed_bytes) else { break };
+        let log_append = batch.header.attributes & 0x08 != 0 && job.log_append_time >= 0;
+        let batch_base = next_offset;
+        for rec in records::records(data) {
+            let Ok(rec) = rec else { break };
+            let outcome = job.outcomes.as_ref().and_then(|o| o.get(index)).unwrap_or(&unvalidated);
+            let message = match (outcome, &job.route) {
+                (Outcome::Valid(m), Some(route)) => route.messages.get(*m).cloned(),
+                _ => single.clone(),
+            };
+            let offset = batch_base.map(|b| b + i64::from(rec.offset_delta));
+            let id = match offset {
+                Some(o) => format!("{}-{}-{o}", job.topic, job.partition),
+                None => format!("{}-{}-rejected-{unix_nanos}-{index}", job.topic, job.partition),
+            };
+            let timestamp_ms =
+                if log_append { job.log_append_time } else { batch.header.base_timestamp + rec.timestamp_delta };
+            let ctx = event::Context {
+                cluster: &config.cluster,
+                topic: &job.topic,
+                partition: job.partition,
+                offset,
+                id,
+                default_type: &config.default_type,
+                message: message.as_deref(),
+                outcome,
+                timestamp_ms,
+                max_bytes: config.max_event_bytes,
+            };
+            let e = event::build(&rec, &ctx);
+            let omitted = e.json.len() < rec.value.map_or(0, <[u8]>::len) && rec.value.is_some();
+            out.push((e, omitted));
+            index += 1;
+        }
+        next_offset = batch_base.map(|b| b + i64::from(batch.header.last_offset_delta) + 1);
+    }
+    out
+}
+
+/// How long the mirror may take to drain at shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests;

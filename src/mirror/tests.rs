@@ -1,0 +1,97 @@
+use bytes::BytesMut;
+
+use super::*;
+use crate::wire::compression::{Codec, Framing};
+use crate::wire::records::{BatchHeader, write_batch, write_record};
+
+fn config() -> MirrorConfig {
+    MirrorConfig {
+        cluster: "c".into(),
+        default_type: "t".into(),
+        subject_prefix: "p".into(),
+        rejected_prefix: "r".into(),
+        max_event_bytes: 1 << 20,
+        buffer_bytes: 1 << 20,
+        max_decompressed_bytes: 1 << 20,
+    }
+}
+
+fn batch(n: usize) -> Bytes {
+    let mut section = Vec::new();
+    for i in 0..n {
+        write_record(&mut section, i as i64, i as i32, None, Some(br#"{"i":1}"#), std::iter::empty());
+    }
+    let header = BatchHeader {
+        base_offset: 0,
+        partition_leader_epoch: -1,
+        magic: 2,
+        crc: 0,
+        attributes: Codec::Lz4.bits(),
+        last_offset_delta: n as i32 - 1,
+        base_timestamp: 1000,
+        max_timestamp: 1000,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: n as i32,
+    };
+    let mut out = BytesMut::new();
+    write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
+    out.freeze()
+}
+
+#[test]
+fn events_get_broker_offsets_and_deterministic_ids() {
+    let job = Job {
+        topic: "orders".into(),
+        partition: 3,
+        base_offset: Some(100),
+        log_append_time: -1,
+        records: batch(3),
+        outcomes: None,
+        route: None,
+    };
+    let ids: Vec<String> = expand(&config(), &job).into_iter().map(|(e, _)| e.id).collect();
+    assert_eq!(ids, vec!["orders-3-100", "orders-3-101", "orders-3-102"]);
+}
+
+#[test]
+fn refused_records_get_unique_ids_without_offsets() {
+    let job = Job {
+        topic: "orders".into(),
+        partition: 0,
+        base_offset: None,
+        log_append_time: -1,
+        records: batch(2),
+        outcomes: None,
+        route: None,
+    };
+    let events = expand(&config(), &job);
+    assert_eq!(events.len(), 2);
+    assert!(events[0].0.id.starts_with("orders-0-rejected-"));
+    assert_ne!(events[0].0.id, events[1].0.id);
+    let v: serde_json::Value = serde_json::from_slice(&events[0].0.json).unwrap();
+    assert!(v.get("offset").is_none());
+}
+
+#[tokio::test]
+async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
+    let (tx, _rx) = tokio::sync::broadcast::channel(16);
+    let stop = Stop::default();
+    let mut cfg = config();
+    cfg.buffer_bytes = 10;
+    let (mirror, task) = Mirror::start(cfg, Sink::Local(sink::LocalSink::new(tx)), stop.clone(), None);
+    // Far larger than the buffer: refused at once.
+    mirror.submit(Job {
+        topic: "t".into(),
+        partition: 0,
+        base_offset: Some(0),
+        log_append_time: -1,
+        records: batch(50),
+        outcomes: None,
+        route: None,
+    });
+    assert_eq!(mirror.queued_bytes.load(Ordering::Acquire), 0);
+    stop.drain.cancel();
+    task.await.unwrap();
+}

@@ -1,0 +1,148 @@
+//! The connection to NATS and the JetStream resources eventgate owns: the mirror stream and the
+//! key-value bucket of uploaded documents.
+//!
+//! eventgate never waits for NATS to start: the client connects (and reconnects) in the background,
+//! and the stream and bucket are created or updated as soon as the server answers. Until then the
+//! Kafka path runs as usual and the mirror buffers.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+/// Stream and bucket settings.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    pub stream: String,
+    pub subjects: Vec<String>,
+    pub storage: Storage,
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub max_messages: i64,
+    pub max_message_size: i32,
+    pub duplicate_window: Duration,
+    pub spec_bucket: String,
+    /// Outstanding publish acknowledgements.
+    pub window: usize,
+}
+
+/// Where JetStream keeps the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+/// Why NATS could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+/// Connects in the background: returns at once, and the client keeps retrying.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
+    let url = config.url.clone();
+    async_nats::ConnectOptions::new()
+        .name("eventgate")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let url = url.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!(%url, "connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!(%url, "disconnected from NATS; reconnecting"),
+                    other => tracing::debug!(%url, event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| NatsError::Connect { url: config.url.clone(), reason: e.to_string() })
+}
+
+/// A JetStream context with a bounded window of outstanding acknowledgements.
+pub fn jetstream(client: async_nats::Client, config: &NatsConfig) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .max_ack_inflight(config.window.max(1))
+        .backpressure_on_inflight(true)
+        .build(client)
+}
+
+/// Creates the mirror stream, or updates it to the configured subjects and limits.
+pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Result<(), NatsError> {
+    let stream_config = stream::Config {
+        name: config.stream.clone(),
+        subjects: config.subjects.clone(),
+        storage: match config.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        max_age: config.max_age,
+        max_bytes: config.max_bytes,
+        max_messages: config.max_messages,
+        max_message_size: config.max_message_size,
+        duplicate_window: config.duplicate_window,
+        description: Some("Kafka records mirrored by eventgate as CloudEvents".into()),
+        ..Default::default()
+    };
+    js.create_or_update_stream(stream_config)
+        .await
+        .map_err(|e| NatsError::JetStream(format!("stream {}: {e}", config.stream)))?;
+    Ok(())
+}
+
+/// Creates (or opens) the bucket of uploaded documents.
+pub async fn ensure_bucket(js: &jetstream::Context, config: &NatsConfig) -> Result<kv::Store, NatsError> {
+    if let Ok(store) = js.get_key_value(config.spec_bucket.as_str()).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: config.spec_bucket.clone(),
+        description: "AsyncAPI documents uploaded to eventgate".into(),
+        history: 5,
+        storage: match config.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::JetStream(format!("bucket {}: {e}", config.spec_bucket)))
+}
+
+/// Retries `f` until it succeeds or `shutdown` fires, logging the first failure and then every
+/// tenth.
+pub async fn until_ready<T, F, Fut>(what: &str, shutdown: &tokio_util::sync::CancellationToken, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, NatsError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => {
+                if attempt > 0 {
+                    tracing::info!("{what}: ready");
+                }
+                return Some(v);
+            }
+            Err(e) => {
+                if attempt.is_multiple_of(10) {
+                    tracing::warn!(error = %e, "{what}: not ready yet; retrying");
+                }
+                attempt += 1;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
