@@ -192,6 +192,10 @@ pub struct Settings {
     #[arg(long, env = "EVENTGATE_WS_BUFFER")]
     pub ws_buffer: Option<usize>,
 
+    /// Milliseconds a websocket client's buffer may stay full before it is disconnected. [default: 5000]
+    #[arg(long, env = "EVENTGATE_WS_SLOW_MS")]
+    pub ws_slow_ms: Option<u64>,
+
     /// Log filter, in `tracing` env-filter syntax (RUST_LOG wins when set). [default: info]
     #[arg(long, env = "EVENTGATE_LOG")]
     pub log: Option<String>,
@@ -232,6 +236,7 @@ pub struct Config {
     pub nats: Option<NatsConfig>,
     pub mirror: MirrorConfig,
     pub ws_buffer: usize,
+    pub ws_slow: Duration,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -286,6 +291,7 @@ impl Settings {
             ce_default_type: self.ce_default_type.or(file.ce_default_type),
             spec_bucket: self.spec_bucket.or(file.spec_bucket),
             ws_buffer: self.ws_buffer.or(file.ws_buffer),
+            ws_slow_ms: self.ws_slow_ms.or(file.ws_slow_ms),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
         }
@@ -415,6 +421,7 @@ impl Settings {
             nats,
             mirror,
             ws_buffer: self.ws_buffer.unwrap_or(1024).max(1),
+            ws_slow: Duration::from_millis(self.ws_slow_ms.unwrap_or(5000)),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             log_format,
         })

@@ -99,22 +99,33 @@ pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Resu
 }
 
 /// Creates (or opens) the bucket of uploaded documents.
+///
+/// The bucket's stream is created directly, in the key-value layout (`KV_<bucket>`, subjects
+/// `$KV.<bucket>.>`, roll-ups allowed, direct get), rather than with `create_key_value`, whose
+/// account-info query does not parse the answers of the NATS 2.9 servers Debian ships.
 pub async fn ensure_bucket(js: &jetstream::Context, config: &NatsConfig) -> Result<kv::Store, NatsError> {
+    let err = |e: &dyn std::fmt::Display| NatsError::JetStream(format!("bucket {}: {e}", config.spec_bucket));
     if let Ok(store) = js.get_key_value(config.spec_bucket.as_str()).await {
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: config.spec_bucket.clone(),
-        description: "AsyncAPI documents uploaded to eventgate".into(),
-        history: 5,
+    let stream_config = stream::Config {
+        name: format!("KV_{}", config.spec_bucket),
+        description: Some("AsyncAPI documents uploaded to eventgate".into()),
+        subjects: vec![format!("$KV.{}.>", config.spec_bucket)],
+        max_messages_per_subject: 5,
         storage: match config.storage {
             Storage::File => stream::StorageType::File,
             Storage::Memory => stream::StorageType::Memory,
         },
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| NatsError::JetStream(format!("bucket {}: {e}", config.spec_bucket)))
+    };
+    js.get_or_create_stream(stream_config).await.map_err(|e| err(&e))?;
+    js.get_key_value(config.spec_bucket.as_str()).await.map_err(|e| err(&e))
 }
 
 /// Retries `f` until it succeeds or `shutdown` fires, logging the first failure and then every

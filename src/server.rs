@@ -87,6 +87,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         rejected_prefix: config.mirror.rejected_prefix.clone(),
         live,
         buffer: config.ws_buffer,
+        slow_after: config.ws_slow,
     };
     let gw = Gateway::new(config, validation, mirror);
     let addr = gw.config.listen;

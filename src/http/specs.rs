@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::specs::shared::SharedError;
 use crate::specs::{Put, SpecStore, StoreError};
 use crate::validate::Outcome;
 use crate::wire::records::{records, write_record};
@@ -51,6 +52,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<SharedError> for ApiError {
+    fn from(e: SharedError) -> Self {
+        match e {
+            SharedError::Store(e) => e.into(),
+            e @ SharedError::Unavailable(_) => Self(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        }
+    }
+}
+
 /// Runs a store operation off the async workers: compiling schemas and writing files block.
 async fn blocking<T: Send + 'static>(
     store: &Arc<SpecStore>,
@@ -67,7 +77,11 @@ pub async fn put(State(app): State<AppState>, Path(id): Path<String>, body: Byte
     let text = String::from_utf8(body.to_vec()).map_err(|e| {
         ApiError(StatusCode::BAD_REQUEST, "invalid_document", format!("the document is not UTF-8 text: {e}"))
     })?;
-    let (put, summary) = blocking(&app.store, move |s| s.put(&id, &text)).await?;
+    let (put, summary) = if app.store.is_shared() {
+        app.store.put_shared(id, text).await?
+    } else {
+        blocking(&app.store, move |s| s.put(&id, &text)).await?
+    };
     tracing::info!(id = summary.id, topics = ?summary.topics, "AsyncAPI document {}", if put == Put::Created { "uploaded" } else { "replaced" });
     let status = if put == Put::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(summary)).into_response())
@@ -85,7 +99,11 @@ pub async fn get(State(app): State<AppState>, Path(id): Path<String>) -> Result<
 
 pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let shown = id.clone();
-    blocking(&app.store, move |s| s.delete(&id)).await?;
+    if app.store.is_shared() {
+        app.store.delete_shared(&id).await?;
+    } else {
+        blocking(&app.store, move |s| s.delete(&id)).await?;
+    }
     tracing::info!(id = shown, "AsyncAPI document deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,8 +15,9 @@
 //! Kafka path nothing; each event carries its stream position as the `streamseq` extension, so a
 //! client can resume. Without NATS the feed is in-process and only `start=new` is possible. A start
 //! sequence older than the stream's first is refused with close code 4410 ("unrecoverable
-//! position"). Each client has a bounded buffer (`--ws-buffer` events); a client that does not keep
-//! up is closed with code 1008 and a reason saying so. Others are not affected.
+//! position"). Each client has a bounded buffer (`--ws-buffer` events); when it stays full for
+//! `--ws-slow-ms` the client is closed with code 1008 and a reason saying so, and nothing more is
+//! held for it. Others are not affected.
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct WsState {
     pub live: broadcast::Sender<Arc<LiveEvent>>,
     /// Events buffered per client.
     pub buffer: usize,
+    /// How long a full buffer may stay full before the client is closed as too slow.
+    pub slow_after: std::time::Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,7 +225,7 @@ async fn serve(socket: WebSocket, state: WsState, filter: Filter, start: Start) 
                     }
                 }
             }
-            tokio::spawn(feed_jetstream(js.clone(), state.stream.clone(), filter, start, tx, end_tx))
+            tokio::spawn(feed_jetstream(js.clone(), state.stream.clone(), filter, start, tx, end_tx, state.slow_after))
         }
         None => {
             if start != Start::New {
@@ -235,7 +238,7 @@ async fn serve(socket: WebSocket, state: WsState, filter: Filter, start: Start) 
                 clients.decrement(1.0);
                 return;
             }
-            tokio::spawn(feed_local(state.live.subscribe(), filter, tx, end_tx))
+            tokio::spawn(feed_local(state.live.subscribe(), filter, tx, end_tx, state.slow_after))
         }
     };
     pump(socket, rx, end_rx).await;
@@ -243,62 +246,75 @@ async fn serve(socket: WebSocket, state: WsState, filter: Filter, start: Start) 
     clients.decrement(1.0);
 }
 
-/// Moves events from the feed to the socket until either side ends.
+/// Moves events from the feed to the socket until either side ends. A send to a client that
+/// stopped reading can block; the feed's verdict (too slow) is watched meanwhile, so such a client
+/// is closed instead of holding its task forever.
 async fn pump(
     mut socket: WebSocket,
     mut rx: mpsc::Receiver<String>,
     mut end_rx: tokio::sync::oneshot::Receiver<Ended>,
 ) {
     let sent = metrics::counter!("eventgate_ws_events_sent_total");
-    loop {
+    let ended = loop {
         tokio::select! {
             biased;
-            ended = &mut end_rx => {
-                // Deliver what is buffered first, unless the client is the problem.
-                if let Ok(Ended::Close(code, reason)) = ended {
-                    if code != 1008 {
-                        while let Ok(text) = rx.try_recv() {
-                            if socket.send(Message::Text(text.into())).await.is_err() { return; }
+            ended = &mut end_rx => break ended.unwrap_or(Ended::Done),
+            text = rx.recv() => {
+                let Some(text) = text else { return };
+                tokio::select! {
+                    r = socket.send(Message::Text(text.into())) => {
+                        if r.is_err() {
+                            return;
                         }
+                        sent.increment(1);
                     }
-                    if code == 1008 {
-                        metrics::counter!("eventgate_ws_slow_disconnects_total").increment(1);
-                        tracing::info!(reason, "closing a slow websocket client");
-                    }
-                    close(socket, code, reason).await;
-                } else {
-                    while let Ok(text) = rx.try_recv() {
-                        if socket.send(Message::Text(text.into())).await.is_err() { return; }
-                    }
+                    ended = &mut end_rx => break ended.unwrap_or(Ended::Done),
                 }
-                return;
             }
-            text = rx.recv() => match text {
-                Some(text) => {
-                    if socket.send(Message::Text(text.into())).await.is_err() {
-                        return;
-                    }
-                    sent.increment(1);
-                }
-                None => return,
-            },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
             },
         }
+    };
+    match ended {
+        Ended::Close(1008, reason) => {
+            metrics::counter!("eventgate_ws_slow_disconnects_total").increment(1);
+            tracing::info!(reason, "closing a slow websocket client");
+            // The client is not reading: a close frame may never get through; don't wait for it.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), close(socket, 1008, reason)).await;
+        }
+        Ended::Close(code, reason) => {
+            while let Ok(text) = rx.try_recv() {
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            close(socket, code, reason).await;
+        }
+        Ended::Done => {
+            while let Ok(text) = rx.try_recv() {
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
-/// Queues one event for the client; a full buffer means the client is too slow.
-fn offer(tx: &mpsc::Sender<String>, text: String, buffer: usize) -> Result<(), Ended> {
-    match tx.try_send(text) {
+/// Queues one event for the client; a buffer that stays full for `slow_after` means the client is
+/// too slow.
+async fn offer(tx: &mpsc::Sender<String>, text: String, slow_after: std::time::Duration) -> Result<(), Ended> {
+    match tx.send_timeout(text, slow_after).await {
         Ok(()) => Ok(()),
-        Err(mpsc::error::TrySendError::Full(_)) => Err(Ended::Close(
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Ended::Close(
             1008,
-            format!("client too slow: {buffer} events waiting; reconnect with start_seq to resume"),
+            format!(
+                "client too slow: {} events waiting for {slow_after:?}; reconnect with start_seq to resume",
+                tx.max_capacity()
+            ),
         )),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(Ended::Done),
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Ended::Done),
     }
 }
 
@@ -319,6 +335,7 @@ async fn feed_jetstream(
     start: Start,
     tx: mpsc::Sender<String>,
     end: tokio::sync::oneshot::Sender<Ended>,
+    slow_after: std::time::Duration,
 ) {
     let result = async {
         let stream = js.get_stream(&stream).await.map_err(|e| Ended::Close(1011, format!("event stream: {e}")))?;
@@ -345,7 +362,7 @@ async fn feed_jetstream(
                 continue;
             }
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-            offer(&tx, with_seq(&m.payload, seq), tx.max_capacity())?;
+            offer(&tx, with_seq(&m.payload, seq), slow_after).await?;
         }
         Ok::<(), Ended>(())
     }
@@ -358,8 +375,8 @@ async fn feed_local(
     filter: Filter,
     tx: mpsc::Sender<String>,
     end: tokio::sync::oneshot::Sender<Ended>,
+    slow_after: std::time::Duration,
 ) {
-    let buffer = tx.max_capacity();
     let result = loop {
         let e = match rx.recv().await {
             Ok(e) => e,
@@ -371,7 +388,7 @@ async fn feed_local(
         if !subject_matches(&filter.subject, &e.subject) || !filter.keeps(Some(&e.ce_type), Some(e.validation)) {
             continue;
         }
-        if let Err(ended) = offer(&tx, with_seq(&e.json, e.seq), buffer) {
+        if let Err(ended) = offer(&tx, with_seq(&e.json, e.seq), slow_after).await {
             break Err(ended);
         }
     };

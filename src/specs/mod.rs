@@ -189,15 +189,16 @@ impl SpecStore {
         let _ = self.bucket.set(bucket);
     }
 
-    /// Checks a document as `put` would, without installing it.
-    pub fn check(&self, id: &str, text: &str, at: &str) -> Result<Summary, StoreError> {
+    /// Checks a document as `put` would, without installing it; says whether it would replace one.
+    pub fn check(&self, id: &str, text: &str, at: &str) -> Result<(Put, Summary), StoreError> {
         let (compiled, summary) = prepare(id, text, Source::Upload, at.to_owned())?;
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.get(id).is_some_and(|e| e.summary.source == Source::File) {
             return Err(StoreError::Pinned(id.to_owned()));
         }
+        let put = if entries.contains_key(id) { Put::Replaced } else { Put::Created };
         self.validation.catalog.load().with(Arc::new(compiled))?;
-        Ok(summary)
+        Ok((put, summary))
     }
 
     /// Installs a document that came through the bucket (or was just written to it); a text

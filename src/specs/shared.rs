@@ -38,9 +38,9 @@ impl SpecStore {
     pub async fn put_shared(self: &Arc<Self>, id: String, text: String) -> Result<(Put, Summary), SharedError> {
         let bucket = self.bucket().ok_or_else(|| SharedError::Unavailable("not connected".into()))?;
         let store = self.clone();
-        let (id, text, uploaded_at) = tokio::task::spawn_blocking(move || {
+        let (put, id, text, uploaded_at) = tokio::task::spawn_blocking(move || {
             let at = crate::validate::batch::now_rfc3339();
-            store.check(&id, &text, &at).map(|_| (id, text, at))
+            store.check(&id, &text, &at).map(|(put, _)| (put, id, text, at))
         })
         .await
         .map_err(|e| SharedError::Unavailable(e.to_string()))??;
@@ -48,10 +48,10 @@ impl SpecStore {
             serde_json::to_vec(&Envelope { text: text.clone(), uploaded_at: uploaded_at.clone() }).unwrap_or_default();
         bucket.put(&id, Bytes::from(envelope)).await.map_err(|e| SharedError::Unavailable(e.to_string()))?;
         let store = self.clone();
-        let result = tokio::task::spawn_blocking(move || store.install_shared(&id, &text, uploaded_at))
+        let (_, summary) = tokio::task::spawn_blocking(move || store.install_shared(&id, &text, uploaded_at))
             .await
             .map_err(|e| SharedError::Unavailable(e.to_string()))??;
-        Ok(result)
+        Ok((put, summary))
     }
 
     /// Deletes through the bucket.

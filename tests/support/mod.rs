@@ -298,3 +298,49 @@ pub fn header(record: &Value, name: &str) -> Option<String> {
     let headers = record["headers"].as_array()?;
     headers.iter().rev().find(|h| h[0] == name).and_then(|h| h[1].as_str()).map(str::to_owned)
 }
+
+/// A nats-server with JetStream, its store in a temporary directory that survives restarts.
+pub struct Nats {
+    pub port: u16,
+    pub proc: Option<Proc>,
+    pub store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let store = tempfile::tempdir().expect("tempdir");
+        let mut n = Nats { port: free_port(), proc: None, store };
+        n.restart();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server abruptly (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal_and_wait("KILL", Duration::from_secs(10));
+        }
+    }
+
+    /// (Re)starts the server on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let proc = Proc::spawn(
+            "nats-server",
+            Command::new(find_binary("NATS_SERVER", "nats-server")).args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+                self.store.path().to_str().expect("utf-8 path"),
+            ]),
+        );
+        wait_until("nats-server to listen", Duration::from_secs(30), || port_open(self.port));
+        self.proc = Some(proc);
+    }
+}

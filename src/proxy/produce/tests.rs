@@ -101,9 +101,15 @@ fn valid_and_undescribed_records_pass_untouched() {
     let v = validation(Policies::default());
     let m = ValidationMetrics::new();
     let (meta, frame) = request(9, -1, &[(TOPIC, 0, &[GOOD, GOOD]), ("other", 0, &["anything"])]);
-    assert!(matches!(inspect(&v, &m, &meta, &frame, false).unwrap().plan, Plan::Forward { frame: None, client_acks: -1, .. }));
+    assert!(matches!(
+        inspect(&v, &m, &meta, &frame, false).unwrap().plan,
+        Plan::Forward { frame: None, client_acks: -1, .. }
+    ));
     let empty = Validation::new(Policies::default());
-    assert!(matches!(inspect(&empty, &m, &meta, &frame, false).unwrap().plan, Plan::Forward { frame: None, client_acks: -1, .. }));
+    assert!(matches!(
+        inspect(&empty, &m, &meta, &frame, false).unwrap().plan,
+        Plan::Forward { frame: None, client_acks: -1, .. }
+    ));
 }
 
 #[test]
@@ -175,7 +181,9 @@ fn all_refused_is_answered_locally_at_every_version() {
     let v = validation(policies);
     for version in 3..=12 {
         let (meta, frame) = request(version, -1, &[(TOPIC, 0, &[BAD])]);
-        let Plan::Answer(answer) = inspect(&v, &ValidationMetrics::new(), &meta, &frame, false).unwrap().plan else { panic!() };
+        let Plan::Answer(answer) = inspect(&v, &ValidationMetrics::new(), &meta, &frame, false).unwrap().plan else {
+            panic!()
+        };
         let resp = decode_answer(&answer, version);
         let p = &resp.responses[0].partition_responses[0];
         assert_eq!(p.error_code, 87, "v{version}");
@@ -207,7 +215,8 @@ fn unknown_topics_can_be_refused_and_overrides_win() {
     policies.overrides.insert(TOPIC.into(), Policy::Off);
     let v = validation(policies);
     let (meta, frame) = request(9, -1, &[(TOPIC, 0, &[BAD]), ("other", 0, &["x"])]);
-    let Plan::Forward { merge: Some(merge), .. } = inspect(&v, &ValidationMetrics::new(), &meta, &frame, false).unwrap().plan
+    let Plan::Forward { merge: Some(merge), .. } =
+        inspect(&v, &ValidationMetrics::new(), &meta, &frame, false).unwrap().plan
     else {
         panic!()
     };
@@ -261,7 +270,10 @@ fn mirror_lists_forwarded_partitions_and_asks_acks_for_acks_zero() {
     let (meta, frame) = request(9, 0, &[(TOPIC, 0, &[GOOD]), ("other", 1, &["x"])]);
     let i = inspect(&v, &ValidationMetrics::new(), &meta, &frame, true).unwrap();
     assert!(i.refused.is_empty());
-    let Plan::Forward { frame: Some(new), client_acks: 0, broker_answers: true, mirror: Some(parts), .. } = i.plan else { panic!() };
+    let Plan::Forward { frame: Some(new), client_acks: 0, broker_answers: true, mirror: Some(parts), .. } = i.plan
+    else {
+        panic!()
+    };
     assert_eq!(decode_request(&new, &meta).acks, 1);
     let names: Vec<_> = parts.iter().map(|p| (p.topic.as_str(), p.partition, p.outcomes.is_some())).collect();
     assert_eq!(names, vec![(TOPIC, 0, true), ("other", 1, false)]);

@@ -1,0 +1,398 @@
+//! The CloudEvents mirror, shared documents and the websocket, with real tansu, nats-server
+//! (JetStream), eventgate and clients.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use support::*;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+const TOPIC: &str = "event-gateway-demo";
+const GOOD: &str = r#"{"lumens":42,"sentAt":"2026-01-01T00:00:00Z"}"#;
+const BAD: &str = r#"{"lumens":-1,"sentAt":"2026-01-01T00:00:00Z"}"#;
+
+fn start_gateway(tansu: &Tansu, nats: Option<&Nats>, extra: &[&str]) -> Eventgate {
+    let mut args: Vec<String> =
+        vec!["--spec".into(), repo_path("asyncapi/demo.yaml"), "--cluster-name".into(), "test".into()];
+    if let Some(n) = nats {
+        args.extend(["--nats-url".into(), n.url()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Eventgate::start(&tansu.addr(), &refs)
+}
+
+/// One stored event: its stream sequence, its NATS headers and its JSON.
+struct Stored {
+    headers: BTreeMap<String, String>,
+    event: Value,
+}
+
+/// Reads every event under `filter` from the stream until `expect` arrived and no more come.
+async fn read_stream(url: &str, filter: &str, expect: usize, deadline: Duration) -> Vec<Stored> {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = jetstream::new(client);
+    let start = Instant::now();
+    let stream = loop {
+        match js.get_stream("EVENTGATE").await {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no stream: {e}"),
+        }
+    };
+    let mut out: Vec<Stored> = Vec::new();
+    while start.elapsed() < deadline {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        out.clear();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(700), messages.next()).await {
+            let headers = m
+                .headers
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .map(|(k, v)| (k.to_string(), v.first().map(|x| x.as_str().to_owned()).unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Stored { headers, event: serde_json::from_slice(&m.payload).expect("event is JSON") });
+        }
+        if out.len() >= expect {
+            break;
+        }
+    }
+    out
+}
+
+fn produce(eg: &Eventgate, topic: &str, values: &[&str], count: usize, extra: &[&str]) -> Value {
+    let f = values_file(values);
+    let mut args = vec![
+        "--bootstrap".to_owned(),
+        eg.addr(),
+        "--topic".into(),
+        topic.into(),
+        "--values-file".into(),
+        f.path().display().to_string(),
+        "--count".into(),
+        count.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    client("ck-produce", &refs)
+}
+
+/// `topic-partition-offset` of every record a producer had acknowledged.
+fn delivered_ids(topic: &str, p: &Value) -> BTreeSet<String> {
+    p["records"].as_array().unwrap().iter().map(|r| format!("{topic}-{}-{}", r["partition"], r["offset"])).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_record_appears_once_as_a_cloudevent() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 2);
+    tansu.create_topic("plain", 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &[]);
+    let p1 = produce(&eg, TOPIC, &[GOOD, BAD, "not json"], 150, &[]);
+    assert_eq!(p1["delivered"], 150, "{p1}");
+    let p2 = produce(&eg, "plain", &["hello", "{\"x\":1}"], 40, &["--compression", "zstd"]);
+    assert_eq!(p2["delivered"], 40, "{p2}");
+    // An acks=0 producer: its records are mirrored too, and it still gets no answers.
+    let p3 = produce(&eg, "plain", &["fire and forget"], 20, &["--acks", "0", "--prefix", "ff"]);
+    assert_eq!(p3["errors"], Value::Array(vec![]), "{p3}");
+
+    let stored = read_stream(&nats.url(), "eventgate.records.>", 210, Duration::from_secs(30)).await;
+    let mut expected = delivered_ids(TOPIC, &p1);
+    expected.extend(delivered_ids("plain", &p2));
+    let ids: Vec<String> = stored.iter().map(|s| s.event["id"].as_str().unwrap().to_owned()).collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "an event was stored twice");
+    assert_eq!(stored.len(), 210, "every record once, acks=0 included");
+    assert!(expected.is_subset(&unique), "missing: {:?}", expected.difference(&unique).collect::<Vec<_>>());
+
+    for s in &stored {
+        let e = &s.event;
+        let id = e["id"].as_str().unwrap();
+        assert_eq!(s.headers.get("Nats-Msg-Id").map(String::as_str), Some(id));
+        assert_eq!(e["specversion"], "1.0");
+        assert!(e["time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(
+            id,
+            format!("{}-{}-{}", e["source"].as_str().unwrap().rsplit('/').next().unwrap(), e["partition"], e["offset"])
+        );
+        let key = e["subject"].as_str().unwrap();
+        if e["source"] == format!("kafka://test/{TOPIC}") {
+            assert_eq!(e["type"], "com.example.streetlights.light.measured");
+            assert_eq!(e["dataschema"], "urn:eventgate:spec:demo#/components/messages/lightMeasured");
+            assert_eq!(e["datacontenttype"], "application/json");
+            let i: usize = key.trim_start_matches("r-").parse().unwrap();
+            match i % 3 {
+                0 => {
+                    assert_eq!(e["validation"], "valid");
+                    assert_eq!(e["data"]["lumens"], 42);
+                }
+                1 => {
+                    assert_eq!(e["validation"], "invalid");
+                    assert!(e["validationerrors"].as_str().unwrap().contains("/lumens"));
+                }
+                _ => {
+                    assert_eq!(e["validation"], "invalid");
+                    assert_eq!(e["data_base64"], "bm90IGpzb24=", "non-JSON bytes travel as data_base64");
+                }
+            }
+        } else {
+            assert_eq!(e["source"], "kafka://test/plain");
+            assert_eq!(e["type"], "eventgate.record");
+            assert_eq!(e["validation"], "unchecked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_records_are_mirrored_to_their_own_subject() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &["--topic-policy", &format!("{TOPIC}=reject")]);
+    let p = produce(&eg, TOPIC, &[BAD], 3, &[]);
+    assert_eq!(p["delivered"], 0);
+    let stored = read_stream(&nats.url(), "eventgate.rejected.>", 3, Duration::from_secs(20)).await;
+    assert!(stored.len() >= 3, "{}", stored.len());
+    assert!(stored.iter().all(|s| s.event["validation"] == "invalid" && s.event.get("offset").is_none()));
+    assert!(read_stream(&nats.url(), "eventgate.records.>", 0, Duration::from_secs(2)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_keeps_going_while_nats_restarts_and_the_stream_catches_up_without_duplicates() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 2);
+    let mut nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &[]);
+    // Make sure the stream exists before the outage.
+    let warmup = produce(&eg, TOPIC, &[GOOD], 10, &["--prefix", "w"]);
+    assert_eq!(warmup["delivered"], 10);
+    assert_eq!(read_stream(&nats.url(), "eventgate.records.>", 10, Duration::from_secs(20)).await.len(), 10);
+
+    let bootstrap = eg.addr();
+    let f = values_file(&[GOOD, BAD]);
+    let path = f.path().display().to_string();
+    let producer = std::thread::spawn(move || {
+        client(
+            "ck-produce",
+            &["--bootstrap", &bootstrap, "--topic", TOPIC, "--values-file", &path, "--count", "1500", "--rate", "300"],
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.restart();
+    let p = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap();
+    assert_eq!(p["errors"], Value::Array(vec![]), "the Kafka side must not notice: {p}");
+    assert_eq!(p["delivered"], 1500);
+
+    let stored = read_stream(&nats.url(), "eventgate.records.>", 1510, Duration::from_secs(60)).await;
+    let ids: Vec<&str> = stored.iter().map(|s| s.event["id"].as_str().unwrap()).collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "duplicates in the stream");
+    assert_eq!(unique.len(), 1510, "the stream caught up");
+    let expected = delivered_ids(TOPIC, &p);
+    assert!(expected.iter().all(|id| unique.contains(id.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_an_uploaded_document() {
+    let tansu = Tansu::start();
+    tansu.create_topic("orders", 1);
+    let nats = Nats::start();
+    let a = Eventgate::start(&tansu.addr(), &["--nats-url", &nats.url()]);
+    let b = Eventgate::start(&tansu.addr(), &["--nats-url", &nats.url()]);
+    let doc = repo_file("asyncapi/demo.yaml").replace("address: event-gateway-demo", "address: orders");
+    let uploaded = Instant::now();
+    let (status, body) = http("PUT", &a.http("/specs/shared"), Some(&doc), &[]);
+    assert_eq!(status, 201, "{body}");
+    wait_until("instance b to have the document", Duration::from_secs(5), || {
+        http("GET", &b.http("/specs"), None, &[]).1.contains("\"shared\"")
+    });
+    assert!(uploaded.elapsed() < Duration::from_secs(2), "took {:?}", uploaded.elapsed());
+    let p = produce(&b, "orders", &[BAD], 1, &[]);
+    assert_eq!(p["delivered"], 1);
+    let got = records_of_topic(&tansu, "orders", 1);
+    assert!(header(&got[0], "_asyncapi_eg_validation_error").is_some(), "b validates with a's upload");
+    // Deletion is shared too.
+    assert_eq!(http("DELETE", &b.http("/specs/shared"), None, &[]).0, 204);
+    wait_until("instance a to drop the document", Duration::from_secs(5), || {
+        !http("GET", &a.http("/specs"), None, &[]).1.contains("\"shared\"")
+    });
+}
+
+fn records_of_topic(tansu: &Tansu, topic: &str, count: usize) -> Vec<Value> {
+    client(
+        "ck-consume",
+        &["--bootstrap", &tansu.addr(), "--topic", topic, "--count", &count.to_string(), "--assign", "1"],
+    )["records"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws(eg: &Eventgate, query: &str) -> Ws {
+    let mut req = format!("ws://127.0.0.1:{}/ws{query}", eg.http_port).into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "cloudevents.json".parse().unwrap());
+    let (socket, resp) = tokio_tungstenite::connect_async(req).await.expect("websocket");
+    assert_eq!(resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()), Some("cloudevents.json"));
+    socket
+}
+
+/// Reads `n` events (or fails after `deadline`).
+async fn next_events(socket: &mut Ws, n: usize, deadline: Duration) -> Vec<Value> {
+    let mut out = Vec::new();
+    let end = Instant::now() + deadline;
+    while out.len() < n {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, socket.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Text(t)))) => out.push(serde_json::from_str(&t).expect("JSON event")),
+            Ok(Some(Ok(tungstenite::Message::Close(c)))) => panic!("closed: {c:?}"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("after {} of {n} events: {other:?}", out.len()),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_streams_filters_and_replays() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    tansu.create_topic("other.topic", 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &[]);
+    // Before anything was produced, so the stream exists with nothing in it.
+    wait_until("the stream", Duration::from_secs(20), || eg.proc.log_text().contains("connected to NATS"));
+
+    let mut everything = ws(&eg, "").await;
+    let mut invalid_only = ws(&eg, &format!("?topic={TOPIC}&validation=invalid")).await;
+    let mut other_only = ws(&eg, "?topic=other.*").await;
+    let before = time::OffsetDateTime::now_utc();
+    assert_eq!(produce(&eg, TOPIC, &[GOOD, BAD], 10, &[])["delivered"], 10);
+    assert_eq!(produce(&eg, "other.topic", &["x"], 4, &["--prefix", "o"])["delivered"], 4);
+
+    let all = next_events(&mut everything, 14, Duration::from_secs(20)).await;
+    assert_eq!(all.iter().filter(|e| e["source"] == format!("kafka://test/{TOPIC}")).count(), 10);
+    let seqs: Vec<u64> = all.iter().map(|e| e["streamseq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ordered by stream position: {seqs:?}");
+    let bad = next_events(&mut invalid_only, 5, Duration::from_secs(20)).await;
+    assert!(bad.iter().all(|e| e["validation"] == "invalid" && e["source"] == format!("kafka://test/{TOPIC}")));
+    let other = next_events(&mut other_only, 4, Duration::from_secs(20)).await;
+    assert!(other.iter().all(|e| e["source"] == "kafka://test/other.topic"));
+
+    // Replay from a sequence, and from a time.
+    let third = seqs[2];
+    let mut from_seq = ws(&eg, &format!("?start_seq={third}")).await;
+    let replayed = next_events(&mut from_seq, 12, Duration::from_secs(20)).await;
+    assert_eq!(replayed[0]["streamseq"].as_u64(), Some(third));
+    assert_eq!(
+        replayed.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(),
+        all[2..].iter().map(|e| e["id"].clone()).collect::<Vec<_>>()
+    );
+    let t = before.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let mut from_time = ws(&eg, &format!("?start_time={}", t.replace('+', "%2B"))).await;
+    assert_eq!(next_events(&mut from_time, 14, Duration::from_secs(20)).await.len(), 14);
+    let mut from_all = ws(&eg, "?start=all&type=com.example.streetlights.light.measured").await;
+    assert_eq!(next_events(&mut from_all, 10, Duration::from_secs(20)).await.len(), 10);
+    everything.close(None).await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_refuses_an_unrecoverable_position() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &["--mirror-max-messages", "5"]);
+    assert_eq!(produce(&eg, TOPIC, &[GOOD], 20, &[])["delivered"], 20);
+    wait_until("the stream to roll over", Duration::from_secs(20), || {
+        eg.metric("eventgate_mirror_events_total{kind=\"accepted\"}") >= 20.0
+    });
+    let mut socket = ws(&eg, "?start_seq=1").await;
+    match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+        Ok(Some(Ok(tungstenite::Message::Close(Some(frame))))) => {
+            assert_eq!(u16::from(frame.code), 4410);
+            assert!(frame.reason.contains("unrecoverable position"), "{}", frame.reason);
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_while_others_keep_receiving() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &["--ws-buffer", "16", "--ws-slow-ms", "1000"]);
+    wait_until("NATS", Duration::from_secs(20), || eg.proc.log_text().contains("connected to NATS"));
+    let mut reader = ws(&eg, "").await;
+    let stalled = ws(&eg, "").await;
+    // Large events fill the stalled client's socket and then its buffer.
+    let big = format!(r#"{{"lumens":1,"sentAt":"2026-01-01T00:00:00Z","pad":"{}"}}"#, "x".repeat(60_000));
+    let bootstrap = eg.addr();
+    let producer = std::thread::spawn(move || {
+        let f = values_file(&[&big]);
+        client(
+            "ck-produce",
+            &[
+                "--bootstrap",
+                &bootstrap,
+                "--topic",
+                TOPIC,
+                "--values-file",
+                &f.path().display().to_string(),
+                "--count",
+                "400",
+            ],
+        )
+    });
+    let got = next_events(&mut reader, 400, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 400);
+    assert_eq!(tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap()["delivered"], 400);
+    wait_until("the stalled client to be cut off", Duration::from_secs(20), || {
+        eg.metric("eventgate_ws_slow_disconnects_total") >= 1.0
+    });
+    assert!(eg.proc.log_text().contains("closing a slow websocket client"));
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_the_websocket_is_fed_in_process() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    let eg = start_gateway(&tansu, None, &[]);
+    let mut socket = ws(&eg, "?validation=valid").await;
+    assert_eq!(produce(&eg, TOPIC, &[GOOD, BAD], 6, &[])["delivered"], 6);
+    let got = next_events(&mut socket, 3, Duration::from_secs(20)).await;
+    assert!(got.iter().all(|e| e["validation"] == "valid" && e["type"] == "com.example.streetlights.light.measured"));
+    // Replay needs NATS: said plainly.
+    let mut replay = ws(&eg, "?start=all").await;
+    match tokio::time::timeout(Duration::from_secs(10), replay.next()).await {
+        Ok(Some(Ok(tungstenite::Message::Close(Some(frame))))) => {
+            assert!(frame.reason.contains("NATS"), "{}", frame.reason)
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    socket.send(tungstenite::Message::Close(None)).await.ok();
+}
