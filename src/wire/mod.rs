@@ -11,12 +11,15 @@
 //! * [`produce`] walks Produce requests in place; [`records`] and [`compression`] read and rebuild
 //!   record batches; [`scan`] walks Produce and Fetch answers in place.
 //! * [`reader`] is the bounds-checked cursor every hand-walked structure is read with.
+//! * [`guard`] walks a response before `kafka-protocol` decodes it, so that no count a peer made up
+//!   is allocated for.
 //!
 //! Messages eventgate must change are decoded and encoded with the `kafka-protocol` crate's generated
 //! types; frames it only inspects are walked in place with [`reader::Reader`].
 
 pub mod compression;
 pub mod frame;
+pub mod guard;
 pub mod header;
 pub mod produce;
 pub mod reader;
@@ -29,30 +32,15 @@ pub mod versions;
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("truncated {what}: needed {needed} bytes, {remaining} left")]
-    Truncated {
-        what: &'static str,
-        needed: usize,
-        remaining: usize,
-    },
+    Truncated { what: &'static str, needed: usize, remaining: usize },
     #[error("malformed {what}: {why}")]
-    Malformed {
-        what: &'static str,
-        why: &'static str,
-    },
+    Malformed { what: &'static str, why: &'static str },
     #[error("frame of {size} bytes exceeds the maximum of {max} bytes")]
     FrameTooLarge { size: usize, max: usize },
     #[error("negative frame size {0}")]
     NegativeFrameSize(i32),
     #[error("cannot decode {api} v{version}: {source}")]
-    Decode {
-        api: &'static str,
-        version: i16,
-        source: anyhow::Error,
-    },
+    Decode { api: &'static str, version: i16, source: anyhow::Error },
     #[error("cannot encode {api} v{version}: {source}")]
-    Encode {
-        api: &'static str,
-        version: i16,
-        source: anyhow::Error,
-    },
+    Encode { api: &'static str, version: i16, source: anyhow::Error },
 }

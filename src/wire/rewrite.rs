@@ -13,12 +13,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
-    MetadataResponse, ProduceResponse, ShareAcknowledgeResponse, ShareFetchResponse,
+    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse, MetadataResponse,
+    ProduceResponse, ShareAcknowledgeResponse, ShareFetchResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use super::WireError;
+use super::guard::check_response;
 use super::header::response_header_len;
 use super::reader::Reader;
 use super::scan;
@@ -68,24 +69,14 @@ pub struct AdvertiseError {
 
 /// Maps an upstream broker (`node_id`, `host`, `port`) to the address clients must use.
 pub trait AddressMap {
-    fn advertise(
-        &mut self,
-        node_id: i32,
-        host: &str,
-        port: i32,
-    ) -> Result<(StrBytes, i32), AdvertiseError>;
+    fn advertise(&mut self, node_id: i32, host: &str, port: i32) -> Result<(StrBytes, i32), AdvertiseError>;
 }
 
 impl<F> AddressMap for F
 where
     F: FnMut(i32, &str, i32) -> Result<(StrBytes, i32), AdvertiseError>,
 {
-    fn advertise(
-        &mut self,
-        node_id: i32,
-        host: &str,
-        port: i32,
-    ) -> Result<(StrBytes, i32), AdvertiseError> {
+    fn advertise(&mut self, node_id: i32, host: &str, port: i32) -> Result<(StrBytes, i32), AdvertiseError> {
         self(node_id, host, port)
     }
 }
@@ -160,23 +151,19 @@ fn addresses(
                 keep(swap(map, b.node_id.0, &mut b.host, &mut b.port));
             }
         })?,
-        ApiKey::FindCoordinator => {
-            recode::<FindCoordinatorResponse>("FindCoordinator", key, version, frame, |m| {
-                if version < 4 {
-                    keep(swap(map, m.node_id.0, &mut m.host, &mut m.port));
-                }
-                for c in &mut m.coordinators {
-                    keep(swap(map, c.node_id.0, &mut c.host, &mut c.port));
-                }
-            })?
-        }
-        ApiKey::DescribeCluster => {
-            recode::<DescribeClusterResponse>("DescribeCluster", key, version, frame, |m| {
-                for b in &mut m.brokers {
-                    keep(swap(map, b.broker_id.0, &mut b.host, &mut b.port));
-                }
-            })?
-        }
+        ApiKey::FindCoordinator => recode::<FindCoordinatorResponse>("FindCoordinator", key, version, frame, |m| {
+            if version < 4 {
+                keep(swap(map, m.node_id.0, &mut m.host, &mut m.port));
+            }
+            for c in &mut m.coordinators {
+                keep(swap(map, c.node_id.0, &mut c.host, &mut c.port));
+            }
+        })?,
+        ApiKey::DescribeCluster => recode::<DescribeClusterResponse>("DescribeCluster", key, version, frame, |m| {
+            for b in &mut m.brokers {
+                keep(swap(map, b.broker_id.0, &mut b.host, &mut b.port));
+            }
+        })?,
         ApiKey::Produce => recode::<ProduceResponse>("Produce", key, version, frame, |m| {
             for n in &mut m.node_endpoints {
                 keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
@@ -187,20 +174,16 @@ fn addresses(
                 keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
             }
         })?,
-        ApiKey::ShareFetch => {
-            recode::<ShareFetchResponse>("ShareFetch", key, version, frame, |m| {
-                for n in &mut m.node_endpoints {
-                    keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
-                }
-            })?
-        }
-        ApiKey::ShareAcknowledge => {
-            recode::<ShareAcknowledgeResponse>("ShareAcknowledge", key, version, frame, |m| {
-                for n in &mut m.node_endpoints {
-                    keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
-                }
-            })?
-        }
+        ApiKey::ShareFetch => recode::<ShareFetchResponse>("ShareFetch", key, version, frame, |m| {
+            for n in &mut m.node_endpoints {
+                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
+            }
+        })?,
+        ApiKey::ShareAcknowledge => recode::<ShareAcknowledgeResponse>("ShareAcknowledge", key, version, frame, |m| {
+            for n in &mut m.node_endpoints {
+                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
+            }
+        })?,
         _ => return Ok(None),
     };
     match err {
@@ -220,13 +203,10 @@ pub fn recode_produce_response(
     let mut err = None;
     let out = recode::<ProduceResponse>("Produce", ApiKey::Produce, version, frame, |m| {
         for n in &mut m.node_endpoints {
-            if let Err(e) = map
-                .advertise(n.node_id.0, n.host.as_str(), n.port)
-                .map(|(h, p)| {
-                    n.host = h;
-                    n.port = p;
-                })
-            {
+            if let Err(e) = map.advertise(n.node_id.0, n.host.as_str(), n.port).map(|(h, p)| {
+                n.host = h;
+                n.port = p;
+            }) {
                 err.get_or_insert(e);
             }
         }
@@ -241,18 +221,16 @@ pub fn recode_produce_response(
 fn api_versions(version: i16, frame: &Bytes) -> Result<Option<Bytes>, RewriteError> {
     // A broker that does not know the requested version answers in the v0 form with error
     // UNSUPPORTED_VERSION; the client retries, so such an answer is forwarded as it is.
-    let error_code =
-        Reader::new(frame.get(8..).unwrap_or_default()).i16("ApiVersions error code")?;
+    let error_code = Reader::new(frame.get(8..).unwrap_or_default()).i16("ApiVersions error code")?;
     if error_code == versions::UNSUPPORTED_VERSION {
         return Ok(None);
     }
     // Always re-encoded, even when the ranges need no trimming: encoding leaves out tagged fields
     // that hold their default values, as Apache Kafka does. Brokers that send them anyway (tansu)
     // break librdkafka before 2.1, whose tag parser mis-skips non-empty tagged fields.
-    let out =
-        recode::<ApiVersionsResponse>("ApiVersions", ApiKey::ApiVersions, version, frame, |m| {
-            versions::intersect(m);
-        })?;
+    let out = recode::<ApiVersionsResponse>("ApiVersions", ApiKey::ApiVersions, version, frame, |m| {
+        versions::intersect(m);
+    })?;
     Ok(Some(out))
 }
 
@@ -267,34 +245,18 @@ fn recode<T: Decodable + Encodable>(
 ) -> Result<Bytes, WireError> {
     let hlen = response_header_len(key, version, frame.get(4..).unwrap_or_default())?;
     let mut body = frame.slice(4 + hlen..);
-    let mut msg = T::decode(&mut body, version).map_err(|source| WireError::Decode {
-        api,
-        version,
-        source,
-    })?;
+    // kafka-protocol sizes its arrays by the counts on the wire: check them first.
+    check_response(key, version, &body)?;
+    let mut msg = T::decode(&mut body, version).map_err(|source| WireError::Decode { api, version, source })?;
     if !body.is_empty() {
-        return Err(WireError::Malformed {
-            what: api,
-            why: "trailing bytes after the response body",
-        });
+        return Err(WireError::Malformed { what: api, why: "trailing bytes after the response body" });
     }
     edit(&mut msg);
-    let size = msg
-        .compute_size(version)
-        .map_err(|source| WireError::Encode {
-            api,
-            version,
-            source,
-        })?;
+    let size = msg.compute_size(version).map_err(|source| WireError::Encode { api, version, source })?;
     let mut out = BytesMut::with_capacity(4 + hlen + size);
     out.put_i32((hlen + size) as i32);
     out.put_slice(&frame[4..4 + hlen]);
-    msg.encode(&mut out, version)
-        .map_err(|source| WireError::Encode {
-            api,
-            version,
-            source,
-        })?;
+    msg.encode(&mut out, version).map_err(|source| WireError::Encode { api, version, source })?;
     Ok(out.freeze())
 }
 
