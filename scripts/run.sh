@@ -3,7 +3,8 @@
 #   tansu (in-memory Kafka broker)   127.0.0.1:9192   (upstream, not for clients)
 #   eventgate Kafka bootstrap        127.0.0.1:9092   (point clients here)
 #   eventgate broker listener        127.0.0.1:9204   (tansu's node id 111 -> 9093 + 111)
-#   eventgate admin HTTP             127.0.0.1:8080
+#   eventgate admin HTTP             127.0.0.1:8080   (specs API, /metrics, /ws live events)
+#   nats-server with JetStream       127.0.0.1:4222   (CloudEvents mirror, shared documents)
 # Everything started here stops when eventgate stops (Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +14,13 @@ RUN_DIR=.run
 TANSU_PORT=${TANSU_PORT:-9192}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 HTTP_PORT=${HTTP_PORT:-8080}
+NATS_PORT=${NATS_PORT:-4222}
 TOPIC=event-gateway-demo
 
 mkdir -p "$RUN_DIR"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# Stop in reverse order of start: eventgate first, so it never sees its broker or NATS vanish.
+cleanup() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -25,9 +28,15 @@ wait_port() {
   for _ in $(seq 1 300); do port_busy "$1" && return 0; sleep 0.1; done
   echo "timed out waiting for $2 on port $1 (log: $RUN_DIR/$2.log)" >&2; exit 1
 }
-for p in "$TANSU_PORT" "$KAFKA_PORT" "$HTTP_PORT"; do
-  if port_busy "$p"; then echo "port $p is already in use: stop what holds it, or set TANSU_PORT/KAFKA_PORT/HTTP_PORT" >&2; exit 1; fi
+for p in "$TANSU_PORT" "$KAFKA_PORT" "$HTTP_PORT" "$NATS_PORT"; do
+  if port_busy "$p"; then echo "port $p is already in use: stop what holds it, or set TANSU_PORT/KAFKA_PORT/HTTP_PORT/NATS_PORT" >&2; exit 1; fi
 done
+
+NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+mkdir -p "$RUN_DIR/nats"
+"$NATS" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
+pids+=($!)
+wait_port "$NATS_PORT" nats
 
 tansu broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
   --storage-engine memory://tansu/ >"$RUN_DIR/tansu.log" 2>&1 &
@@ -36,7 +45,7 @@ wait_port "$TANSU_PORT" tansu
 tansu topic create --broker "tcp://127.0.0.1:$TANSU_PORT" --partitions 3 "$TOPIC" >/dev/null
 
 "$BIN" serve --upstream "127.0.0.1:$TANSU_PORT" --listen "127.0.0.1:$KAFKA_PORT" \
-  --http-listen "127.0.0.1:$HTTP_PORT" --spec asyncapi/demo.yaml --spec-dir "$RUN_DIR/specs" "$@" &
+  --http-listen "127.0.0.1:$HTTP_PORT" --spec asyncapi/demo.yaml --nats-url "nats://127.0.0.1:$NATS_PORT" "$@" &
 eg=$!
 pids+=($eg)
 wait_port "$KAFKA_PORT" eventgate
@@ -51,6 +60,9 @@ asyncapi/demo.yaml (lumens: integer >= 0, sentAt: date-time). Try, in another te
     | kcat -b 127.0.0.1:$KAFKA_PORT -P -t $TOPIC -K:
   # consume: the invalid record carries an _asyncapi_eg_validation_error header
   kcat -b 127.0.0.1:$KAFKA_PORT -C -t $TOPIC -o beginning -e -f 'partition %p offset %o key %k headers [%h]: %s\n'
+  # every record as a CloudEvent, live (any websocket client; replay with ?start=all)
+  curl -sN -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
+    -H 'Sec-WebSocket-Key: ZXZlbnRnYXRlZGVtbzEyMw==' "http://127.0.0.1:$HTTP_PORT/ws?start=all" --output -
   # the documents in force, and a dry run of a message
   curl -s http://127.0.0.1:$HTTP_PORT/specs
   curl -s -H 'content-type: application/json' -d '{"value":{"lumens":-5}}' http://127.0.0.1:$HTTP_PORT/specs/demo/validate
@@ -59,7 +71,7 @@ asyncapi/demo.yaml (lumens: integer >= 0, sentAt: date-time). Try, in another te
   # health and Prometheus metrics
   curl -s http://127.0.0.1:$HTTP_PORT/healthz; curl -s http://127.0.0.1:$HTTP_PORT/metrics
 
-Press Ctrl-C to stop eventgate and the broker.
+Press Ctrl-C to stop eventgate, the broker and NATS.
 
 MSG
 wait "$eg"

@@ -2,8 +2,9 @@
 //! listener, so the client never connects to a broker directly.
 //!
 //! Addresses reach clients through `Metadata`, `FindCoordinator` (top-level fields up to v3, a
-//! `coordinators` array from v4), `DescribeCluster`, and since KIP-951 through the `node_endpoints`
-//! tagged field of `Produce` (v10+), `Fetch` (v16+), `ShareFetch` and `ShareAcknowledge` responses.
+//! `coordinators` array from v4), `DescribeCluster`, and since KIP-951 through `node_endpoints`: a
+//! tagged field of `Produce` (v10+) and `Fetch` (v16+) answers, a plain field of `ShareFetch` and
+//! `ShareAcknowledge` answers.
 //! `Produce` and `Fetch` responses are hot, and `node_endpoints` appears in them only after a
 //! leadership change, so they are first *scanned* in place for that tag and decoded only when it is
 //! there; every other response that needs no change goes out as its original bytes.
