@@ -6,6 +6,8 @@
 #   eventgate   through eventgate (release build), passthrough: no document loaded
 #   eventgate-valid     eventgate validating every record against benches/bench-asyncapi.yaml (all valid)
 #   eventgate-annotate  the same, with every record invalid, so every batch is rebuilt with annotations
+#   eventgate-mirror    eventgate (no documents) mirroring every record into a local nats-server
+#   eventgate-ws        eventgate-mirror with WS_CLIENTS websocket clients watching (events/s delivered)
 # Each round starts a fresh in-memory tansu per target, so no run inherits another's log. Rounds
 # rotate the target order; the median of the rounds is reported, with ratios against direct and
 # socat and the proxy's CPU time per MB moved (produce + consume), read from /proc.
@@ -28,16 +30,24 @@ CONSUME_RECORDS=${CONSUME_RECORDS:-100000}
 LAT_RATE=${LAT_RATE:-20000}
 LAT_BATCH=${LAT_BATCH:-10}
 LAT_RECORDS=${LAT_RECORDS:-60000}
-TARGETS=${TARGETS:-"direct socat tansu-proxy eventgate eventgate-valid eventgate-annotate"}
+TARGETS=${TARGETS:-"direct socat tansu-proxy eventgate eventgate-valid eventgate-annotate eventgate-mirror"}
+WS_CLIENTS=${WS_CLIENTS:-100}
+WS_RECORDS=${WS_RECORDS:-20000}
 # Extra arguments for every eventgate run.
 EVENTGATE_ARGS=${EVENTGATE_ARGS:-}
 OUT_DIR=target/bench
 mkdir -p "$OUT_DIR"
 RESULTS="$OUT_DIR/e2e-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+WS_RESULTS="${RESULTS%.jsonl}-ws.jsonl"
 : >"$RESULTS"
+: >"$WS_RESULTS"
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -67,17 +77,36 @@ run_target() {
         --origin-url "tcp://127.0.0.1:$tport" >/dev/null 2>&1 &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
     eventgate*)
-      local mode_args=""
-      [ "$name" != eventgate ] && mode_args="--spec benches/bench-asyncapi.yaml"
+      local mode_args="" hport
+      hport=$(free_port)
+      case $name in
+        eventgate-valid|eventgate-annotate) mode_args="--spec benches/bench-asyncapi.yaml" ;;
+        eventgate-mirror|eventgate-ws)
+          local nport ndir
+          nport=$(free_port); ndir=$(mktemp -d)
+          "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
+          pids+=($!)
+          wait_port "$nport"
+          mode_args="--nats-url nats://127.0.0.1:$nport --mirror-max-bytes -1" ;;
+      esac
       # shellcheck disable=SC2086
       RUST_LOG=warn "$BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$pport" --spec-dir "" \
-        --http-listen "127.0.0.1:$(free_port)" --node-port "111=$(free_port)" $mode_args $EVENTGATE_ARGS >/dev/null 2>&1 &
+        --http-listen "127.0.0.1:$hport" --node-port "111=$(free_port)" $mode_args $EVENTGATE_ARGS >/dev/null 2>&1 &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
   esac
-  local invalid=0
-  [ "$name" = eventgate-annotate ] && invalid=1
+
   pids+=(${proxy_pid:+$proxy_pid})
   wait_port "${addr##*:}"
+  local invalid=0
+  [ "$name" = eventgate-annotate ] && invalid=1
+  if [ "$name" = eventgate-ws ]; then
+    wait_port "$hport"
+    "$BIN" bench --bootstrap "$addr" --topic tput --records "$WS_RECORDS" --record-size "$RECORD_SIZE" \
+      --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --no-consume --label "$name" \
+      --ws "ws://127.0.0.1:$hport/ws?topic=tput" --ws-clients "$WS_CLIENTS" >>"$WS_RESULTS"
+    cleanup
+    return
+  fi
   local before after
   before=$(proc_cpu "$name" "$proxy_pid")
   "$BIN" bench --bootstrap "$addr" --topic tput --records "$RECORDS" --record-size "$RECORD_SIZE" \
@@ -111,6 +140,16 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+if [ -s "$WS_RESULTS" ]; then
+  python3 - "$WS_RESULTS" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l)["ws"] for l in open(sys.argv[1])]
+print(f"\nwebsocket fan-out: {runs[0]['clients']} clients, median of {len(runs)} runs: "
+      f"{statistics.median(r['events_per_sec'] for r in runs):.0f} events/s delivered "
+      f"({min(r['events_received'] for r in runs)} of {runs[0]['events_expected']} events received in the worst run)")
+PY
+fi
+[ -s "$RESULTS" ] || exit 0
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]

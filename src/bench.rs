@@ -76,6 +76,13 @@ pub struct BenchArgs {
     /// Skip the consume phase.
     #[arg(long)]
     pub no_consume: bool,
+    /// Websocket URL of an eventgate `/ws` endpoint: clients connect before producing and every
+    /// event they receive is counted (e.g. ws://127.0.0.1:8080/ws?topic=tput).
+    #[arg(long)]
+    pub ws: Option<String>,
+    /// Websocket clients to connect to `--ws`.
+    #[arg(long, default_value_t = 100)]
+    pub ws_clients: usize,
     /// Label copied into the JSON result.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -128,6 +135,19 @@ pub struct BenchResult {
     pub produce: PhaseResult,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consume: Option<PhaseResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws: Option<WsResult>,
+}
+
+/// Events delivered to websocket clients.
+#[derive(Debug, Serialize)]
+pub struct WsResult {
+    pub clients: usize,
+    pub events_expected: u64,
+    pub events_received: u64,
+    /// From the start of the produce phase to the last event delivered.
+    pub seconds: f64,
+    pub events_per_sec: f64,
 }
 
 /// Runs the benchmark and prints the JSON result.
@@ -143,7 +163,33 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         "zstd" => Codec::Zstd,
         other => return Err(BenchError::Option(format!("unknown compression {other}"))),
     };
+    let watchers = match &args.ws {
+        Some(url) => Some(ws_watchers(url, args.ws_clients).await?),
+        None => None,
+    };
+    let started = Instant::now();
     let produce = produce(&args, codec).await?;
+    let ws = match watchers {
+        Some(counts) => {
+            let expected =
+                args.records.div_ceil(args.batch_records as u64) * args.batch_records as u64 * args.ws_clients as u64;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let total = || counts.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>();
+            while total() < expected && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            let received = total();
+            Some(WsResult {
+                clients: args.ws_clients,
+                events_expected: expected,
+                events_received: received,
+                seconds,
+                events_per_sec: received as f64 / seconds,
+            })
+        }
+        None => None,
+    };
     let consume = if args.no_consume { None } else { Some(consume(&args).await?) };
     Ok(BenchResult {
         label: args.label.clone(),
@@ -154,7 +200,30 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         rate: args.rate,
         produce,
         consume,
+        ws,
     })
+}
+
+/// Connects `n` websocket clients to `url`; each counts the text frames it receives.
+async fn ws_watchers(url: &str, n: usize) -> Result<Vec<Arc<std::sync::atomic::AtomicU64>>, BenchError> {
+    let mut counts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (mut socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| BenchError::Protocol(format!("websocket {url}: {e}")))?;
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(Ok(m)) = socket.next().await {
+                if m.is_text() {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        counts.push(count);
+    }
+    Ok(counts)
 }
 
 /// A record value of `size` bytes that is valid against the demo `lightMeasured` schema (or, when
