@@ -113,15 +113,30 @@ run_target() {
     --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --consume-records "$CONSUME_RECORDS" \
     --invalid-every "$invalid" --label "$name" >"$OUT_DIR/.tput.json"
   after=$(proc_cpu "$name" "$proxy_pid")
+  # The mirror publishes asynchronously: let it catch up before the latency run, and time it.
+  local drained=0
+  if [ "$name" = eventgate-mirror ]; then
+    local t0 q
+    t0=$(date +%s.%N)
+    for _ in $(seq 1 1200); do
+      q=$(curl -s "http://127.0.0.1:$hport/metrics" | awk '/^eventgate_mirror_queued_bytes /{print $2}')
+      [ "${q:-1}" = 0 ] && break
+      sleep 0.1
+    done
+    drained=$(python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]))" "$(date +%s.%N)" "$t0")
+    after=$(proc_cpu "$name" "$proxy_pid")
+  fi
   "$BIN" bench --bootstrap "$addr" --topic lat --records "$LAT_RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume \
     --invalid-every "$invalid" --label "$name" >"$OUT_DIR/.lat.json"
-  python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" >>"$RESULTS" <<'PY'
+  python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" "$drained" >>"$RESULTS" <<'PY'
 import json, sys
 t, l = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+t["mirror_drain_seconds"] = float(sys.argv[6])
 cpu = (float(sys.argv[4]) - float(sys.argv[3])) / float(sys.argv[5])
 mb = (t["produce"]["records"] + t["consume"]["records"]) * t["record_size"] / 1e6
-print(json.dumps({"target": t["label"], "tput": t, "lat": l, "proxy_cpu_s": cpu, "mb_moved": mb}))
+print(json.dumps({"target": t["label"], "tput": t, "lat": l, "proxy_cpu_s": cpu, "mb_moved": mb,
+                  "mirror_drain_seconds": float(sys.argv[6])}))
 PY
   cleanup
 }
@@ -168,6 +183,7 @@ for name, rs in by.items():
         "p99": med(rs, lambda r: r["lat"]["produce"]["latency"]["p99_us"]),
         "cpu_ms_per_mb": med(rs, lambda r: 1000 * r["proxy_cpu_s"] / r["mb_moved"]),
         "errors": sum(r["tput"]["produce"]["errors"] + r["lat"]["produce"]["errors"] for r in rs),
+        "drain": med(rs, lambda r: r.get("mirror_drain_seconds", 0)),
     }
 base = rows.get("direct"); relay = rows.get("socat")
 print(f"\n{len(runs)} runs, median of {len(next(iter(by.values())))} rounds per target; results in {sys.argv[1]}\n")
@@ -179,4 +195,11 @@ for name, r in rows.items():
     added = r["p99"] - base["p99"] if base else float("nan")
     print(f"| {name} | {r['produce_rps']:.0f} | {r['produce_mbs']:.1f} | {vd:.3f} | {vs:.3f} | {r['consume_rps']:.0f} "
           f"| {r['p50']:.0f} | {r['p99']:.0f} | {added:+.0f} | {r['cpu_ms_per_mb']:.2f} | {r['errors']} |")
+for name, r in rows.items():
+    if r["drain"]:
+        rs = by[name]
+        n = rs[0]["tput"]["produce"]["records"]
+        secs = statistics.median(x["tput"]["produce"]["seconds"] for x in rs) + r["drain"]
+        print(f"\n{name}: the mirror finished {r['drain']:.1f} s after the producer "
+              f"({n / secs:.0f} events/s into JetStream end to end, CPU above includes it)")
 PY

@@ -6,8 +6,8 @@ use tokio::sync::broadcast;
 
 use crate::config::Config;
 use crate::http::ws::WsState;
-use crate::mirror::sink::{JetStreamSink, LocalSink, Sink};
-use crate::mirror::{DRAIN_TIMEOUT, Mirror, Stop};
+use crate::mirror::sink::LocalSink;
+use crate::mirror::{DRAIN_TIMEOUT, Mirror, SinkSpec, Stop};
 use crate::nats::{self, NatsError};
 use crate::proxy::Gateway;
 use crate::specs::{SpecStore, StoreError};
@@ -28,6 +28,8 @@ pub enum ServeError {
     Spec { path: String, source: StoreError },
     #[error(transparent)]
     Nats(#[from] NatsError),
+    #[error("cannot start the mirror: {0}")]
+    Mirror(std::io::Error),
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
@@ -39,23 +41,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let stop = Stop::default();
     let (live, _) = broadcast::channel(4096);
 
-    // NATS: the mirror stream and the shared document bucket, both set up in the background.
-    let (store, mirror, mirror_task, js) = match &config.nats {
+    // NATS: the mirror (its own connection and thread), the shared document bucket, and a
+    // connection for websocket watchers, all set up in the background.
+    let (store, mirror, worker, js) = match &config.nats {
         Some(nc) => {
-            let client = nats::connect(nc).await?;
-            let js = nats::jetstream(client, nc);
+            let js = nats::jetstream(nats::connect(nc).await?, nc);
             let store = Arc::new(SpecStore::open_shared(validation.clone()));
             tokio::spawn(store.clone().sync(js.clone(), nc.clone(), background.clone()));
-            {
-                let (js, nc, bg) = (js.clone(), nc.clone(), background.clone());
-                tokio::spawn(
-                    async move { nats::until_ready("mirror stream", &bg, || nats::ensure_stream(&js, &nc)).await },
-                );
-            }
-            let sink = Sink::JetStream(Box::new(JetStreamSink::new(js.clone(), nc.window)));
-            let (mirror, task) = Mirror::start(config.mirror.clone(), sink, stop.clone(), None);
+            let (mirror, worker) =
+                Mirror::start(config.mirror.clone(), SinkSpec::JetStream(nc.clone()), stop.clone(), None)
+                    .map_err(ServeError::Mirror)?;
             tracing::info!(url = nc.url, stream = nc.stream, "mirroring records to NATS JetStream");
-            (store, Some(mirror), Some(task), Some(js))
+            (store, mirror, worker, Some(js))
         }
         None => {
             let store =
@@ -63,13 +60,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             // Without NATS, events are built only while someone watches /ws.
             let watchers = live.clone();
             let wanted: Box<dyn Fn() -> bool + Send + Sync> = Box::new(move || watchers.receiver_count() > 0);
-            let (mirror, task) = Mirror::start(
+            let (mirror, worker) = Mirror::start(
                 config.mirror.clone(),
-                Sink::Local(LocalSink::new(live.clone())),
+                SinkSpec::Local(LocalSink::new(live.clone())),
                 stop.clone(),
                 Some(wanted),
-            );
-            (store, Some(mirror), Some(task), None)
+            )
+            .map_err(ServeError::Mirror)?;
+            (store, mirror, worker, None)
         }
     };
     for path in &config.specs {
@@ -80,6 +78,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::warn!(id = summary.id, "{w}");
         }
     }
+    let ws_shutdown = tokio_util::sync::CancellationToken::new();
     let ws = WsState {
         js,
         stream: config.nats.as_ref().map(|n| n.stream.clone()).unwrap_or_default(),
@@ -88,8 +87,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         live,
         buffer: config.ws_buffer,
         slow_after: config.ws_slow,
+        shutdown: ws_shutdown.clone(),
     };
-    let gw = Gateway::new(config, validation, mirror);
+    let gw = Gateway::new(config, validation, Some(mirror));
     let addr = gw.config.listen;
     gw.listen().await.map_err(|source| ServeError::KafkaListen { addr, source })?;
     let addr = gw.config.http_listen;
@@ -99,17 +99,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tracing::info!(timeout = ?gw.config.shutdown_timeout, "shutting down: no new connections, finishing in-flight requests");
     gw.shutdown.cancel();
     gw.tasks.close();
+    // Websocket watchers hold their HTTP connections open: tell them to go.
+    ws_shutdown.cancel();
     if tokio::time::timeout(gw.config.shutdown_timeout, gw.tasks.wait()).await.is_err() {
         tracing::warn!(tasks = gw.tasks.len(), "shutdown timeout reached; closing the remaining connections");
     }
     // Every answer is out: let the mirror publish what it still holds, for a bounded time.
     stop.drain.cancel();
-    if let Some(task) = mirror_task {
-        let mut task = task;
-        if tokio::time::timeout(DRAIN_TIMEOUT, &mut task).await.is_err() {
-            stop.abort.cancel();
-            let _ = task.await;
-        }
+    let mut done = worker.done;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut done).await.is_err() {
+        stop.abort.cancel();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, done).await;
     }
     background.cancel();
     tracing::info!("stopped");

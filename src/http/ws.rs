@@ -34,13 +34,17 @@ use super::AppState;
 use super::specs::ApiError;
 use crate::mirror::sink::{LiveEvent, TYPE_HEADER, VALIDATION_HEADER};
 
+/// Events a watcher's consumer pulls at a time.
+const WATCH_BATCH: i64 = 32;
+
 /// The subprotocol of the CloudEvents WebSocket binding.
 pub const SUBPROTOCOL: &str = "cloudevents.json";
 
 /// What the websocket endpoint reads from.
 #[derive(Clone)]
 pub struct WsState {
-    /// JetStream, when NATS is configured.
+    /// JetStream, when NATS is configured: a connection of its own, so watchers can never stall the
+    /// mirror's publishing.
     pub js: Option<jetstream::Context>,
     pub stream: String,
     pub subject_prefix: String,
@@ -51,6 +55,8 @@ pub struct WsState {
     pub buffer: usize,
     /// How long a full buffer may stay full before the client is closed as too slow.
     pub slow_after: std::time::Duration,
+    /// Cancelled when eventgate shuts down: clients are closed with 1001 (going away).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -241,7 +247,7 @@ async fn serve(socket: WebSocket, state: WsState, filter: Filter, start: Start) 
             tokio::spawn(feed_local(state.live.subscribe(), filter, tx, end_tx, state.slow_after))
         }
     };
-    pump(socket, rx, end_rx).await;
+    pump(socket, rx, end_rx, state.shutdown.clone()).await;
     feeder.abort();
     clients.decrement(1.0);
 }
@@ -253,11 +259,13 @@ async fn pump(
     mut socket: WebSocket,
     mut rx: mpsc::Receiver<String>,
     mut end_rx: tokio::sync::oneshot::Receiver<Ended>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let sent = metrics::counter!("eventgate_ws_events_sent_total");
     let ended = loop {
         tokio::select! {
             biased;
+            _ = shutdown.cancelled() => break Ended::Close(1001, "eventgate is shutting down".into()),
             ended = &mut end_rx => break ended.unwrap_or(Ended::Done),
             text = rx.recv() => {
                 let Some(text) = text else { return };
@@ -349,6 +357,9 @@ async fn feed_jetstream(
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: filter.subject.clone(),
                 deliver_policy,
+                // Small pulls: hundreds of watchers share one NATS connection, whose pending data
+                // the server caps (64 MiB by default) before it drops the connection.
+                max_batch: WATCH_BATCH,
                 ..Default::default()
             })
             .await

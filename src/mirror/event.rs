@@ -18,6 +18,8 @@
 
 use base64::Engine;
 use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::validate::{CompiledMessage, Outcome};
@@ -50,6 +52,8 @@ pub struct Event {
     pub validation: &'static str,
     /// The JSON event format.
     pub json: Bytes,
+    /// The event was too large and went out without its data.
+    pub data_omitted: bool,
 }
 
 fn is_attribute_name(n: &str) -> bool {
@@ -91,6 +95,114 @@ fn header_text<'r>(record: &Record<'r>, name: &str) -> Option<&'r str> {
     record.header(name.as_bytes()).flatten().and_then(|v| std::str::from_utf8(v).ok())
 }
 
+/// The data of a plain record's event.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data<'a> {
+    /// JSON, embedded as the producer wrote it (validated, never re-formatted).
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+/// The event of a record that is not itself a CloudEvent, serialized straight from borrowed parts.
+#[derive(Serialize)]
+struct Plain<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    ce_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datacontenttype: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataschema: Option<String>,
+    partition: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<i64>,
+    validation: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validationerrors: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Data<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dataomitted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datasize: Option<usize>,
+}
+
+fn validation_errors(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Invalid(errors) => serde_json::to_string(errors).ok(),
+        Outcome::Unchecked(why) => serde_json::to_string(&[why]).ok(),
+        Outcome::Valid(_) => None,
+    }
+}
+
+fn build_plain(record: &Record<'_>, ctx: &Context<'_>, content_type_header: Option<&str>) -> Event {
+    let ce_type = ctx.message.map(|m| m.ce_type.as_deref().unwrap_or(&m.name)).unwrap_or(ctx.default_type);
+    let source = format!("kafka://{}/{}", ctx.cluster, ctx.topic);
+    let mut content_type = ctx.message.and_then(|m| m.content_type.as_deref()).or(content_type_header);
+    let (mut data, mut data_base64) = (None, None);
+    if let Some(value) = record.value {
+        let text = std::str::from_utf8(value).ok();
+        let json = text
+            .filter(|_| content_type.is_none_or(is_json_type))
+            .and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+        match (json, text) {
+            (Some(raw), _) => {
+                content_type = content_type.or(Some("application/json"));
+                data = Some(Data::Json(raw));
+            }
+            (None, Some(t))
+                if content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/")) =>
+            {
+                data = Some(Data::Text(t));
+            }
+            _ => data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(value)),
+        }
+    }
+    let mut event = Plain {
+        specversion: "1.0",
+        id: &ctx.id,
+        source: &source,
+        ce_type,
+        subject: record.key.and_then(|k| std::str::from_utf8(k).ok()),
+        time: rfc3339_ms(ctx.timestamp_ms),
+        datacontenttype: content_type,
+        dataschema: ctx.message.map(|m| format!("urn:eventgate:spec:{}#{}", m.doc_id, m.pointer)),
+        partition: ctx.partition,
+        offset: ctx.offset,
+        validation: ctx.outcome.label(),
+        validationerrors: validation_errors(ctx.outcome),
+        data,
+        data_base64,
+        dataomitted: None,
+        datasize: None,
+    };
+    let mut bytes = serde_json::to_vec(&event).unwrap_or_default();
+    let data_omitted = bytes.len() > ctx.max_bytes;
+    if data_omitted {
+        event.data = None;
+        event.data_base64 = None;
+        event.dataomitted = Some(true);
+        event.datasize = Some(record.value.map_or(0, <[u8]>::len));
+        bytes = serde_json::to_vec(&event).unwrap_or_default();
+    }
+    Event {
+        id: ctx.id.clone(),
+        ce_type: ce_type.to_owned(),
+        validation: ctx.outcome.label(),
+        json: Bytes::from(bytes),
+        data_omitted,
+    }
+}
+
 /// Builds the event for one record.
 pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
     let mut event = Map::new();
@@ -118,30 +230,7 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
             put_data(&mut event, v, content_type_header);
         }
     } else {
-        let ce_type = ctx
-            .message
-            .and_then(|m| m.ce_type.clone().or_else(|| Some(m.name.clone())))
-            .unwrap_or_else(|| ctx.default_type.to_owned());
-        event.insert("specversion".into(), json!("1.0"));
-        event.insert("id".into(), json!(ctx.id));
-        event.insert("source".into(), json!(format!("kafka://{}/{}", ctx.cluster, ctx.topic)));
-        event.insert("type".into(), json!(ce_type));
-        if let Some(key) = record.key.and_then(|k| std::str::from_utf8(k).ok()) {
-            event.insert("subject".into(), json!(key));
-        }
-        if let Some(t) = rfc3339_ms(ctx.timestamp_ms) {
-            event.insert("time".into(), json!(t));
-        }
-        let content_type = ctx.message.and_then(|m| m.content_type.as_deref()).or(content_type_header);
-        if let Some(ct) = content_type {
-            event.insert("datacontenttype".into(), json!(ct));
-        }
-        if let Some(m) = ctx.message {
-            event.insert("dataschema".into(), json!(format!("urn:eventgate:spec:{}#{}", m.doc_id, m.pointer)));
-        }
-        if let Some(v) = record.value {
-            put_data(&mut event, v, content_type);
-        }
+        return build_plain(record, ctx, content_type_header);
     }
     // Kafka position and validation outcome, without overriding a producer's own attributes.
     event.entry("partition").or_insert(json!(ctx.partition));
@@ -149,18 +238,13 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
         event.entry("offset").or_insert(json!(o));
     }
     event.entry("validation").or_insert(json!(ctx.outcome.label()));
-    match ctx.outcome {
-        Outcome::Invalid(errors) => {
-            event.entry("validationerrors").or_insert(json!(serde_json::to_string(errors).unwrap_or_default()));
-        }
-        Outcome::Unchecked(why) => {
-            event.entry("validationerrors").or_insert(json!(serde_json::to_string(&[why]).unwrap_or_default()));
-        }
-        Outcome::Valid(_) => {}
+    if let Some(errors) = validation_errors(ctx.outcome) {
+        event.entry("validationerrors").or_insert(json!(errors));
     }
     let ce_type = event.get("type").and_then(Value::as_str).unwrap_or(ctx.default_type).to_owned();
     let mut bytes = serde_json::to_vec(&event).unwrap_or_default();
-    if bytes.len() > ctx.max_bytes {
+    let data_omitted = bytes.len() > ctx.max_bytes;
+    if data_omitted {
         let size = record.value.map_or(0, <[u8]>::len);
         event.remove("data");
         event.remove("data_base64");
@@ -168,7 +252,7 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
         event.insert("datasize".into(), json!(size));
         bytes = serde_json::to_vec(&event).unwrap_or_default();
     }
-    Event { id: ctx.id.clone(), ce_type, validation: ctx.outcome.label(), json: Bytes::from(bytes) }
+    Event { id: ctx.id.clone(), ce_type, validation: ctx.outcome.label(), json: Bytes::from(bytes), data_omitted }
 }
 
 #[cfg(test)]

@@ -79,6 +79,27 @@ pub struct Mirror {
     wanted: Option<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
+/// Where the worker publishes: built inside the worker's own runtime, so the NATS client's tasks
+/// run there too.
+pub enum SinkSpec {
+    JetStream(crate::nats::NatsConfig),
+    Local(sink::LocalSink),
+}
+
+/// The running worker; `done` resolves when it has stopped.
+pub struct Worker {
+    pub done: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Lowers the calling thread's scheduling priority (Linux: per-thread nice 10).
+fn lower_priority() {
+    // SAFETY: setpriority only reads its integer arguments; 0 means the calling thread on Linux.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if r != 0 {
+        tracing::debug!("could not lower the mirror thread's priority");
+    }
+}
+
 /// Signals that stop the worker: `drain` lets it finish what is queued, `abort` gives up retries.
 #[derive(Clone, Default)]
 pub struct Stop {
@@ -90,10 +111,10 @@ impl Mirror {
     /// Starts the worker that publishes to `sink`. Returns the handle and the worker task.
     pub fn start(
         config: MirrorConfig,
-        sink: Sink,
+        sink: SinkSpec,
         stop: Stop,
         wanted: Option<Box<dyn Fn() -> bool + Send + Sync>>,
-    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+    ) -> Result<(Arc<Self>, Worker), std::io::Error> {
         let (tx, rx) = mpsc::channel(1 << 16);
         let metrics = Arc::new(MirrorMetrics {
             events: counter!("eventgate_mirror_events_total", "kind" => "accepted"),
@@ -110,8 +131,37 @@ impl Mirror {
             metrics: metrics.clone(),
             wanted,
         });
-        let worker = tokio::spawn(run(config, sink, rx, queued_bytes, metrics, stop));
-        (mirror, worker)
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        // The worker has a thread and a runtime of its own, at a lower CPU priority than the Kafka
+        // path: when the machine is saturated the Kafka path wins and the mirror buffers, instead
+        // of each stealing time from the other on shared worker threads.
+        std::thread::Builder::new().name("eventgate-mirror".into()).spawn(move || {
+            lower_priority();
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the mirror's runtime; records are not mirrored");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let sink = match sink {
+                    SinkSpec::Local(l) => Sink::Local(l),
+                    SinkSpec::JetStream(nc) => match sink::JetStreamSink::connect(&nc, &stop.abort).await {
+                        Some(s) => Sink::JetStream(Box::new(s)),
+                        None => return,
+                    },
+                };
+                run(config, sink, rx, queued_bytes, metrics, stop).await;
+            });
+            let _ = done_tx.send(());
+        })?;
+        Ok((mirror, Worker { done }))
+    }
+
+    /// Whether records are being mirrored now (always with NATS; without it, while someone watches).
+    pub fn active(&self) -> bool {
+        self.wanted.as_ref().is_none_or(|w| w())
     }
 
     /// Queues a job without ever waiting; drops and counts it when the buffer is full.
@@ -158,6 +208,9 @@ async fn run(
     let shutdown = stop.abort;
     loop {
         let job = tokio::select! {
+            biased;
+            // Given up on (shutdown took too long): stop at once.
+            _ = shutdown.cancelled() => None,
             j = rx.recv() => j,
             // Once draining, stop when nothing is left; the caller bounds how long that takes.
             _ = stop.drain.cancelled(), if rx.is_empty() => None,
@@ -167,13 +220,9 @@ async fn run(
         let subject_prefix = if job.base_offset.is_some() { &config.subject_prefix } else { &config.rejected_prefix };
         let subject = format!("{subject_prefix}.{}", job.topic);
         let events = expand(&config, &job);
-        for e in &events {
-            if e.1 {
-                metrics.omitted.increment(1);
-            }
-        }
+        metrics.omitted.increment(events.iter().filter(|e| e.data_omitted).count() as u64);
         let n = events.len() as u64;
-        sink.publish(&subject, events.into_iter().map(|(e, _)| e).collect(), &shutdown).await;
+        sink.publish(&subject, events, &shutdown).await;
         if job.base_offset.is_some() {
             metrics.events.increment(n);
         } else {
@@ -182,15 +231,21 @@ async fn run(
         let left = queued_bytes.fetch_sub(size, Ordering::AcqRel).saturating_sub(size);
         metrics.queued.set(left as f64);
     }
-    sink.flush(&shutdown).await;
-    let left = queued_bytes.load(Ordering::Acquire);
-    if left > 0 {
-        tracing::warn!(bytes = left, "mirror stopped with records still queued");
+    if !shutdown.is_cancelled() {
+        sink.flush(&shutdown).await;
+    }
+    let mut left = 0;
+    while let Ok(job) = rx.try_recv() {
+        left += batch_record_count(&job.records);
+    }
+    if left > 0 || shutdown.is_cancelled() {
+        metrics.dropped.increment(left as u64);
+        tracing::warn!(records = left, "mirror stopped before publishing everything queued");
     }
 }
 
-/// The events of one job; the flag says whether the data had to be omitted.
-fn expand(config: &MirrorConfig, job: &Job) -> Vec<(event::Event, bool)> {
+/// The events of one job.
+fn expand(config: &MirrorConfig, job: &Job) -> Vec<event::Event> {
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     let mut index = 0usize;
@@ -233,9 +288,7 @@ fn expand(config: &MirrorConfig, job: &Job) -> Vec<(event::Event, bool)> {
                 timestamp_ms,
                 max_bytes: config.max_event_bytes,
             };
-            let e = event::build(&rec, &ctx);
-            let omitted = e.json.len() < rec.value.map_or(0, <[u8]>::len) && rec.value.is_some();
-            out.push((e, omitted));
+            out.push(event::build(&rec, &ctx));
             index += 1;
         }
         next_offset = batch_base.map(|b| b + i64::from(batch.header.last_offset_delta) + 1);

@@ -7,6 +7,7 @@
 //! turns any resend of an event that had in fact been stored into a no-op.
 
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -90,6 +91,8 @@ pub struct JetStreamSink {
     window: usize,
     pending: VecDeque<(String, Event, PublishAckFuture)>,
     failures: metrics::Counter,
+    /// Acknowledgements are failing (logged once per outage).
+    degraded: bool,
 }
 
 fn message(e: &Event) -> PublishMessage {
@@ -102,12 +105,27 @@ fn message(e: &Event) -> PublishMessage {
 }
 
 impl JetStreamSink {
+    /// Connects a publisher of its own and makes sure the stream exists, retrying in the
+    /// background; `None` only if `abort` fires first.
+    pub async fn connect(config: &crate::nats::NatsConfig, abort: &CancellationToken) -> Option<Self> {
+        let client = crate::nats::until_ready("mirror connection", abort, || crate::nats::connect(config)).await?;
+        let js = crate::nats::jetstream(client, config);
+        {
+            let (js, config, abort) = (js.clone(), config.clone(), abort.clone());
+            tokio::spawn(async move {
+                crate::nats::until_ready("mirror stream", &abort, || crate::nats::ensure_stream(&js, &config)).await
+            });
+        }
+        Some(Self::new(js, config.window))
+    }
+
     pub fn new(js: jetstream::Context, window: usize) -> Self {
         Self {
             js,
             window: window.max(1),
             pending: VecDeque::new(),
             failures: metrics::counter!("eventgate_mirror_publish_retries_total"),
+            degraded: false,
         }
     }
 
@@ -127,7 +145,11 @@ impl JetStreamSink {
     async fn send(&self, subject: &str, e: &Event, shutdown: &CancellationToken) -> Option<PublishAckFuture> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.js.send_publish(subject.to_owned(), message(e)).await {
+            let sent = tokio::select! {
+                r = self.js.send_publish(subject.to_owned(), message(e)) => r,
+                _ = shutdown.cancelled() => return None,
+            };
+            match sent {
                 Ok(ack) => return Some(ack),
                 Err(err) => {
                     self.failures.increment(1);
@@ -140,27 +162,35 @@ impl JetStreamSink {
         }
     }
 
-    /// Waits for the oldest acknowledgement, resending until stored. False on shutdown.
+    /// Waits for the oldest acknowledgement. An event that was not acknowledged is sent again and
+    /// goes back to the front of the window, so recovery after an outage resends the whole window
+    /// at once instead of one event per timeout. False on shutdown.
     async fn settle_oldest(&mut self, shutdown: &CancellationToken) -> bool {
-        let Some((subject, e, mut ack)) = self.pending.pop_front() else { return true };
-        let mut backoff = Duration::from_millis(50);
-        let mut warned = false;
-        loop {
-            match ack.await {
-                Ok(_) => return true,
-                Err(err) => {
-                    self.failures.increment(1);
-                    if !warned {
-                        tracing::warn!(id = e.id, error = %err, "JetStream did not acknowledge an event; resending until it does");
-                        warned = true;
+        let Some((subject, e, ack)) = self.pending.pop_front() else { return true };
+        let acked = tokio::select! {
+            r = ack.into_future() => r,
+            _ = shutdown.cancelled() => return false,
+        };
+        match acked {
+            Ok(_) => {
+                if self.degraded {
+                    self.degraded = false;
+                    tracing::info!("JetStream acknowledges mirrored events again");
+                }
+                true
+            }
+            Err(err) => {
+                self.failures.increment(1);
+                if !self.degraded {
+                    self.degraded = true;
+                    tracing::warn!(id = e.id, error = %err, "JetStream did not acknowledge an event; resending until it does");
+                }
+                match self.send(&subject, &e, shutdown).await {
+                    Some(ack) => {
+                        self.pending.push_front((subject, e, ack));
+                        true
                     }
-                    if !pause(&mut backoff, shutdown).await {
-                        return false;
-                    }
-                    match self.send(&subject, &e, shutdown).await {
-                        Some(a) => ack = a,
-                        None => return false,
-                    }
+                    None => false,
                 }
             }
         }

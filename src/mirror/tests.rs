@@ -51,7 +51,7 @@ fn events_get_broker_offsets_and_deterministic_ids() {
         outcomes: None,
         route: None,
     };
-    let ids: Vec<String> = expand(&config(), &job).into_iter().map(|(e, _)| e.id).collect();
+    let ids: Vec<String> = expand(&config(), &job).into_iter().map(|e| e.id).collect();
     assert_eq!(ids, vec!["orders-3-100", "orders-3-101", "orders-3-102"]);
 }
 
@@ -68,9 +68,9 @@ fn refused_records_get_unique_ids_without_offsets() {
     };
     let events = expand(&config(), &job);
     assert_eq!(events.len(), 2);
-    assert!(events[0].0.id.starts_with("orders-0-rejected-"));
-    assert_ne!(events[0].0.id, events[1].0.id);
-    let v: serde_json::Value = serde_json::from_slice(&events[0].0.json).unwrap();
+    assert!(events[0].id.starts_with("orders-0-rejected-"));
+    assert_ne!(events[0].id, events[1].id);
+    let v: serde_json::Value = serde_json::from_slice(&events[0].json).unwrap();
     assert!(v.get("offset").is_none());
 }
 
@@ -80,7 +80,7 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     let stop = Stop::default();
     let mut cfg = config();
     cfg.buffer_bytes = 10;
-    let (mirror, task) = Mirror::start(cfg, Sink::Local(sink::LocalSink::new(tx)), stop.clone(), None);
+    let (mirror, worker) = Mirror::start(cfg, SinkSpec::Local(sink::LocalSink::new(tx)), stop.clone(), None).unwrap();
     // Far larger than the buffer: refused at once.
     mirror.submit(Job {
         topic: "t".into(),
@@ -93,5 +93,5 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     });
     assert_eq!(mirror.queued_bytes.load(Ordering::Acquire), 0);
     stop.drain.cancel();
-    task.await.unwrap();
+    worker.done.await.unwrap();
 }

@@ -165,8 +165,13 @@ fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
             close: false,
         },
         Some(ApiKey::Produce) => {
-            let inspection =
-                produce::inspect(&gw.validation, &gw.validation_metrics, &meta, &frame, gw.mirror.is_some())?;
+            let inspection = produce::inspect(
+                &gw.validation,
+                &gw.validation_metrics,
+                &meta,
+                &frame,
+                gw.mirror.as_ref().is_some_and(|m| m.active()),
+            )?;
             if let Some(m) = &gw.mirror {
                 for job in inspection.refused {
                     m.submit(job);

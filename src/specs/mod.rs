@@ -226,8 +226,19 @@ impl SpecStore {
 
     /// Removes a document from the local set only.
     fn remove(&self, id: &str) -> Result<(), StoreError> {
-        self.check_deletable(id)?;
+        self.remove_with(id, |_| Ok(()))
+    }
+
+    /// Removes document `id` under one lock: checks it may go, runs `before` (e.g. deleting its
+    /// files), then swaps in a catalog without it.
+    fn remove_with(&self, id: &str, before: impl FnOnce(&str) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(id) {
+            None => return Err(StoreError::NotFound(id.to_owned())),
+            Some(e) if e.summary.source == Source::File => return Err(StoreError::Pinned(id.to_owned())),
+            Some(_) => {}
+        }
+        before(id)?;
         let catalog: Catalog = self.validation.catalog.load().without(id);
         self.validation.catalog.store(Arc::new(catalog));
         entries.remove(id);
@@ -290,28 +301,18 @@ impl SpecStore {
 
     /// Deletes document `id`.
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        match entries.get(id) {
-            None => return Err(StoreError::NotFound(id.to_owned())),
-            Some(e) if e.summary.source == Source::File => {
-                return Err(StoreError::Pinned(id.to_owned()));
-            }
-            Some(_) => {}
-        }
-        if let Some(dir) = &self.dir {
-            for name in [format!("{id}.spec"), format!("{id}.json")] {
-                match std::fs::remove_file(dir.join(name)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(StoreError::Io { id: id.to_owned(), dir: dir.clone(), source });
-                    }
-                }
+        self.remove_with(id, |_| self.unpersist(id))
+    }
+
+    fn unpersist(&self, id: &str) -> Result<(), StoreError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        for name in [format!("{id}.spec"), format!("{id}.json")] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { id: id.to_owned(), dir: dir.clone(), source }),
             }
         }
-        let catalog: Catalog = self.validation.catalog.load().without(id);
-        self.validation.catalog.store(Arc::new(catalog));
-        entries.remove(id);
         Ok(())
     }
 

@@ -105,6 +105,20 @@ fn oversized_events_omit_data_but_are_not_lost() {
     let raw = record_bytes(Some("k"), Some(&big), &[]);
     let v = event(&raw, &Outcome::Valid(0), 1000);
     assert_eq!(v["dataomitted"], true);
+    let rec = records(&raw).next().unwrap().unwrap();
+    let ctx = Context {
+        cluster: "c",
+        topic: "t",
+        partition: 0,
+        offset: Some(0),
+        id: "t-0-0".into(),
+        default_type: "d",
+        message: None,
+        outcome: &Outcome::Valid(0),
+        timestamp_ms: 0,
+        max_bytes: 1000,
+    };
+    assert!(build(&rec, &ctx).data_omitted);
     assert_eq!(v["datasize"], 5000);
     assert!(v.get("data_base64").is_none() && v.get("data").is_none());
     assert_eq!(v["id"], "orders-2-41");
