@@ -28,20 +28,7 @@ fn batch(invalid: bool, codec: Codec) -> Vec<u8> {
         let v = demo_value(i as u64, SIZE, invalid);
         write_record(&mut section, i as i64, i as i32, Some(format!("k{i}").as_bytes()), Some(&v), std::iter::empty());
     }
-    let header = BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
-        attributes: codec.bits(),
-        last_offset_delta: RECORDS as i32 - 1,
-        base_timestamp: 0,
-        max_timestamp: RECORDS as i64,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-        record_count: RECORDS as i32,
-    };
+    let header = BatchHeader { max_timestamp: RECORDS as i64, ..BatchHeader::new(RECORDS as i32, codec, 0) };
     let mut out = BytesMut::new();
     write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
     out.to_vec()

@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use eventgate::wire::compression::Framing;
+use eventgate::wire::compression::{Codec, Framing};
 use eventgate::wire::frame::check;
 use eventgate::wire::records::{self, BatchHeader, RawBatch, write_batch, write_record};
 use eventgate::wire::rewrite::{AdvertiseError, ResponseAction, rewrite_response};
@@ -21,20 +21,7 @@ fn batch(n: usize, size: usize) -> Bytes {
     for i in 0..n {
         write_record(&mut section, 0, i as i32, Some(b"key"), Some(&value), std::iter::empty());
     }
-    let header = BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
-        attributes: 0,
-        last_offset_delta: n as i32 - 1,
-        base_timestamp: 0,
-        max_timestamp: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-        record_count: n as i32,
-    };
+    let header = BatchHeader::new(n as i32, Codec::None, 0);
     let mut out = BytesMut::new();
     write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
     out.freeze()

@@ -269,20 +269,7 @@ fn produce_templates(args: &BenchArgs, codec: Codec, n: usize, first: u64) -> Re
                 let value = demo_value(idx, args.record_size, invalid);
                 write_record(&mut section, 0, i as i32, Some(key.as_bytes()), Some(&value), std::iter::empty());
             }
-            let header = BatchHeader {
-                base_offset: 0,
-                partition_leader_epoch: -1,
-                magic: 2,
-                crc: 0,
-                attributes: codec.bits(),
-                last_offset_delta: n as i32 - 1,
-                base_timestamp: now,
-                max_timestamp: now,
-                producer_id: -1,
-                producer_epoch: -1,
-                base_sequence: -1,
-                record_count: n as i32,
-            };
+            let header = BatchHeader::new(n as i32, codec, now);
             let mut batch = BytesMut::new();
             write_batch(&mut batch, &header, &section, Framing::Standard).map_err(protocol)?;
             let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![

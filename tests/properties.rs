@@ -43,18 +43,10 @@ fn encode(recs: &[Rec], codec: Codec, framing: Framing, producer: (i64, i16, i32
         write_record(&mut section, *ts, i as i32, k.as_deref(), v.as_deref(), headers.into_iter());
     }
     let header = BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
-        attributes: codec.bits(),
-        last_offset_delta: recs.len() as i32 - 1,
-        base_timestamp: 1_700_000_000_000,
-        max_timestamp: 1_700_000_000_000,
         producer_id: producer.0,
         producer_epoch: producer.1,
         base_sequence: producer.2,
-        record_count: recs.len() as i32,
+        ..BatchHeader::new(recs.len() as i32, codec, 1_700_000_000_000)
     };
     let mut out = BytesMut::new();
     write_batch(&mut out, &header, &section, framing).unwrap();

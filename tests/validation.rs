@@ -207,27 +207,14 @@ fn reject_mode_fails_the_producer_with_invalid_record() {
 }
 
 fn batch(values: &[&str]) -> Bytes {
-    use eventgate::wire::compression::Framing;
+    use eventgate::wire::compression::{Codec, Framing};
     use eventgate::wire::records::{BatchHeader, write_batch, write_record};
     let mut section = Vec::new();
     for (i, v) in values.iter().enumerate() {
         write_record(&mut section, 0, i as i32, Some(b"k"), Some(v.as_bytes()), std::iter::empty());
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let header = BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
-        attributes: 0,
-        last_offset_delta: values.len() as i32 - 1,
-        base_timestamp: now,
-        max_timestamp: now,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-        record_count: values.len() as i32,
-    };
+    let header = BatchHeader::new(values.len() as i32, Codec::None, now);
     let mut out = BytesMut::new();
     write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
     out.freeze()

@@ -21,20 +21,7 @@ fn batch(n: usize) -> Bytes {
     for i in 0..n {
         write_record(&mut section, i as i64, i as i32, None, Some(br#"{"i":1}"#), std::iter::empty());
     }
-    let header = BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
-        attributes: Codec::Lz4.bits(),
-        last_offset_delta: n as i32 - 1,
-        base_timestamp: 1000,
-        max_timestamp: 1000,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-        record_count: n as i32,
-    };
+    let header = BatchHeader::new(n as i32, Codec::Lz4, 1000);
     let mut out = BytesMut::new();
     write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
     out.freeze()

@@ -70,6 +70,26 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
+    /// The header of a new batch of `record_count` records as a plain (not idempotent) producer
+    /// writes it: offsets from 0, no leader epoch, no producer id or sequence, every record at
+    /// `timestamp`. Override fields with struct update syntax for other producers.
+    pub fn new(record_count: i32, codec: Codec, timestamp: i64) -> Self {
+        Self {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            magic: 2,
+            crc: 0,
+            attributes: codec.bits(),
+            last_offset_delta: record_count - 1,
+            base_timestamp: timestamp,
+            max_timestamp: timestamp,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            record_count,
+        }
+    }
+
     pub fn codec(&self) -> Result<Codec, RecordError> {
         Codec::from_attributes(self.attributes)
     }

@@ -8,7 +8,7 @@ use kafka_protocol::protocol::Decodable;
 use super::*;
 use crate::asyncapi::{Policy, load};
 use crate::validate::{Catalog, Policies, UnknownTopic, compile};
-use crate::wire::compression::Framing;
+use crate::wire::compression::{Codec, Framing};
 use crate::wire::records::{BatchHeader, RawBatch, records, write_batch, write_record};
 
 const GOOD: &str = r#"{"lumens":1,"sentAt":"2026-01-01T00:00:00Z"}"#;
@@ -35,20 +35,7 @@ fn batch(values: &[&str]) -> Bytes {
     for (i, v) in values.iter().enumerate() {
         write_record(&mut section, 0, i as i32, None, Some(v.as_bytes()), std::iter::empty());
     }
-    let header = BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
-        attributes: 0,
-        last_offset_delta: values.len() as i32 - 1,
-        base_timestamp: 0,
-        max_timestamp: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        base_sequence: -1,
-        record_count: values.len() as i32,
-    };
+    let header = BatchHeader::new(values.len() as i32, Codec::None, 0);
     let mut out = BytesMut::new();
     write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
     out.freeze()

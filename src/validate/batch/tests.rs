@@ -29,18 +29,11 @@ fn batch(values: &[&str], codec: Codec) -> Vec<u8> {
         );
     }
     let header = BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
-        attributes: codec.bits(),
-        last_offset_delta: values.len() as i32 - 1,
-        base_timestamp: 1_000,
         max_timestamp: 1_000 + 3 * (values.len() as i64 - 1),
         producer_id: 77,
         producer_epoch: 3,
         base_sequence: 1_000,
-        record_count: values.len() as i32,
+        ..BatchHeader::new(values.len() as i32, codec, 1_000)
     };
     let mut out = BytesMut::new();
     write_batch(&mut out, &header, &section, Framing::Standard).unwrap();

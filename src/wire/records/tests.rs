@@ -22,18 +22,12 @@ fn sample_records() -> Vec<OwnedRecord> {
 
 fn header(codec: Codec, count: i32) -> BatchHeader {
     BatchHeader {
-        base_offset: 0,
-        partition_leader_epoch: -1,
-        magic: 2,
-        crc: 0,
         attributes: codec.bits() | 0x10, // transactional bit kept as is
-        last_offset_delta: count - 1,
-        base_timestamp: 1_700_000_000_000,
         max_timestamp: 1_700_000_000_005,
         producer_id: 4242,
         producer_epoch: 7,
         base_sequence: 99,
-        record_count: count,
+        ..BatchHeader::new(count, codec, 1_700_000_000_000)
     }
 }
 
