@@ -32,6 +32,9 @@ LAT_BATCH=${LAT_BATCH:-10}
 LAT_RECORDS=${LAT_RECORDS:-60000}
 TARGETS=${TARGETS:-"direct socat tansu-proxy eventgate eventgate-valid eventgate-annotate eventgate-mirror"}
 WS_CLIENTS=${WS_CLIENTS:-100}
+# Niceness of the bench's nats-server: 10 approximates NATS on machines of its own, which separates
+# eventgate's own cost from NATS competing for the same two cores.
+NATS_NICE=${NATS_NICE:-0}
 WS_RECORDS=${WS_RECORDS:-20000}
 # Extra arguments for every eventgate run.
 EVENTGATE_ARGS=${EVENTGATE_ARGS:-}
@@ -84,7 +87,7 @@ run_target() {
         eventgate-mirror|eventgate-ws)
           local nport ndir
           nport=$(free_port); ndir=$(mktemp -d)
-          "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
+          nice -n "$NATS_NICE" "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
           pids+=($!)
           wait_port "$nport"
           mode_args="--nats-url nats://127.0.0.1:$nport --mirror-max-bytes -1" ;;
