@@ -1,21 +1,18 @@
 //! Where mirrored events go: a JetStream stream, or (without NATS) an in-process feed.
 //!
-//! The JetStream sink keeps up to `window` publishes unacknowledged and settles the oldest when the
-//! window is full (holding thousands of ack futures unbounded stalls on the client's in-flight cap).
-//! A publish that fails or whose acknowledgement times out is sent again, with the same
-//! `Nats-Msg-Id`, until it is stored, backing off while NATS is away; the stream's duplicate window
-//! turns any resend of an event that had in fact been stored into a no-op.
+//! The JetStream sink keeps up to `window` publishes unacknowledged and waits for the oldest when
+//! the window is full. A publish that fails, is answered with an error, or stays unacknowledged for
+//! 5 s is sent again, with the same `Nats-Msg-Id`, until it is stored, backing off while NATS is
+//! away; the stream's duplicate window turns any resend of an event that had in fact been stored
+//! into a no-op.
 
 use std::collections::VecDeque;
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream;
-use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -85,23 +82,40 @@ impl LocalSink {
     }
 }
 
-/// Publishes to JetStream with a sliding window of outstanding acknowledgements.
+/// Publishes to JetStream as a pipeline: every event is a plain publish whose reply subject is
+/// `<inbox>.<token>` under one subscription, and acknowledgements are matched by token. This is
+/// what a request per event does, without a reply inbox, a channel and a timer per event.
 pub struct JetStreamSink {
-    js: jetstream::Context,
+    client: async_nats::Client,
+    inbox: String,
+    acks: Option<async_nats::Subscriber>,
     window: usize,
-    pending: VecDeque<(String, Event, PublishAckFuture)>,
+    /// Sent, not yet acknowledged, oldest first.
+    pending: VecDeque<InFlight>,
+    next_token: u64,
     failures: metrics::Counter,
     /// Acknowledgements are failing (logged once per outage).
     degraded: bool,
 }
 
-fn message(e: &Event) -> PublishMessage {
-    PublishMessage::build()
-        .payload(e.json.clone())
-        .message_id(e.id.as_str())
-        .header("Content-Type", "application/cloudevents+json")
-        .header(TYPE_HEADER, e.ce_type.as_str())
-        .header(VALIDATION_HEADER, e.validation)
+struct InFlight {
+    token: u64,
+    subject: String,
+    event: Event,
+    sent: tokio::time::Instant,
+    acked: bool,
+}
+
+/// How long an event may stay unacknowledged before it is sent again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn headers(e: &Event) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", e.id.as_str());
+    h.insert("Content-Type", "application/cloudevents+json");
+    h.insert(TYPE_HEADER, e.ce_type.as_str());
+    h.insert(VALIDATION_HEADER, e.validation);
+    h
 }
 
 impl JetStreamSink {
@@ -109,100 +123,176 @@ impl JetStreamSink {
     /// background; `None` only if `abort` fires first.
     pub async fn connect(config: &crate::nats::NatsConfig, abort: &CancellationToken) -> Option<Self> {
         let client = crate::nats::until_ready("mirror connection", abort, || crate::nats::connect(config)).await?;
-        let js = crate::nats::jetstream(client, config);
         {
-            let (js, config, abort) = (js.clone(), config.clone(), abort.clone());
+            let (js, config, abort) = (crate::nats::jetstream(client.clone(), config), config.clone(), abort.clone());
             tokio::spawn(async move {
                 crate::nats::until_ready("mirror stream", &abort, || crate::nats::ensure_stream(&js, &config)).await
             });
         }
-        Some(Self::new(js, config.window))
+        Some(Self::new(client, config.window))
     }
 
-    pub fn new(js: jetstream::Context, window: usize) -> Self {
+    pub fn new(client: async_nats::Client, window: usize) -> Self {
+        let inbox = client.new_inbox();
         Self {
-            js,
+            client,
+            inbox,
+            acks: None,
             window: window.max(1),
             pending: VecDeque::new(),
+            next_token: 0,
             failures: metrics::counter!("eventgate_mirror_publish_retries_total"),
             degraded: false,
         }
     }
 
     async fn publish(&mut self, subject: &str, events: Vec<Event>, shutdown: &CancellationToken) {
-        for e in events {
-            let Some(ack) = self.send(subject, &e, shutdown).await else { return };
-            self.pending.push_back((subject.to_owned(), e, ack));
+        for event in events {
             while self.pending.len() >= self.window {
-                if !self.settle_oldest(shutdown).await {
+                if !self.settle(shutdown).await {
                     return;
                 }
             }
+            if !self.send(subject.to_owned(), event, shutdown).await {
+                return;
+            }
         }
     }
 
-    /// Sends one event, retrying until NATS takes it; `None` only on shutdown.
-    async fn send(&self, subject: &str, e: &Event, shutdown: &CancellationToken) -> Option<PublishAckFuture> {
+    /// Sends one event, retrying until the client takes it; false only on shutdown.
+    async fn send(&mut self, subject: String, event: Event, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
+            if self.acks.is_none() {
+                match self.client.subscribe(format!("{}.*", self.inbox)).await {
+                    Ok(sub) => self.acks = Some(sub),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot subscribe to acknowledgements; retrying");
+                        if !pause(&mut backoff, shutdown).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let token = self.next_token;
+            let reply = format!("{}.{token}", self.inbox);
             let sent = tokio::select! {
-                r = self.js.send_publish(subject.to_owned(), message(e)) => r,
-                _ = shutdown.cancelled() => return None,
+                r = self.client.publish_with_reply_and_headers(subject.clone(), reply, headers(&event), event.json.clone()) => r,
+                _ = shutdown.cancelled() => return false,
             };
             match sent {
-                Ok(ack) => return Some(ack),
-                Err(err) => {
+                Ok(()) => {
+                    self.next_token += 1;
+                    self.pending.push_back(InFlight {
+                        token,
+                        subject,
+                        event,
+                        sent: tokio::time::Instant::now(),
+                        acked: false,
+                    });
+                    return true;
+                }
+                Err(e) => {
                     self.failures.increment(1);
-                    tracing::debug!(id = e.id, error = %err, "publish to JetStream failed; retrying");
+                    tracing::debug!(id = event.id, error = %e, "publish to JetStream failed; retrying");
                     if !pause(&mut backoff, shutdown).await {
-                        return None;
+                        return false;
                     }
                 }
             }
         }
     }
 
-    /// Waits for the oldest acknowledgement. An event that was not acknowledged is sent again and
-    /// goes back to the front of the window, so recovery after an outage resends the whole window
-    /// at once instead of one event per timeout. False on shutdown.
-    async fn settle_oldest(&mut self, shutdown: &CancellationToken) -> bool {
-        let Some((subject, e, ack)) = self.pending.pop_front() else { return true };
-        let acked = tokio::select! {
-            r = ack.into_future() => r,
-            _ = shutdown.cancelled() => return false,
-        };
-        match acked {
-            Ok(_) => {
-                if self.degraded {
-                    self.degraded = false;
-                    tracing::info!("JetStream acknowledges mirrored events again");
-                }
-                true
+    /// Waits until the oldest event is acknowledged (or resent after a timeout or an error), then
+    /// drops every acknowledged event from the front. False on shutdown.
+    async fn settle(&mut self, shutdown: &CancellationToken) -> bool {
+        loop {
+            while self.pending.front().is_some_and(|f| f.acked) {
+                self.pending.pop_front();
             }
-            Err(err) => {
-                self.failures.increment(1);
-                if !self.degraded {
-                    self.degraded = true;
-                    tracing::warn!(id = e.id, error = %err, "JetStream did not acknowledge an event; resending until it does");
+            let Some(front) = self.pending.front() else { return true };
+            let deadline = front.sent + ACK_TIMEOUT;
+            let Some(acks) = self.acks.as_mut() else { return true };
+            let next = tokio::select! {
+                m = acks.next() => m,
+                _ = tokio::time::sleep_until(deadline) => {
+                    // The oldest was not acknowledged in time: send it again (same id).
+                    self.resend_front(shutdown, "timed out").await;
+                    continue;
                 }
-                match self.send(&subject, &e, shutdown).await {
-                    Some(ack) => {
-                        self.pending.push_front((subject, e, ack));
-                        true
-                    }
-                    None => false,
+                _ = shutdown.cancelled() => return false,
+            };
+            let Some(m) = next else {
+                // The subscription ended (connection replaced): subscribe again and resend the window.
+                self.acks = None;
+                self.resend_all(shutdown).await;
+                continue;
+            };
+            let Some(token) = m.subject.as_str().rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else {
+                continue;
+            };
+            let Some(i) = self.pending.iter().position(|f| f.token == token) else { continue };
+            if is_error(&m.payload) {
+                let why = String::from_utf8_lossy(&m.payload).into_owned();
+                if let Some(f) = self.pending.remove(i) {
+                    self.retry(f, shutdown, &why).await;
                 }
+                continue;
+            }
+            self.pending[i].acked = true;
+            if self.degraded {
+                self.degraded = false;
+                tracing::info!("JetStream acknowledges mirrored events again");
+            }
+            if i == 0 {
+                return true;
             }
         }
+    }
+
+    async fn resend_front(&mut self, shutdown: &CancellationToken, why: &str) {
+        if let Some(f) = self.pending.pop_front() {
+            self.retry(f, shutdown, why).await;
+        }
+    }
+
+    async fn resend_all(&mut self, shutdown: &CancellationToken) {
+        let all: Vec<InFlight> = self.pending.drain(..).filter(|f| !f.acked).collect();
+        for f in all {
+            if !self.send(f.subject, f.event, shutdown).await {
+                return;
+            }
+        }
+    }
+
+    async fn retry(&mut self, f: InFlight, shutdown: &CancellationToken, why: &str) {
+        self.failures.increment(1);
+        if !self.degraded {
+            self.degraded = true;
+            tracing::warn!(id = f.event.id, why, "JetStream did not acknowledge an event; resending until it does");
+        }
+        // A refusal (e.g. no stream yet) is worth a short pause; a timeout has waited already.
+        if why != "timed out" {
+            let mut backoff = Duration::from_millis(50);
+            let _ = pause(&mut backoff, shutdown).await;
+        }
+        self.send(f.subject, f.event, shutdown).await;
     }
 
     async fn flush(&mut self, shutdown: &CancellationToken) {
         while !self.pending.is_empty() {
-            if !self.settle_oldest(shutdown).await {
+            if !self.settle(shutdown).await {
                 break;
             }
         }
     }
+}
+
+/// Whether a JetStream publish answer is an error (`{"error": ...}`); anything else is a
+/// `PubAck`, including `"duplicate": true` for an event the stream already holds.
+fn is_error(payload: &[u8]) -> bool {
+    payload.is_empty() || payload.windows(8).any(|w| w == b"\"error\"")
 }
 
 /// Sleeps for `backoff` (doubling it up to 2 s); false if shutdown came first.
