@@ -346,7 +346,17 @@ async fn feed_jetstream(
     slow_after: std::time::Duration,
 ) {
     let result = async {
-        let stream = js.get_stream(&stream).await.map_err(|e| Ended::Close(1011, format!("event stream: {e}")))?;
+        // Right after start the mirror may still be creating the stream: give it a moment.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let stream = loop {
+            match js.get_stream(&stream).await {
+                Ok(s) => break s,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(Ended::Close(1011, format!("event stream: {e}"))),
+            }
+        };
         let deliver_policy = match start {
             Start::New => consumer::DeliverPolicy::New,
             Start::All => consumer::DeliverPolicy::All,

@@ -59,8 +59,11 @@ impl SpecStore {
         let bucket = self.bucket().ok_or_else(|| SharedError::Unavailable("not connected".into()))?;
         self.check_deletable(id)?;
         bucket.delete(id).await.map_err(|e| SharedError::Unavailable(e.to_string()))?;
-        self.remove(id)?;
-        Ok(())
+        // This instance's own watcher may have applied the deletion already.
+        match self.remove(id) {
+            Ok(()) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Keeps the local set in step with the bucket until `shutdown`.
