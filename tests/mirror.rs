@@ -79,23 +79,6 @@ async fn read_stream(url: &str, filter: &str, expect: usize, deadline: Duration)
     out
 }
 
-fn produce(eg: &Eventgate, topic: &str, values: &[&str], count: usize, extra: &[&str]) -> Value {
-    let f = values_file(values);
-    let mut args = vec![
-        "--bootstrap".to_owned(),
-        eg.addr(),
-        "--topic".into(),
-        topic.into(),
-        "--values-file".into(),
-        f.path().display().to_string(),
-        "--count".into(),
-        count.to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    client("ck-produce", &refs)
-}
-
 /// `topic-partition-offset` of every record a producer had acknowledged.
 fn delivered_ids(topic: &str, p: &Value) -> BTreeSet<String> {
     p["records"].as_array().unwrap().iter().map(|r| format!("{topic}-{}-{}", r["partition"], r["offset"])).collect()
@@ -108,12 +91,12 @@ async fn every_acknowledged_record_appears_once_as_a_cloudevent() {
     tansu.create_topic("plain", 1);
     let nats = Nats::start();
     let eg = start_gateway(&tansu, Some(&nats), &[]);
-    let p1 = produce(&eg, TOPIC, &[GOOD, BAD, "not json"], 150, &[]);
+    let p1 = produce_values(&eg.addr(), TOPIC, &[GOOD, BAD, "not json"], 150, &[]);
     assert_eq!(p1["delivered"], 150, "{p1}");
-    let p2 = produce(&eg, "plain", &["hello", "{\"x\":1}"], 40, &["--compression", "zstd"]);
+    let p2 = produce_values(&eg.addr(), "plain", &["hello", "{\"x\":1}"], 40, &["--compression", "zstd"]);
     assert_eq!(p2["delivered"], 40, "{p2}");
     // An acks=0 producer: its records are mirrored too, and it still gets no answers.
-    let p3 = produce(&eg, "plain", &["fire and forget"], 20, &["--acks", "0", "--prefix", "ff"]);
+    let p3 = produce_values(&eg.addr(), "plain", &["fire and forget"], 20, &["--acks", "0", "--prefix", "ff"]);
     assert_eq!(p3["errors"], Value::Array(vec![]), "{p3}");
 
     let stored = read_stream(&nats.url(), "eventgate.records.>", 210, Duration::from_secs(30)).await;
@@ -169,7 +152,7 @@ async fn refused_records_are_mirrored_to_their_own_subject() {
     tansu.create_topic(TOPIC, 1);
     let nats = Nats::start();
     let eg = start_gateway(&tansu, Some(&nats), &["--topic-policy", &format!("{TOPIC}=reject")]);
-    let p = produce(&eg, TOPIC, &[BAD], 3, &[]);
+    let p = produce_values(&eg.addr(), TOPIC, &[BAD], 3, &[]);
     assert_eq!(p["delivered"], 0);
     let stored = read_stream(&nats.url(), "eventgate.rejected.>", 3, Duration::from_secs(20)).await;
     assert!(stored.len() >= 3, "{}", stored.len());
@@ -184,7 +167,7 @@ async fn kafka_keeps_going_while_nats_restarts_and_the_stream_catches_up_without
     let mut nats = Nats::start();
     let eg = start_gateway(&tansu, Some(&nats), &[]);
     // Make sure the stream exists before the outage.
-    let warmup = produce(&eg, TOPIC, &[GOOD], 10, &["--prefix", "w"]);
+    let warmup = produce_values(&eg.addr(), TOPIC, &[GOOD], 10, &["--prefix", "w"]);
     assert_eq!(warmup["delivered"], 10);
     assert_eq!(read_stream(&nats.url(), "eventgate.records.>", 10, Duration::from_secs(20)).await.len(), 10);
 
@@ -229,25 +212,15 @@ async fn two_instances_share_an_uploaded_document() {
         http("GET", &b.http("/specs"), None, &[]).1.contains("\"shared\"")
     });
     assert!(uploaded.elapsed() < Duration::from_secs(2), "took {:?}", uploaded.elapsed());
-    let p = produce(&b, "orders", &[BAD], 1, &[]);
+    let p = produce_values(&b.addr(), "orders", &[BAD], 1, &[]);
     assert_eq!(p["delivered"], 1);
-    let got = records_of_topic(&tansu, "orders", 1);
+    let got = consume(&tansu.addr(), "orders", 1, 1);
     assert!(header(&got[0], "_asyncapi_eg_validation_error").is_some(), "b validates with a's upload");
     // Deletion is shared too.
     assert_eq!(http("DELETE", &b.http("/specs/shared"), None, &[]).0, 204);
     wait_until("instance a to drop the document", Duration::from_secs(5), || {
         !http("GET", &a.http("/specs"), None, &[]).1.contains("\"shared\"")
     });
-}
-
-fn records_of_topic(tansu: &Tansu, topic: &str, count: usize) -> Vec<Value> {
-    client(
-        "ck-consume",
-        &["--bootstrap", &tansu.addr(), "--topic", topic, "--count", &count.to_string(), "--assign", "1"],
-    )["records"]
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -290,8 +263,8 @@ async fn websocket_streams_filters_and_replays() {
     let mut invalid_only = ws(&eg, &format!("?topic={TOPIC}&validation=invalid")).await;
     let mut other_only = ws(&eg, "?topic=other.*").await;
     let before = time::OffsetDateTime::now_utc();
-    assert_eq!(produce(&eg, TOPIC, &[GOOD, BAD], 10, &[])["delivered"], 10);
-    assert_eq!(produce(&eg, "other.topic", &["x"], 4, &["--prefix", "o"])["delivered"], 4);
+    assert_eq!(produce_values(&eg.addr(), TOPIC, &[GOOD, BAD], 10, &[])["delivered"], 10);
+    assert_eq!(produce_values(&eg.addr(), "other.topic", &["x"], 4, &["--prefix", "o"])["delivered"], 4);
 
     let all = next_events(&mut everything, 14, Duration::from_secs(20)).await;
     assert_eq!(all.iter().filter(|e| e["source"] == format!("kafka://test/{TOPIC}")).count(), 10);
@@ -325,7 +298,7 @@ async fn websocket_refuses_an_unrecoverable_position() {
     tansu.create_topic(TOPIC, 1);
     let nats = Nats::start();
     let eg = start_gateway(&tansu, Some(&nats), &["--mirror-max-messages", "5"]);
-    assert_eq!(produce(&eg, TOPIC, &[GOOD], 20, &[])["delivered"], 20);
+    assert_eq!(produce_values(&eg.addr(), TOPIC, &[GOOD], 20, &[])["delivered"], 20);
     wait_until("the stream to roll over", Duration::from_secs(20), || {
         eg.metric("eventgate_mirror_events_total{kind=\"accepted\"}") >= 20.0
     });
@@ -383,7 +356,7 @@ async fn without_nats_the_websocket_is_fed_in_process() {
     tansu.create_topic(TOPIC, 1);
     let eg = start_gateway(&tansu, None, &[]);
     let mut socket = ws(&eg, "?validation=valid").await;
-    assert_eq!(produce(&eg, TOPIC, &[GOOD, BAD], 6, &[])["delivered"], 6);
+    assert_eq!(produce_values(&eg.addr(), TOPIC, &[GOOD, BAD], 6, &[])["delivered"], 6);
     let got = next_events(&mut socket, 3, Duration::from_secs(20)).await;
     assert!(got.iter().all(|e| e["validation"] == "valid" && e["type"] == "com.example.streetlights.light.measured"));
     // Replay needs NATS: said plainly.

@@ -31,27 +31,6 @@ fn start(tansu: &Tansu, extra: &[&str]) -> Eventgate {
     Eventgate::start(&tansu.addr(), &refs)
 }
 
-fn records_of(v: &Value) -> Vec<Value> {
-    v["records"].as_array().expect("records").clone()
-}
-
-/// Consumes `count` records of `topic` straight from the broker, bypassing eventgate.
-fn consume_direct(tansu: &Tansu, topic: &str, count: usize, partitions: u32) -> Vec<Value> {
-    records_of(&client(
-        "ck-consume",
-        &[
-            "--bootstrap",
-            &tansu.addr(),
-            "--topic",
-            topic,
-            "--count",
-            &count.to_string(),
-            "--assign",
-            &partitions.to_string(),
-        ],
-    ))
-}
-
 fn annotation(record: &Value) -> Option<Value> {
     header(record, "_asyncapi_eg_validation_error").map(|h| serde_json::from_str(&h).expect("annotation is JSON"))
 }
@@ -91,7 +70,7 @@ fn annotate_marks_invalid_records_and_forwards_everything() {
         &["--bootstrap", &eg.addr(), "--topic", TOPIC, "--values-file", f.path().to_str().unwrap(), "--count", "60"],
     );
     assert_eq!(p["delivered"], 60, "{p}");
-    let got = consume_direct(&tansu, TOPIC, 60, 2);
+    let got = consume(&tansu.addr(), TOPIC, 60, 2);
     assert_eq!(got.len(), 60);
     assert_annotated(&got, &values);
     assert_eq!(got.iter().filter(|r| annotation(r).is_some()).count(), 40);
@@ -133,14 +112,11 @@ fn every_codec_is_re_encoded_with_annotations() {
             expected += 30;
         }
     }
-    let got = consume_direct(&tansu, TOPIC, expected, 1);
+    let got = consume(&tansu.addr(), TOPIC, expected, 1);
     assert_eq!(got.len(), expected);
     assert_annotated(&got, &values);
     // Consumers read them through eventgate as well.
-    let through = records_of(&client(
-        "ck-consume",
-        &["--bootstrap", &eg.addr(), "--topic", TOPIC, "--count", &expected.to_string(), "--assign", "1"],
-    ));
+    let through = consume(&eg.addr(), TOPIC, expected, 1);
     assert_eq!(through.len(), expected);
 }
 
@@ -173,7 +149,7 @@ fn idempotent_producer_accepts_annotated_batches() {
         assert_eq!(p["errors"], Value::Array(vec![]), "{p}");
         assert_eq!(p["delivered"], 300);
     }
-    let got = consume_direct(&tansu, TOPIC, 600, 3);
+    let got = consume(&tansu.addr(), TOPIC, 600, 3);
     assert_eq!(got.len(), 600);
     assert_annotated(&got, &values);
 }
@@ -202,7 +178,7 @@ fn reject_mode_fails_the_producer_with_invalid_record() {
         &["--bootstrap", &eg.addr(), "--topic", TOPIC, "--values-file", f.path().to_str().unwrap(), "--count", "1"],
     );
     assert_eq!(p["delivered"], 1, "{p}");
-    let got = consume_direct(&tansu, TOPIC, 1, 1);
+    let got = consume(&tansu.addr(), TOPIC, 1, 1);
     assert_eq!(got[0]["value"], GOOD);
 }
 
@@ -269,7 +245,7 @@ fn reject_mode_lands_valid_partitions_of_the_same_request() {
             assert!(msg.contains("/lumens: -1 is less than the minimum of 0"), "{msg}");
         }
     }
-    let got = consume_direct(&tansu, TOPIC, 10, 3);
+    let got = consume(&tansu.addr(), TOPIC, 10, 3);
     assert_eq!(got.len(), 10, "5 requests x partitions 0 and 2");
     assert!(got.iter().all(|r| r["partition"] != 1 && r["value"] == GOOD));
 }
@@ -284,7 +260,7 @@ fn acks_zero_refusal_closes_the_connection() {
     s.write_all(&produce_frame(9, 0, &[(0, &[GOOD]), (1, &[BAD])])).unwrap();
     let mut buf = [0u8; 16];
     assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "connection must be closed");
-    let got = consume_direct(&tansu, TOPIC, 1, 2);
+    let got = consume(&tansu.addr(), TOPIC, 1, 2);
     assert_eq!(got[0]["partition"], 0, "the valid partition still landed");
     wait_until("the refusal to be logged", Duration::from_secs(10), || eg.proc.log_text().contains("acks=0"));
 }
@@ -325,7 +301,7 @@ fn uploading_a_document_while_producers_run_takes_effect_without_errors() {
     let p = producer.join().unwrap();
     assert_eq!(p["errors"], Value::Array(vec![]), "{p}");
     assert_eq!(p["delivered"], 1200);
-    let got = consume_direct(&tansu, TOPIC, 1200, 2);
+    let got = consume(&tansu.addr(), TOPIC, 1200, 2);
     let annotated = got.iter().filter(|r| annotation(r).is_some()).count();
     assert!(annotated > 0 && annotated < 600, "only records after the upload are annotated: {annotated}");
     assert!(got.iter().all(|r| r["value"] == GOOD || r["value"] == BAD));
@@ -349,7 +325,7 @@ fn asyncapi_2_document_validates_keys_headers_and_parameterized_topics() {
         .unwrap();
     produce.stdin.take().unwrap().write_all(format!("light-1|{GOOD}\nlamp-1|{GOOD}\n").as_bytes()).unwrap();
     assert!(produce.wait().unwrap().success());
-    let got = consume_direct(&tansu, topic, 2, 1);
+    let got = consume(&tansu.addr(), topic, 2, 1);
     let by_key = |k: &str| got.iter().find(|r| r["key"] == k).unwrap().clone();
     assert!(annotation(&by_key("light-1")).is_none());
     let a = annotation(&by_key("lamp-1")).unwrap();

@@ -344,3 +344,31 @@ impl Nats {
         self.proc = Some(proc);
     }
 }
+
+/// `count` records of `topic` (partitions 0..`partitions`), read with librdkafka from `bootstrap`.
+pub fn consume(bootstrap: &str, topic: &str, count: usize, partitions: u32) -> Vec<Value> {
+    let v = client(
+        "ck-consume",
+        &[
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--count",
+            &count.to_string(),
+            "--assign",
+            &partitions.to_string(),
+        ],
+    );
+    v["records"].as_array().expect("records").clone()
+}
+
+/// Produces `count` records with librdkafka, cycling through `values`; returns the client's report.
+pub fn produce_values(bootstrap: &str, topic: &str, values: &[&str], count: usize, extra: &[&str]) -> Value {
+    let f = values_file(values);
+    let path = f.path().display().to_string();
+    let count = count.to_string();
+    let mut args = vec!["--bootstrap", bootstrap, "--topic", topic, "--values-file", &path, "--count", &count];
+    args.extend_from_slice(extra);
+    client("ck-produce", &args)
+}
