@@ -14,14 +14,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use clap::Args;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, FetchRequest, ProduceRequest, ProduceResponse, ResponseHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -30,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::wire::WireError;
 use crate::wire::compression::{Codec, Framing};
 use crate::wire::frame::FrameBuffer;
-use crate::wire::header::response_header_len;
+use crate::wire::header::{request_frame, response_header_len};
 use crate::wire::records::{BatchHeader, RawBatch, RecordError, write_batch, write_record};
 use crate::wire::scan;
 
@@ -238,20 +236,6 @@ pub fn demo_value(i: u64, size: usize, invalid: bool) -> Vec<u8> {
     v
 }
 
-fn frame_with_header(key: ApiKey, version: i16, body: &impl Encodable) -> Result<BytesMut, BenchError> {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_client_id(Some(StrBytes::from_static_str("eventgate-bench")));
-    let mut b = BytesMut::new();
-    b.put_i32(0);
-    header.encode(&mut b, key.request_header_version(version)).map_err(protocol)?;
-    body.encode(&mut b, version).map_err(protocol)?;
-    let len = (b.len() - 4) as i32;
-    b[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(b)
-}
-
 fn set_correlation_id(frame: &mut [u8], id: i32) {
     frame[8..12].copy_from_slice(&id.to_be_bytes());
 }
@@ -279,7 +263,7 @@ fn produce_templates(args: &BenchArgs, codec: Codec, n: usize, first: u64) -> Re
                         PartitionProduceData::default().with_index(p).with_records(Some(batch.freeze())),
                     ]),
             ]);
-            frame_with_header(ApiKey::Produce, PRODUCE_VERSION, &req)
+            request_frame(ApiKey::Produce, PRODUCE_VERSION, 0, "eventgate-bench", &req).map_err(protocol)
         })
         .collect()
 }
@@ -388,7 +372,7 @@ async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
                         .collect(),
                 ),
             ]);
-        let mut frame = frame_with_header(ApiKey::Fetch, FETCH_VERSION, &req)?;
+        let mut frame = request_frame(ApiKey::Fetch, FETCH_VERSION, 0, "eventgate-bench", &req).map_err(protocol)?;
         cid += 1;
         set_correlation_id(&mut frame, cid);
         stream.write_all(&frame).await?;

@@ -172,14 +172,8 @@ async fn kafka_keeps_going_while_nats_restarts_and_the_stream_catches_up_without
     assert_eq!(read_stream(&nats.url(), "eventgate.records.>", 10, Duration::from_secs(20)).await.len(), 10);
 
     let bootstrap = eg.addr();
-    let f = values_file(&[GOOD, BAD]);
-    let path = f.path().display().to_string();
-    let producer = std::thread::spawn(move || {
-        client(
-            "ck-produce",
-            &["--bootstrap", &bootstrap, "--topic", TOPIC, "--values-file", &path, "--count", "1500", "--rate", "300"],
-        )
-    });
+    let producer =
+        std::thread::spawn(move || produce_values(&bootstrap, TOPIC, &[GOOD, BAD], 1500, &["--rate", "300"]));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     nats.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -324,22 +318,7 @@ async fn a_client_that_never_reads_is_cut_off_while_others_keep_receiving() {
     // Large events fill the stalled client's socket and then its buffer.
     let big = format!(r#"{{"lumens":1,"sentAt":"2026-01-01T00:00:00Z","pad":"{}"}}"#, "x".repeat(60_000));
     let bootstrap = eg.addr();
-    let producer = std::thread::spawn(move || {
-        let f = values_file(&[&big]);
-        client(
-            "ck-produce",
-            &[
-                "--bootstrap",
-                &bootstrap,
-                "--topic",
-                TOPIC,
-                "--values-file",
-                &f.path().display().to_string(),
-                "--count",
-                "400",
-            ],
-        )
-    });
+    let producer = std::thread::spawn(move || produce_values(&bootstrap, TOPIC, &[&big], 400, &[]));
     let got = next_events(&mut reader, 400, Duration::from_secs(60)).await;
     assert_eq!(got.len(), 400);
     assert_eq!(tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap()["delivered"], 400);

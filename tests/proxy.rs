@@ -8,12 +8,10 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader,
-    ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::{Decodable, Encodable};
 use serde_json::Value;
 use support::*;
 
@@ -193,18 +191,7 @@ fn kcat_works_through_eventgate() {
 // ------------------------------------------------------------------ raw frames
 
 fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("raw-test")));
-    let mut b = BytesMut::new();
-    b.put_i32(0);
-    header.encode(&mut b, key.request_header_version(version)).unwrap();
-    body.encode(&mut b, version).unwrap();
-    let len = (b.len() - 4) as i32;
-    b[..4].copy_from_slice(&len.to_be_bytes());
-    b.to_vec()
+    eventgate::wire::header::request_frame(key, version, correlation_id, "raw-test", body).unwrap().to_vec()
 }
 
 fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {

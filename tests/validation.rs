@@ -8,10 +8,10 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, ResponseHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use serde_json::Value;
 use support::*;
 
@@ -205,17 +205,7 @@ fn produce_frame(version: i16, acks: i16, partitions: &[(i32, &[&str])]) -> Vec<
                 .collect(),
         ),
     ]);
-    let header = RequestHeader::default()
-        .with_request_api_key(0)
-        .with_request_api_version(version)
-        .with_correlation_id(77)
-        .with_client_id(Some(StrBytes::from_static_str("raw")));
-    let mut b = BytesMut::new();
-    b.put_i32(0);
-    header.encode(&mut b, ApiKey::Produce.request_header_version(version)).unwrap();
-    req.encode(&mut b, version).unwrap();
-    let len = (b.len() - 4) as i32;
-    b[..4].copy_from_slice(&len.to_be_bytes());
+    let b = eventgate::wire::header::request_frame(ApiKey::Produce, version, 77, "raw", &req).unwrap();
     b.to_vec()
 }
 
@@ -270,27 +260,9 @@ fn uploading_a_document_while_producers_run_takes_effect_without_errors() {
     let tansu = Tansu::start();
     tansu.create_topic(TOPIC, 2);
     let eg = Eventgate::start(&tansu.addr(), &[]);
-    let f = values_file(&[GOOD, BAD]);
-    let path = f.path().to_str().unwrap().to_owned();
     let bootstrap = eg.addr();
     let producer = std::thread::spawn(move || {
-        client(
-            "ck-produce",
-            &[
-                "--bootstrap",
-                &bootstrap,
-                "--topic",
-                TOPIC,
-                "--values-file",
-                &path,
-                "--count",
-                "1200",
-                "--rate",
-                "300",
-                "--linger-ms",
-                "1",
-            ],
-        )
+        produce_values(&bootstrap, TOPIC, &[GOOD, BAD], 1200, &["--rate", "300", "--linger-ms", "1"])
     });
     // Upload once the producer is under way.
     wait_until("records to flow", Duration::from_secs(20), || {

@@ -4,7 +4,9 @@
 //! response starts with the `correlation_id` of its request. That fixed prefix is all eventgate needs
 //! to route a frame, so it is read in place and nothing else is decoded.
 
-use kafka_protocol::messages::ApiKey;
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::WireError;
 use super::reader::Reader;
@@ -48,6 +50,29 @@ impl RequestMeta {
         }
         Ok(4 + r.position())
     }
+}
+
+/// Encodes a whole request frame (size prefix, header, body), as a client sends it.
+pub fn request_frame(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: &'static str,
+    body: &impl Encodable,
+) -> Result<BytesMut, WireError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)));
+    let encode = |source| WireError::Encode { api: "request", version, source };
+    let mut b = BytesMut::new();
+    b.put_i32(0);
+    header.encode(&mut b, key.request_header_version(version)).map_err(encode)?;
+    body.encode(&mut b, version).map_err(encode)?;
+    let len = (b.len() - 4) as i32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(b)
 }
 
 /// The correlation id of a response frame (size prefix included).

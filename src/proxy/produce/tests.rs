@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ProduceRequest, ResponseHeader};
 use kafka_protocol::protocol::Decodable;
 
 use super::*;
@@ -56,17 +56,7 @@ fn request(version: i16, acks: i16, parts: &[(&str, i32, &[&str])]) -> (RequestM
         }
     }
     let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(1000).with_topic_data(topics);
-    let header = RequestHeader::default()
-        .with_request_api_key(0)
-        .with_request_api_version(version)
-        .with_correlation_id(9)
-        .with_client_id(Some(StrBytes::from_static_str("t")));
-    let mut b = BytesMut::new();
-    b.put_i32(0);
-    header.encode(&mut b, ApiKey::Produce.request_header_version(version)).unwrap();
-    req.encode(&mut b, version).unwrap();
-    let len = (b.len() - 4) as i32;
-    b[..4].copy_from_slice(&len.to_be_bytes());
+    let b = crate::wire::header::request_frame(ApiKey::Produce, version, 9, "t", &req).unwrap();
     let frame = b.freeze();
     (RequestMeta::peek(&frame).unwrap(), frame)
 }
