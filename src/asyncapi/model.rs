@@ -334,16 +334,7 @@ fn channel_v2(
             collect_messages(resolver, &format!("{op_at}/message"), m, 2, None, default_ct, &mut messages)?;
         }
     }
-    dedup_messages(&mut messages);
-    if messages.is_empty() {
-        warnings.push(format!("channel `{key}` has no messages: records on `{address}` cannot match any"));
-    }
-    Ok(Some(Channel {
-        id: key.to_owned(),
-        topic: matcher(&address, &enums, at)?,
-        policy: policy_of(at, ch)?,
-        messages,
-    }))
+    finish_channel(key, &address, at, ch, &enums, messages, warnings)
 }
 
 fn channel_v3(
@@ -380,16 +371,24 @@ fn channel_v3(
             collect_messages(resolver, &format!("{m_at}/{}", escape(id)), m, 3, Some(id), default_ct, &mut messages)?;
         }
     }
+    finish_channel(key, &address, at, ch, &enums, messages, warnings)
+}
+
+/// The channel, once its topic and messages are known (the same for 2.x and 3.0).
+fn finish_channel(
+    key: &str,
+    address: &str,
+    at: &str,
+    ch: &Value,
+    enums: &[(String, Vec<String>)],
+    mut messages: Vec<Message>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Channel>, SpecError> {
     dedup_messages(&mut messages);
     if messages.is_empty() {
         warnings.push(format!("channel `{key}` has no messages: records on `{address}` cannot match any"));
     }
-    Ok(Some(Channel {
-        id: key.to_owned(),
-        topic: matcher(&address, &enums, at)?,
-        policy: policy_of(at, ch)?,
-        messages,
-    }))
+    Ok(Some(Channel { id: key.to_owned(), topic: matcher(address, enums, at)?, policy: policy_of(at, ch)?, messages }))
 }
 
 /// The same message reached twice (publish and subscribe of one 2.x channel) counts once.
