@@ -119,12 +119,16 @@ pub fn inspect(
         // Message sets (v0-v2) are not mirrored: they carry no headers and no batch framing.
         return Ok(forward(None, view.acks));
     }
-    let order: Vec<(String, i32)> =
-        view.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.to_owned(), p.index))).collect();
+    // Request order of every partition, for answers eventgate writes or merges (built only then).
+    let order = || -> Vec<(String, i32)> {
+        view.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.to_owned(), p.index))).collect()
+    };
+    let partitions = view.topics.iter().map(|t| t.partitions.len()).sum::<usize>();
 
     if version < 3 {
         // Message sets (magic 0/1) have no headers, so nothing can be annotated: refuse the request.
         metrics.legacy_refused.increment(1);
+        let order = order();
         let refused = order
             .iter()
             .map(|(topic, partition)| Refused {
@@ -138,7 +142,8 @@ pub fn inspect(
         return Ok(Inspection { plan: refuse_all(meta, view.acks, Merge { refused, order })?, refused: Vec::new() });
     }
 
-    let ts = now_rfc3339();
+    // One timestamp for every annotation of the request, taken only if something is validated.
+    let ts = if decisions.iter().any(|d| matches!(d, Decision::Check { .. })) { now_rfc3339() } else { String::new() };
     let mut replaced: Vec<(String, i32, Bytes)> = Vec::new();
     let mut refused: Vec<Refused> = Vec::new();
     let mut mirrored: Vec<Mirrored> = Vec::new();
@@ -243,8 +248,8 @@ pub fn inspect(
             }
         }
     }
-    if refused.len() == order.len() {
-        let plan = refuse_all(meta, view.acks, Merge { refused, order })?;
+    if refused.len() == partitions {
+        let plan = refuse_all(meta, view.acks, Merge { refused, order: order() })?;
         return Ok(Inspection { plan, refused: refused_jobs });
     }
     let mut out = if replaced.is_empty() && refused.is_empty() {
@@ -267,7 +272,7 @@ pub fn inspect(
         out = Some(with_acks(out.as_ref().unwrap_or(frame), version, 1)?);
         broker_answers = true;
     }
-    let merge = (!refused.is_empty()).then(|| Box::new(Merge { refused, order }));
+    let merge = (!refused.is_empty()).then(|| Box::new(Merge { refused, order: order() }));
     let mirror = (mirror_on && !mirrored.is_empty()).then(|| Box::new(mirrored));
     Ok(Inspection {
         plan: Plan::Forward { frame: out, client_acks: view.acks, broker_answers, merge, mirror },
