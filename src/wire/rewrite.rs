@@ -119,78 +119,79 @@ pub fn rewrite_response(
     }
 }
 
+/// Replaces broker addresses through an [`AddressMap`], remembering the first failure so that an
+/// edit closure can go on and the caller can refuse the whole answer.
+struct Swapper<'m, M> {
+    map: &'m mut M,
+    err: Option<AdvertiseError>,
+}
+
+impl<M: AddressMap> Swapper<'_, M> {
+    fn swap(&mut self, node_id: i32, host: &mut StrBytes, port: &mut i32) {
+        // A coordinator lookup that failed answers node -1 and an empty host: nothing to hide.
+        if self.err.is_some() || (node_id < 0 && host.is_empty()) {
+            return;
+        }
+        match self.map.advertise(node_id, host.as_str(), *port) {
+            Ok((h, p)) => {
+                *host = h;
+                *port = p;
+            }
+            Err(e) => self.err = Some(e),
+        }
+    }
+
+    fn finish(self, out: Bytes) -> Result<Bytes, RewriteError> {
+        match self.err {
+            Some(e) => Err(e.into()),
+            None => Ok(out),
+        }
+    }
+}
+
 fn addresses(
     key: ApiKey,
     version: i16,
     frame: &Bytes,
     map: &mut impl AddressMap,
 ) -> Result<Option<Bytes>, RewriteError> {
-    fn swap(
-        map: &mut impl AddressMap,
-        node_id: i32,
-        host: &mut StrBytes,
-        port: &mut i32,
-    ) -> Result<(), AdvertiseError> {
-        // A coordinator lookup that failed answers node -1 and an empty host: nothing to hide.
-        if node_id < 0 && host.is_empty() {
-            return Ok(());
-        }
-        let (h, p) = map.advertise(node_id, host.as_str(), *port)?;
-        *host = h;
-        *port = p;
-        Ok(())
+    let mut s = Swapper { map, err: None };
+    // The `node_endpoints` of the KIP-951 answers, each message with its own endpoint type.
+    macro_rules! endpoints {
+        ($t:ty, $api:literal) => {
+            recode::<$t>($api, key, version, frame, |m| {
+                for n in &mut m.node_endpoints {
+                    s.swap(n.node_id.0, &mut n.host, &mut n.port);
+                }
+            })?
+        };
     }
-    let mut err = None;
-    let mut keep = |r: Result<(), AdvertiseError>| {
-        if let Err(e) = r {
-            err.get_or_insert(e);
-        }
-    };
     let out = match key {
         ApiKey::Metadata => recode::<MetadataResponse>("Metadata", key, version, frame, |m| {
             for b in &mut m.brokers {
-                keep(swap(map, b.node_id.0, &mut b.host, &mut b.port));
+                s.swap(b.node_id.0, &mut b.host, &mut b.port);
             }
         })?,
         ApiKey::FindCoordinator => recode::<FindCoordinatorResponse>("FindCoordinator", key, version, frame, |m| {
             if version < 4 {
-                keep(swap(map, m.node_id.0, &mut m.host, &mut m.port));
+                s.swap(m.node_id.0, &mut m.host, &mut m.port);
             }
             for c in &mut m.coordinators {
-                keep(swap(map, c.node_id.0, &mut c.host, &mut c.port));
+                s.swap(c.node_id.0, &mut c.host, &mut c.port);
             }
         })?,
         ApiKey::DescribeCluster => recode::<DescribeClusterResponse>("DescribeCluster", key, version, frame, |m| {
             for b in &mut m.brokers {
-                keep(swap(map, b.broker_id.0, &mut b.host, &mut b.port));
+                s.swap(b.broker_id.0, &mut b.host, &mut b.port);
             }
         })?,
-        ApiKey::Produce => recode::<ProduceResponse>("Produce", key, version, frame, |m| {
-            for n in &mut m.node_endpoints {
-                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
-            }
-        })?,
-        ApiKey::Fetch => recode::<FetchResponse>("Fetch", key, version, frame, |m| {
-            for n in &mut m.node_endpoints {
-                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
-            }
-        })?,
-        ApiKey::ShareFetch => recode::<ShareFetchResponse>("ShareFetch", key, version, frame, |m| {
-            for n in &mut m.node_endpoints {
-                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
-            }
-        })?,
-        ApiKey::ShareAcknowledge => recode::<ShareAcknowledgeResponse>("ShareAcknowledge", key, version, frame, |m| {
-            for n in &mut m.node_endpoints {
-                keep(swap(map, n.node_id.0, &mut n.host, &mut n.port));
-            }
-        })?,
+        ApiKey::Produce => return recode_produce_response(version, frame, s.map, |_| {}).map(Some),
+        ApiKey::Fetch => endpoints!(FetchResponse, "Fetch"),
+        ApiKey::ShareFetch => endpoints!(ShareFetchResponse, "ShareFetch"),
+        ApiKey::ShareAcknowledge => endpoints!(ShareAcknowledgeResponse, "ShareAcknowledge"),
         _ => return Ok(None),
     };
-    match err {
-        Some(e) => Err(e.into()),
-        None => Ok(Some(out)),
-    }
+    s.finish(out).map(Some)
 }
 
 /// Decodes a Produce response (v3+), rewrites its `node_endpoints`, lets `edit` change it, and
@@ -201,22 +202,14 @@ pub fn recode_produce_response(
     map: &mut impl AddressMap,
     edit: impl FnOnce(&mut ProduceResponse),
 ) -> Result<Bytes, RewriteError> {
-    let mut err = None;
+    let mut s = Swapper { map, err: None };
     let out = recode::<ProduceResponse>("Produce", ApiKey::Produce, version, frame, |m| {
         for n in &mut m.node_endpoints {
-            if let Err(e) = map.advertise(n.node_id.0, n.host.as_str(), n.port).map(|(h, p)| {
-                n.host = h;
-                n.port = p;
-            }) {
-                err.get_or_insert(e);
-            }
+            s.swap(n.node_id.0, &mut n.host, &mut n.port);
         }
         edit(m);
     })?;
-    match err {
-        Some(e) => Err(e.into()),
-        None => Ok(out),
-    }
+    s.finish(out)
 }
 
 fn api_versions(version: i16, frame: &Bytes) -> Result<Option<Bytes>, RewriteError> {
