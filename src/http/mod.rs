@@ -64,26 +64,31 @@ pub fn router(state: AppState, max_spec_bytes: usize) -> Router {
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mutating = matches!(*req.method(), Method::PUT | Method::DELETE | Method::PATCH)
         || (req.method() == Method::POST && !req.uri().path().ends_with("/validate"));
-    if let (true, Some(token)) = (mutating, &state.admin_token) {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return specs::ApiError(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this route needs `Authorization: Bearer <admin token>`".into(),
-            )
-            .into_response();
-        }
+    if mutating && !authorized(&state, req.headers(), None) {
+        return specs::ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs `Authorization: Bearer <admin token>`".into(),
+        )
+        .into_response();
     }
     next.run(req).await
 }
 
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Whether a request may pass when an admin token is configured: `Authorization: Bearer <token>`,
+/// or `query_token` where headers cannot be set (browser websockets).
+pub(crate) fn authorized(state: &AppState, headers: &axum::http::HeaderMap, query_token: Option<&str>) -> bool {
+    let Some(token) = &state.admin_token else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(query_token)
+        .unwrap_or_default();
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -143,21 +143,13 @@ pub async fn handler(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(token) = &app.admin_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or(q.token.as_deref())
-            .unwrap_or_default();
-        if !super::constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "/ws needs the admin token (Authorization: Bearer, or ?token=)".into(),
-            )
-            .into_response();
-        }
+    if !super::authorized(&app, &headers, q.token.as_deref()) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/ws needs the admin token (Authorization: Bearer, or ?token=)".into(),
+        )
+        .into_response();
     }
     let state = app.ws.clone();
     let topic = q.topic.clone().unwrap_or_else(|| ">".into());

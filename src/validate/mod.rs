@@ -108,11 +108,6 @@ pub struct CompiledDoc {
 }
 
 impl CompiledDoc {
-    /// The topic claims of this document, keyed for conflict detection.
-    pub fn claims(&self) -> impl Iterator<Item = (String, &str)> {
-        self.routes.iter().map(|(m, r)| (m.claim_key(), r.address.as_str()))
-    }
-
     /// The route for an address of this document (for offline validation).
     pub fn route_for(&self, topic: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|(m, _)| m.matches(topic)).map(|(_, r)| r)
@@ -312,10 +307,6 @@ impl Catalog {
 
     pub fn is_empty(&self) -> bool {
         self.docs.is_empty()
-    }
-
-    pub fn docs(&self) -> &[Arc<CompiledDoc>] {
-        &self.docs
     }
 
     pub fn doc(&self, id: &str) -> Option<&Arc<CompiledDoc>> {

@@ -51,11 +51,6 @@ impl FrameBuffer {
         Ok(check(&self.buf, self.max)?.map(|len| self.buf.split_to(len).freeze()))
     }
 
-    /// Whether a whole frame is waiting.
-    pub fn has_frame(&self) -> bool {
-        matches!(check(&self.buf, self.max), Ok(Some(_)) | Err(_))
-    }
-
     /// Bytes buffered that do not yet make a whole frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()

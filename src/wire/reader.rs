@@ -29,11 +29,6 @@ impl<'a> Reader<'a> {
         self.buf.len() - self.pos
     }
 
-    /// The unread bytes.
-    pub fn rest(&self) -> &'a [u8] {
-        &self.buf[self.pos..]
-    }
-
     /// Takes the next `n` bytes.
     pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         if n > self.remaining() {
