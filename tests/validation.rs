@@ -314,6 +314,14 @@ fn spec_api_refuses_broken_documents_and_conflicts_and_guards_mutations() {
     let demo = repo_file("asyncapi/demo.yaml");
 
     assert_eq!(http("PUT", &eg.http("/specs/demo"), Some(&demo), &[]).0, 401);
+    // Watching traffic needs the token too.
+    let upgrade = [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: ZXZlbnRnYXRlZGVtbzEyMw==",
+    ];
+    assert_eq!(http("GET", &eg.http("/ws"), None, &upgrade).0, 401);
     assert_eq!(http("PUT", &eg.http("/specs/demo"), Some(&demo), &["Authorization: Bearer wrong"]).0, 401);
     let (status, body) = http("PUT", &eg.http("/specs/demo"), Some(&demo), &[auth]);
     assert_eq!(status, 201, "{body}");

@@ -164,17 +164,18 @@ impl Mirror {
         self.wanted.as_ref().is_none_or(|w| w())
     }
 
-    /// Queues a job without ever waiting; drops and counts it when the buffer is full.
-    pub fn submit(&self, job: Job) {
-        if self.wanted.as_ref().is_some_and(|w| !w()) {
-            return;
+    /// Queues a job without ever waiting; drops and counts it when the buffer is full. Returns
+    /// whether the job was queued.
+    pub fn submit(&self, job: Job) -> bool {
+        if !self.active() {
+            return false;
         }
         let size = job.records.len();
         let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if before + size > self.limit {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             self.drop_job(&job, "the mirror buffer is full");
-            return;
+            return false;
         }
         self.metrics.queued.set((before + size) as f64);
         if let Err(e) = self.tx.try_send(job) {
@@ -183,7 +184,9 @@ impl Mirror {
             };
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             self.drop_job(&job, "the mirror queue is full or stopped");
+            return false;
         }
+        true
     }
 
     fn drop_job(&self, job: &Job, why: &str) {

@@ -66,19 +66,21 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     let (tx, _rx) = tokio::sync::broadcast::channel(16);
     let stop = Stop::default();
     let mut cfg = config();
-    cfg.buffer_bytes = 10;
+    cfg.buffer_bytes = batch(1).len();
     let (mirror, worker) = Mirror::start(cfg, SinkSpec::Local(sink::LocalSink::new(tx)), stop.clone(), None).unwrap();
-    // Far larger than the buffer: refused at once.
-    mirror.submit(Job {
+    // Far larger than the buffer: refused at once; a small one fits.
+    let job = |n| Job {
         topic: "t".into(),
         partition: 0,
         base_offset: Some(0),
         log_append_time: -1,
-        records: batch(50),
+        records: batch(n),
         outcomes: None,
         route: None,
-    });
+    };
+    assert!(!mirror.submit(job(50)));
     assert_eq!(mirror.queued_bytes.load(Ordering::Acquire), 0);
+    assert!(mirror.submit(job(1)));
     stop.drain.cancel();
     worker.done.await.unwrap();
 }
