@@ -27,7 +27,8 @@ use crate::wire::records::Record;
 
 /// What an event needs beyond the record itself.
 pub struct Context<'a> {
-    pub cluster: &'a str,
+    /// `kafka://<cluster>/<topic>`, built once per partition.
+    pub source: &'a str,
     pub topic: &'a str,
     pub partition: i32,
     /// The record's offset; `None` for records refused by policy (never written to Kafka).
@@ -119,7 +120,7 @@ struct Plain<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     datacontenttype: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    dataschema: Option<String>,
+    dataschema: Option<&'a str>,
     partition: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     offset: Option<i64>,
@@ -146,7 +147,6 @@ fn validation_errors(outcome: &Outcome) -> Option<String> {
 
 fn build_plain(record: &Record<'_>, ctx: &Context<'_>, content_type_header: Option<&str>) -> Event {
     let ce_type = ctx.message.map(|m| m.ce_type.as_deref().unwrap_or(&m.name)).unwrap_or(ctx.default_type);
-    let source = format!("kafka://{}/{}", ctx.cluster, ctx.topic);
     let mut content_type = ctx.message.and_then(|m| m.content_type.as_deref()).or(content_type_header);
     let (mut data, mut data_base64) = (None, None);
     if let Some(value) = record.value {
@@ -170,12 +170,12 @@ fn build_plain(record: &Record<'_>, ctx: &Context<'_>, content_type_header: Opti
     let mut event = Plain {
         specversion: "1.0",
         id: &ctx.id,
-        source: &source,
+        source: ctx.source,
         ce_type,
         subject: record.key.and_then(|k| std::str::from_utf8(k).ok()),
         time: rfc3339_ms(ctx.timestamp_ms),
         datacontenttype: content_type,
-        dataschema: ctx.message.map(|m| format!("urn:eventgate:spec:{}#{}", m.doc_id, m.pointer)),
+        dataschema: ctx.message.map(|m| m.dataschema.as_str()),
         partition: ctx.partition,
         offset: ctx.offset,
         validation: ctx.outcome.label(),

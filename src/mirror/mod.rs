@@ -255,6 +255,7 @@ fn expand(config: &MirrorConfig, job: &Job) -> Vec<event::Event> {
     let unvalidated = Outcome::Unchecked("no AsyncAPI document describes this topic".into());
     let single = job.route.as_ref().and_then(|r| (r.messages.len() == 1).then(|| r.messages[0].clone()));
     let mut next_offset = job.base_offset;
+    let source = format!("kafka://{}/{}", config.cluster, job.topic);
     let unix_nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     for batch in records::batches(&job.records) {
@@ -280,7 +281,7 @@ fn expand(config: &MirrorConfig, job: &Job) -> Vec<event::Event> {
             let timestamp_ms =
                 if log_append { job.log_append_time } else { batch.header.base_timestamp + rec.timestamp_delta };
             let ctx = event::Context {
-                cluster: &config.cluster,
+                source: &source,
                 topic: &job.topic,
                 partition: job.partition,
                 offset,

@@ -69,6 +69,8 @@ pub struct CompiledMessage {
     pub doc_id: String,
     /// JSON pointer to the message in its document.
     pub pointer: String,
+    /// `urn:eventgate:spec:<document>#<pointer>`: the CloudEvents `dataschema` of its records.
+    pub dataschema: String,
     pub content_type: Option<String>,
     pub ce_type: Option<String>,
     content: Content,
@@ -192,6 +194,7 @@ pub fn compile(id: &str, doc: Document) -> Result<CompiledDoc, SpecError> {
             name: m.name.clone(),
             doc_id: id.to_owned(),
             pointer: m.pointer.clone(),
+            dataschema: format!("urn:eventgate:spec:{id}#{}", m.pointer),
             content_type: m.content_type.clone(),
             ce_type: m.ce_type.clone(),
             content,

@@ -13,7 +13,7 @@ fn record_bytes(key: Option<&str>, value: Option<&[u8]>, headers: &[(&str, &str)
 fn event(raw: &[u8], outcome: &Outcome, max: usize) -> Value {
     let rec = records(raw).next().unwrap().unwrap();
     let ctx = Context {
-        cluster: "prod",
+        source: "kafka://prod/orders",
         topic: "orders",
         partition: 2,
         offset: Some(41),
@@ -107,7 +107,7 @@ fn oversized_events_omit_data_but_are_not_lost() {
     assert_eq!(v["dataomitted"], true);
     let rec = records(&raw).next().unwrap().unwrap();
     let ctx = Context {
-        cluster: "c",
+        source: "kafka://c/t",
         topic: "t",
         partition: 0,
         offset: Some(0),
