@@ -189,16 +189,33 @@ impl SpecStore {
         let _ = self.bucket.set(bucket);
     }
 
-    /// Checks a document as `put` would, without installing it; says whether it would replace one.
-    pub fn check(&self, id: &str, text: &str, at: &str) -> Result<(Put, Summary), StoreError> {
+    /// Checks a document as `put` would, without installing it; says whether it would replace one
+    /// and hands back the compiled document for [`Self::install_prepared`].
+    pub fn check(&self, id: &str, text: &str, at: &str) -> Result<(Put, Summary, Arc<CompiledDoc>), StoreError> {
         let (compiled, summary) = prepare(id, text, Source::Upload, at.to_owned())?;
+        let compiled = Arc::new(compiled);
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.get(id).is_some_and(|e| e.summary.source == Source::File) {
-            return Err(StoreError::Pinned(id.to_owned()));
-        }
-        let put = if entries.contains_key(id) { Put::Replaced } else { Put::Created };
-        self.validation.catalog.load().with(Arc::new(compiled))?;
-        Ok((put, summary))
+        let (put, _) = self.admit(&entries, id, Source::Upload, compiled.clone())?;
+        Ok((put, summary, compiled))
+    }
+
+    /// What installing `compiled` as document `id` would do, decided under the entries lock: refused
+    /// (pinned, or a topic conflict), or created/replaced with this catalog.
+    fn admit(
+        &self,
+        entries: &BTreeMap<String, Entry>,
+        id: &str,
+        source: Source,
+        compiled: Arc<CompiledDoc>,
+    ) -> Result<(Put, Catalog), StoreError> {
+        let put = match entries.get(id) {
+            Some(e) if e.summary.source == Source::File && source == Source::Upload => {
+                return Err(StoreError::Pinned(id.to_owned()));
+            }
+            Some(_) => Put::Replaced,
+            None => Put::Created,
+        };
+        Ok((put, self.validation.catalog.load().with(compiled)?))
     }
 
     /// Installs a document that came through the bucket (or was just written to it); a text
@@ -271,15 +288,20 @@ impl SpecStore {
     ) -> Result<(Put, Summary), StoreError> {
         // The expensive part happens before the lock.
         let (compiled, summary) = prepare(id, text, source, at)?;
+        self.install_prepared(id, text, Arc::new(compiled), summary, persist)
+    }
+
+    /// Installs an already compiled document: checks, persists, swaps the catalog, under one lock.
+    fn install_prepared(
+        &self,
+        id: &str,
+        text: &str,
+        compiled: Arc<CompiledDoc>,
+        summary: Summary,
+        persist: bool,
+    ) -> Result<(Put, Summary), StoreError> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let put = match entries.get(id) {
-            Some(e) if e.summary.source == Source::File && source == Source::Upload => {
-                return Err(StoreError::Pinned(id.to_owned()));
-            }
-            Some(_) => Put::Replaced,
-            None => Put::Created,
-        };
-        let catalog = self.validation.catalog.load().with(Arc::new(compiled))?;
+        let (put, catalog) = self.admit(&entries, id, summary.source, compiled)?;
         if persist && let Some(dir) = &self.dir {
             self.write(dir, id, text, &summary.uploaded_at)?;
         }

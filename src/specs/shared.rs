@@ -38,19 +38,17 @@ impl SpecStore {
     pub async fn put_shared(self: &Arc<Self>, id: String, text: String) -> Result<(Put, Summary), SharedError> {
         let bucket = self.bucket().ok_or_else(|| SharedError::Unavailable("not connected".into()))?;
         let store = self.clone();
-        let (put, id, text, uploaded_at) = tokio::task::spawn_blocking(move || {
+        let (put, summary, compiled, id, text) = tokio::task::spawn_blocking(move || {
             let at = crate::validate::batch::now_rfc3339();
-            store.check(&id, &text, &at).map(|(put, _)| (put, id, text, at))
+            store.check(&id, &text, &at).map(|(put, summary, compiled)| (put, summary, compiled, id, text))
         })
         .await
         .map_err(|e| SharedError::Unavailable(e.to_string()))??;
-        let envelope =
-            serde_json::to_vec(&Envelope { text: text.clone(), uploaded_at: uploaded_at.clone() }).unwrap_or_default();
+        let envelope = serde_json::to_vec(&Envelope { text: text.clone(), uploaded_at: summary.uploaded_at.clone() })
+            .unwrap_or_default();
         bucket.put(&id, Bytes::from(envelope)).await.map_err(|e| SharedError::Unavailable(e.to_string()))?;
-        let store = self.clone();
-        let (_, summary) = tokio::task::spawn_blocking(move || store.install_shared(&id, &text, uploaded_at))
-            .await
-            .map_err(|e| SharedError::Unavailable(e.to_string()))??;
+        // Installed here at once (compiled once); this instance's watcher then sees the same text.
+        let (_, summary) = self.install_prepared(&id, &text, compiled, summary, false)?;
         Ok((put, summary))
     }
 
