@@ -197,32 +197,6 @@ async fn serve(socket: WebSocket, state: WsState, filter: Filter, start: Start) 
     let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Ended>();
     let feeder = match &state.js {
         Some(js) => {
-            // Refuse positions the stream no longer has before creating anything.
-            if let Start::Seq(seq) = start {
-                match js.get_stream(&state.stream).await {
-                    Ok(mut s) => match s.info().await {
-                        Ok(info) if seq < info.state.first_sequence => {
-                            close(
-                                socket,
-                                4410,
-                                format!(
-                                    "unrecoverable position: sequence {seq} is older than the stream's first, {}",
-                                    info.state.first_sequence
-                                ),
-                            )
-                            .await;
-                            clients.decrement(1.0);
-                            return;
-                        }
-                        _ => {}
-                    },
-                    Err(e) => {
-                        close(socket, 1011, format!("the event stream is not available: {e}")).await;
-                        clients.decrement(1.0);
-                        return;
-                    }
-                }
-            }
             tokio::spawn(feed_jetstream(js.clone(), state.stream.clone(), filter, start, tx, end_tx, state.slow_after))
         }
         None => {
@@ -349,6 +323,21 @@ async fn feed_jetstream(
                 Err(e) => return Err(Ended::Close(1011, format!("event stream: {e}"))),
             }
         };
+        // Refuse a position the stream no longer has, rather than silently starting later.
+        if let Start::Seq(seq) = start {
+            let mut stream = stream.clone();
+            if let Ok(info) = stream.info().await
+                && seq < info.state.first_sequence
+            {
+                return Err(Ended::Close(
+                    4410,
+                    format!(
+                        "unrecoverable position: sequence {seq} is older than the stream's first, {}",
+                        info.state.first_sequence
+                    ),
+                ));
+            }
+        }
         let deliver_policy = match start {
             Start::New => consumer::DeliverPolicy::New,
             Start::All => consumer::DeliverPolicy::All,
