@@ -16,8 +16,8 @@ use crate::validate::Validation;
 /// Why eventgate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot open the Kafka listener on {addr}: {source}")]
-    KafkaListen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    KafkaListen(#[from] crate::proxy::ListenError),
     #[error("cannot open the admin HTTP listener on {addr}: {source}")]
     HttpListen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
@@ -90,8 +90,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         shutdown: ws_shutdown.clone(),
     };
     let gw = Gateway::new(config, validation, Some(mirror));
-    let addr = gw.config.listen;
-    gw.listen().await.map_err(|source| ServeError::KafkaListen { addr, source })?;
+    gw.listen().await?;
     let addr = gw.config.http_listen;
     crate::http::start(gw.clone(), store, ws).await.map_err(|source| ServeError::HttpListen { addr, source })?;
 

@@ -382,3 +382,18 @@ fn sigterm_and_sigint_stop_gracefully_with_exit_code_zero() {
         assert!(!port_open(eg.port));
     }
 }
+
+#[test]
+fn a_busy_fixed_broker_port_fails_the_start_with_a_clear_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_eventgate"))
+        .args(["serve", "--upstream", "127.0.0.1:1", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port()), "--spec-dir", ""])
+        .args(["--node-port", &format!("111={port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot open the Kafka listener on 127.0.0.1:{port}")), "{stderr}");
+}

@@ -26,6 +26,14 @@ use crate::validate::Validation;
 use crate::wire::rewrite::AdvertiseError;
 use nodes::{NodeRegistry, Observed, Upstream};
 
+/// A listener that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the Kafka listener on {addr}: {source}")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
 /// Which broker a listener leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -67,12 +75,22 @@ impl Gateway {
         })
     }
 
-    /// Binds the bootstrap listener and starts accepting on it. Returns the bound address.
-    pub async fn listen(self: &Arc<Self>) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind(self.config.listen).await?;
-        let addr = listener.local_addr()?;
+    /// Binds the bootstrap listener, and the listeners of brokers given fixed ports (so a busy port
+    /// fails the start, not a client's first request), and starts accepting. Returns the bootstrap
+    /// address.
+    pub async fn listen(self: &Arc<Self>) -> Result<SocketAddr, ListenError> {
+        let at = |addr| move |source| ListenError { addr, source };
+        let listener = TcpListener::bind(self.config.listen).await.map_err(at(self.config.listen))?;
+        let addr = listener.local_addr().map_err(at(self.config.listen))?;
         tracing::info!(%addr, upstream = ?self.config.upstream, "kafka bootstrap listener ready");
         self.tasks.spawn(accept_loop(self.clone(), listener, Target::Bootstrap));
+        for (&node_id, &port) in &self.config.node_ports {
+            let node_addr = SocketAddr::new(self.config.listen.ip(), port);
+            let listener = bind_now(node_addr).map_err(at(node_addr))?;
+            self.nodes.reserve(node_id, port);
+            tracing::info!(node_id, addr = %node_addr, "broker listener ready (fixed port)");
+            self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id)));
+        }
         Ok(addr)
     }
 
@@ -115,7 +133,7 @@ impl Gateway {
             }
             Target::Node(id) => match self.nodes.upstream(id) {
                 Some(u) => vec![u.to_string()],
-                None => return Err(format!("broker {id} is unknown")),
+                None => return Err(format!("broker {id} is not known yet: no answer has named it")),
             },
         };
         let mut errors = Vec::new();

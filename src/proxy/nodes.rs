@@ -10,6 +10,8 @@
 //!
 //! A node's listener is opened the first time the node appears in a response, *before* that
 //! response is forwarded, so a client can never be told about a port that is not yet listening.
+//! Ports fixed with `--node-port` are opened at start instead, and learn their broker's address
+//! from the first response that names it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,7 +35,8 @@ impl std::fmt::Display for Upstream {
 
 #[derive(Debug)]
 struct Node {
-    upstream: Upstream,
+    /// Unknown for a fixed port opened at start, until the cluster names the broker.
+    upstream: Option<Upstream>,
     port: u16,
 }
 
@@ -65,9 +68,13 @@ impl NodeRegistry {
     ) -> Result<Observed, String> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(node) = nodes.get_mut(&node_id) {
-            if node.upstream != upstream {
-                tracing::info!(node_id, from = %node.upstream, to = %upstream, "broker moved");
-                node.upstream = upstream;
+            match &node.upstream {
+                Some(old) if *old == upstream => {}
+                Some(old) => {
+                    tracing::info!(node_id, from = %old, to = %upstream, "broker moved");
+                    node.upstream = Some(upstream);
+                }
+                None => node.upstream = Some(upstream),
             }
             return Ok(Observed::Known(node.port));
         }
@@ -87,13 +94,20 @@ impl NodeRegistry {
     /// same node meanwhile, that one stays and its port is returned.
     pub fn confirm(&self, node_id: i32, upstream: Upstream, port: u16) -> u16 {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.entry(node_id).or_insert(Node { upstream, port }).port
+        nodes.entry(node_id).or_insert(Node { upstream: Some(upstream), port }).port
     }
 
     /// Where broker `node_id` lives now.
     pub fn upstream(&self, node_id: i32) -> Option<Upstream> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.get(&node_id).map(|n| n.upstream.clone())
+        nodes.get(&node_id).and_then(|n| n.upstream.clone())
+    }
+
+    /// Records a broker whose port is fixed and whose listener is open already, before the cluster
+    /// has said where the broker lives.
+    pub fn reserve(&self, node_id: i32, port: u16) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.entry(node_id).or_insert(Node { upstream: None, port });
     }
 }
 
@@ -117,5 +131,10 @@ mod tests {
         r.confirm(70000, up("k7", 1), 10000);
         assert_eq!(r.observe(70001, up("k8", 1), None, 10000).unwrap(), Observed::New(10001));
         assert_eq!(r.upstream(5), None);
+        // A fixed port opened at start learns its broker from the first answer that names it.
+        r.reserve(9, 9200);
+        assert_eq!(r.upstream(9), None);
+        assert_eq!(r.observe(9, up("k9", 1), Some(9200), 10000).unwrap(), Observed::Known(9200));
+        assert_eq!(r.upstream(9), Some(up("k9", 1)));
     }
 }
