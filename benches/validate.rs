@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventgate::asyncapi::{Policy, load};
 use eventgate::bench::demo_value;
-use eventgate::validate::batch::{Verdict, check_partition};
+use eventgate::validate::batch::{Budget, Verdict, check_partition};
 use eventgate::validate::{CompiledDoc, compile};
 use eventgate::wire::compression::{Codec, Framing};
 use eventgate::wire::records::{BatchHeader, records, write_batch, write_record};
@@ -69,7 +69,7 @@ fn validation(c: &mut Criterion) {
                     Policy::Annotate,
                     black_box(&valid),
                     "2026-01-01T00:00:00.000000000Z",
-                    1 << 26,
+                    &mut Budget::new(1 << 26),
                 );
                 assert!(matches!(r.verdict, Verdict::Untouched));
             })
@@ -81,7 +81,7 @@ fn validation(c: &mut Criterion) {
                     Policy::Annotate,
                     black_box(&invalid),
                     "2026-01-01T00:00:00.000000000Z",
-                    1 << 26,
+                    &mut Budget::new(1 << 26),
                 );
                 assert!(matches!(r.verdict, Verdict::Annotated(_)));
             })

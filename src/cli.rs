@@ -30,6 +30,8 @@ pub enum Command {
     Lint(crate::offline::LintArgs),
     /// Produce and consume a load through a broker or proxy and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Attack a running eventgate as a hostile peer would and report what it made eventgate hold.
+    Hostile(crate::hostile::HostileArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -76,6 +78,16 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Hostile(args) => match crate::hostile::run(&args) {
+            Ok(result) => match serde_json::to_string(&result) {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            },
+            Err(e) => fail(&e),
+        },
     }
 }
 

@@ -81,6 +81,26 @@ pub struct Settings {
     #[arg(long, env = "EVENTGATE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
 
+    /// Client connections open at once on all Kafka listeners; further ones are closed at once and
+    /// counted. [default: 4096]
+    #[arg(long, env = "EVENTGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// A client connection with no request in flight and no bytes from the client for this long is
+    /// closed, like Kafka's `connections.max.idle.ms` (0: never). [default: 600000]
+    #[arg(long, env = "EVENTGATE_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// Most per-broker listeners open at once; an answer naming more brokers closes the connection
+    /// that carried it. [default: 1024]
+    #[arg(long, env = "EVENTGATE_MAX_BROKER_LISTENERS")]
+    pub max_broker_listeners: Option<usize>,
+
+    /// A broker listener whose broker has been absent from every Metadata answer for this long is
+    /// closed and its port freed, in milliseconds. [default: 600000]
+    #[arg(long, env = "EVENTGATE_BROKER_FORGET_MS")]
+    pub broker_forget_ms: Option<u64>,
+
     /// Time allowed to connect to a broker, in milliseconds. [default: 10000]
     #[arg(long, env = "EVENTGATE_CONNECT_TIMEOUT_MS")]
     pub connect_timeout_ms: Option<u64>,
@@ -121,7 +141,9 @@ pub struct Settings {
     #[arg(long, env = "EVENTGATE_MAX_SPEC_BYTES")]
     pub max_spec_bytes: Option<usize>,
 
-    /// Largest decompressed record batch eventgate reads to validate, in bytes. [default: 134217728]
+    /// Work budget of one Produce request, in bytes: its decompressed records, plus a fixed cost per
+    /// record and the annotations eventgate adds, across all its batches. Partitions past it are
+    /// refused with MESSAGE_TOO_LARGE. [default: 67108864]
     #[arg(long, env = "EVENTGATE_MAX_DECOMPRESSED_BYTES")]
     pub max_decompressed_bytes: Option<usize>,
 
@@ -196,6 +218,24 @@ pub struct Settings {
     #[arg(long, env = "EVENTGATE_WS_SLOW_MS")]
     pub ws_slow_ms: Option<u64>,
 
+    /// Bytes of events buffered for all websocket clients together; past it the clients with the most
+    /// buffered are disconnected first (1008). [default: 67108864]
+    #[arg(long, env = "EVENTGATE_WS_MAX_BUFFERED_BYTES")]
+    pub ws_max_buffered_bytes: Option<usize>,
+
+    /// Time an admin HTTP client has to send a request's headers, in milliseconds. [default: 10000]
+    #[arg(long, env = "EVENTGATE_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+
+    /// Time an admin HTTP request may take, body included, in milliseconds. [default: 30000]
+    #[arg(long, env = "EVENTGATE_HTTP_REQUEST_TIMEOUT_MS")]
+    pub http_request_timeout_ms: Option<u64>,
+
+    /// Admin HTTP connections open at once (websockets included); further ones are closed at once
+    /// and counted. [default: 256]
+    #[arg(long, env = "EVENTGATE_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+
     /// Log filter, in `tracing` env-filter syntax (RUST_LOG wins when set). [default: info]
     #[arg(long, env = "EVENTGATE_LOG")]
     pub log: Option<String>,
@@ -226,6 +266,11 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub max_frame_bytes: usize,
     pub max_in_flight: usize,
+    pub max_connections: usize,
+    /// `None`: never close idle connections.
+    pub idle_timeout: Option<Duration>,
+    pub max_broker_listeners: usize,
+    pub broker_forget: Duration,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub specs: Vec<PathBuf>,
@@ -237,6 +282,10 @@ pub struct Config {
     pub mirror: MirrorConfig,
     pub ws_buffer: usize,
     pub ws_slow: Duration,
+    pub ws_max_buffered_bytes: usize,
+    pub http_header_timeout: Duration,
+    pub http_request_timeout: Duration,
+    pub http_max_connections: usize,
     pub log: String,
     pub log_format: LogFormat,
 }
@@ -265,6 +314,10 @@ impl Settings {
             http_listen: self.http_listen.or(file.http_listen),
             max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
             max_in_flight: self.max_in_flight.or(file.max_in_flight),
+            max_connections: self.max_connections.or(file.max_connections),
+            idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
+            max_broker_listeners: self.max_broker_listeners.or(file.max_broker_listeners),
+            broker_forget_ms: self.broker_forget_ms.or(file.broker_forget_ms),
             connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
             shutdown_timeout_ms: self.shutdown_timeout_ms.or(file.shutdown_timeout_ms),
             spec: if self.spec.is_empty() { file.spec } else { self.spec },
@@ -292,6 +345,10 @@ impl Settings {
             spec_bucket: self.spec_bucket.or(file.spec_bucket),
             ws_buffer: self.ws_buffer.or(file.ws_buffer),
             ws_slow_ms: self.ws_slow_ms.or(file.ws_slow_ms),
+            ws_max_buffered_bytes: self.ws_max_buffered_bytes.or(file.ws_max_buffered_bytes),
+            http_header_timeout_ms: self.http_header_timeout_ms.or(file.http_header_timeout_ms),
+            http_request_timeout_ms: self.http_request_timeout_ms.or(file.http_request_timeout_ms),
+            http_max_connections: self.http_max_connections.or(file.http_max_connections),
             log: self.log.or(file.log),
             log_format: self.log_format.or(file.log_format),
         }
@@ -345,6 +402,19 @@ impl Settings {
         if max_in_flight == 0 {
             return Err(invalid("max_in_flight", "must be at least 1"));
         }
+        let max_connections = self.max_connections.unwrap_or(4096);
+        if max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        let max_broker_listeners = self.max_broker_listeners.unwrap_or(1024);
+        if max_broker_listeners == 0 {
+            return Err(invalid("max_broker_listeners", "must be at least 1"));
+        }
+        let http_listen = socket_addr("http_listen", self.http_listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
+        check_port_layout(listen, http_listen, node_port_base, node_id_max, &node_ports)?;
+        for u in &upstream {
+            check_upstream_not_self(u, listen, http_listen, &node_ports)?;
+        }
         let log_format = self.log_format.unwrap_or_default();
         let mut overrides = HashMap::new();
         for entry in &self.topic_policy {
@@ -358,7 +428,7 @@ impl Settings {
             default: self.policy.unwrap_or(Policy::Annotate),
             overrides,
             unknown_topic: self.unknown_topic.unwrap_or_default(),
-            max_decompressed_bytes: self.max_decompressed_bytes.unwrap_or(128 << 20),
+            max_decompressed_bytes: self.max_decompressed_bytes.unwrap_or(64 << 20),
         };
         let spec_dir = match self.spec_dir {
             Some(d) if d.is_empty() => None,
@@ -408,9 +478,16 @@ impl Settings {
             node_port_base,
             node_id_max,
             node_ports,
-            http_listen: socket_addr("http_listen", self.http_listen.as_deref().unwrap_or("127.0.0.1:8080"))?,
+            http_listen,
             max_frame_bytes,
             max_in_flight,
+            max_connections,
+            idle_timeout: match self.idle_timeout_ms.unwrap_or(600_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            max_broker_listeners,
+            broker_forget: Duration::from_millis(self.broker_forget_ms.unwrap_or(600_000)),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms.unwrap_or(10_000)),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms.unwrap_or(10_000)),
             specs: self.spec,
@@ -422,6 +499,10 @@ impl Settings {
             mirror,
             ws_buffer: self.ws_buffer.unwrap_or(1024).max(1),
             ws_slow: Duration::from_millis(self.ws_slow_ms.unwrap_or(5000)),
+            ws_max_buffered_bytes: self.ws_max_buffered_bytes.unwrap_or(64 << 20).max(1),
+            http_header_timeout: Duration::from_millis(self.http_header_timeout_ms.unwrap_or(10_000).max(1)),
+            http_request_timeout: Duration::from_millis(self.http_request_timeout_ms.unwrap_or(30_000).max(1)),
+            http_max_connections: self.http_max_connections.unwrap_or(256).max(1),
             log: self.log.unwrap_or_else(|| "info".to_owned()),
             log_format,
         })
@@ -441,6 +522,88 @@ impl Config {
             None
         }
     }
+}
+
+/// Refuses a port-per-broker layout that cannot serve its id range, or whose broker ports collide
+/// with the bootstrap or admin listener (every answer naming such a broker would then fail).
+fn check_port_layout(
+    listen: SocketAddr,
+    http_listen: SocketAddr,
+    base: u16,
+    id_max: i32,
+    fixed: &BTreeMap<i32, u16>,
+) -> Result<(), ConfigError> {
+    let last = i64::from(base) + i64::from(id_max);
+    if last > i64::from(u16::MAX) {
+        return Err(invalid(
+            "node_port_base",
+            format!(
+                "node_port_base {base} + node_id_max {id_max} reaches port {last}: brokers above id {} could never \
+                 be served; lower node_port_base or node_id_max",
+                i64::from(u16::MAX) - i64::from(base)
+            ),
+        ));
+    }
+    let range = i64::from(base)..=last;
+    // The admin listener only collides when it listens where the broker listeners do.
+    let shares_ip = |a: SocketAddr| a.ip() == listen.ip() || a.ip().is_unspecified() || listen.ip().is_unspecified();
+    let own = [("listen", listen.port()), ("http_listen", http_listen.port())];
+    for (setting, port) in own {
+        if setting == "http_listen" && !shares_ip(http_listen) {
+            continue;
+        }
+        if range.contains(&i64::from(port)) {
+            return Err(invalid(
+                "node_port_base",
+                format!(
+                    "broker ports {base}..={last} include the {setting} port {port}; move node_port_base, lower \
+                     node_id_max or move {setting}"
+                ),
+            ));
+        }
+        if let Some((id, _)) = fixed.iter().find(|(_, p)| **p == port) {
+            return Err(invalid("node_port", format!("broker {id} is given port {port}, which {setting} uses")));
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (id, port) in fixed {
+        if let Some(other) = seen.insert(*port, *id) {
+            return Err(invalid("node_port", format!("brokers {other} and {id} are both given port {port}")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an upstream address that is one of eventgate's own listeners: every connection would
+/// loop back into eventgate until the descriptors run out. Names that do not resolve now are left
+/// to the connection-time check.
+fn check_upstream_not_self(
+    upstream: &str,
+    listen: SocketAddr,
+    http_listen: SocketAddr,
+    fixed: &BTreeMap<i32, u16>,
+) -> Result<(), ConfigError> {
+    let Ok((host, port)) = split_host_port(upstream) else { return Ok(()) };
+    // Broker ports of the fixed range open only as brokers appear: those are checked when an answer
+    // names them (and by the connection-time check), not here.
+    let own = [listen, http_listen]
+        .into_iter()
+        .filter(|a| a.port() == port)
+        .chain(fixed.values().any(|p| *p == port).then_some(SocketAddr::new(listen.ip(), port)));
+    let Ok(resolved) = (host, port).to_socket_addrs() else { return Ok(()) };
+    let resolved: Vec<SocketAddr> = resolved.collect();
+    for mine in own {
+        let hit = resolved.iter().any(|r| {
+            r.ip() == mine.ip() || (mine.ip().is_unspecified() && (r.ip().is_loopback() || r.ip().is_unspecified()))
+        });
+        if hit {
+            return Err(invalid(
+                "upstream",
+                format!("`{upstream}` is eventgate's own listener {mine}: it would connect to itself in a loop"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Splits `HOST:PORT` (IPv6 hosts in brackets).
@@ -512,6 +675,35 @@ mod tests {
         assert_eq!(c.spec_dir, None);
         let bad = Settings { topic_policy: vec!["x=maybe".into()], ..Default::default() };
         assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn port_layouts_that_cannot_work_are_refused() {
+        let bad = |s: Settings| s.resolve().unwrap_err().to_string();
+        let e = bad(Settings { node_port_base: Some(65000), ..Default::default() });
+        assert!(e.contains("66023") && e.contains("above id 535"), "{e}");
+        let e = bad(Settings { http_listen: Some("127.0.0.1:9500".into()), ..Default::default() });
+        assert!(e.contains("http_listen port 9500"), "{e}");
+        let e = bad(Settings { node_port: vec!["5=9092".into()], node_id_max: Some(0), ..Default::default() });
+        assert!(e.contains("broker 5 is given port 9092"), "{e}");
+        // Elsewhere on the machine, or on another address, the admin port does not collide.
+        let ok = Settings { http_listen: Some("127.0.0.2:9500".into()), ..Default::default() };
+        assert!(ok.resolve().is_ok());
+        assert!(
+            Settings { node_port_base: Some(64000), node_id_max: Some(1535), ..Default::default() }.resolve().is_ok()
+        );
+    }
+
+    #[test]
+    fn an_upstream_that_is_eventgate_itself_is_refused() {
+        for upstream in ["127.0.0.1:9092", "localhost:9092", "127.0.0.1:8080", "127.0.0.1:7000"] {
+            let s =
+                Settings { upstream: vec![upstream.into()], node_port: vec!["5=7000".into()], ..Default::default() };
+            let e = s.resolve().unwrap_err().to_string();
+            assert!(e.contains("connect to itself"), "{upstream}: {e}");
+        }
+        let elsewhere = Settings { upstream: vec!["127.0.0.2:9092".into()], ..Default::default() };
+        assert!(elsewhere.resolve().is_ok());
     }
 
     #[test]

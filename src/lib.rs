@@ -8,6 +8,7 @@ pub mod asyncapi;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod hostile;
 pub mod http;
 pub mod mirror;
 pub mod nats;

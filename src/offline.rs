@@ -94,7 +94,7 @@ pub fn validate(args: ValidateArgs) -> ExitCode {
             Outcome::Invalid(errors) => {
                 failed = true;
                 println!("{label}invalid");
-                for e in errors {
+                for e in errors.iter() {
                     println!("  {e}");
                 }
             }

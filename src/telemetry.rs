@@ -49,6 +49,11 @@ pub struct ProxyMetrics {
     pub bytes_from_clients: Counter,
     pub bytes_from_brokers: Counter,
     pub responses_rewritten: Counter,
+    pub connections_refused: Counter,
+    pub idle_closed: Counter,
+    pub brokers_forgotten: Counter,
+    pub broker_listeners: Gauge,
+    started: std::time::Instant,
 }
 
 impl ProxyMetrics {
@@ -68,7 +73,17 @@ impl ProxyMetrics {
             bytes_from_clients: counter!("eventgate_kafka_bytes_total", "from" => "client"),
             bytes_from_brokers: counter!("eventgate_kafka_bytes_total", "from" => "broker"),
             responses_rewritten: counter!("eventgate_kafka_responses_rewritten_total"),
+            connections_refused: counter!("eventgate_kafka_connections_refused_total"),
+            idle_closed: counter!("eventgate_kafka_idle_closed_total"),
+            brokers_forgotten: counter!("eventgate_broker_listeners_forgotten_total"),
+            broker_listeners: gauge!("eventgate_broker_listeners"),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Whole seconds since the metrics were created (for rate-limited logging).
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
     }
 
     /// Counts one request of `api_key`.
@@ -101,6 +116,7 @@ pub struct ValidationMetrics {
     pub partitions_annotated: Counter,
     pub partitions_rejected: Counter,
     pub partitions_unreadable: Counter,
+    pub partitions_over_budget: Counter,
     pub legacy_refused: Counter,
     pub acks0_closed: Counter,
 }
@@ -116,6 +132,7 @@ impl ValidationMetrics {
             partitions_annotated: partitions("annotated"),
             partitions_rejected: partitions("rejected"),
             partitions_unreadable: partitions("unreadable"),
+            partitions_over_budget: partitions("over_budget"),
             legacy_refused: counter!("eventgate_produce_legacy_refused_total"),
             acks0_closed: counter!("eventgate_produce_acks0_closed_total"),
         }

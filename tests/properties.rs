@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use eventgate::asyncapi::{Policy, load};
-use eventgate::validate::batch::{Verdict, check_partition};
+use eventgate::validate::batch::{Budget, Verdict, check_partition};
 use eventgate::validate::{ANNOTATION_HEADER, compile};
 use eventgate::wire::compression::{Codec, Framing};
 use eventgate::wire::records::{BatchHeader, RawBatch, records, write_batch, write_record};
@@ -110,7 +110,7 @@ proptest! {
             (i as i64, Some(format!("k{i}").into_bytes()), Some(v.into_bytes()), extra.clone())
         }).collect();
         let original = encode(&recs, codec, framing, (1234, 5, 77));
-        let result = check_partition(route, Policy::Annotate, &original, "2026-01-01T00:00:00.000000000Z", 1 << 24);
+        let result = check_partition(route, Policy::Annotate, &original, "2026-01-01T00:00:00.000000000Z", &mut Budget::new(1 << 24));
         if valid.iter().all(|v| *v) {
             prop_assert!(matches!(result.verdict, Verdict::Untouched));
             return Ok(());

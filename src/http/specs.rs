@@ -169,8 +169,8 @@ pub async fn validate(
     let mut answer = json!({ "document": id, "topic": sample.topic.unwrap_or_else(|| route.address.clone()), "outcome": outcome.label() });
     match &outcome {
         Outcome::Valid(i) => answer["message"] = json!(route.messages[*i].name),
-        Outcome::Invalid(errors) => answer["errors"] = json!(errors),
-        Outcome::Unchecked(why) => answer["reason"] = json!(why),
+        Outcome::Invalid(errors) => answer["errors"] = json!(&**errors),
+        Outcome::Unchecked(why) => answer["reason"] = json!(&**why),
     }
     Ok(Json(answer).into_response())
 }
@@ -188,6 +188,6 @@ pub fn check_sample(
     write_record(&mut raw, 0, 0, key.map(str::as_bytes), value, hs.into_iter());
     match records(&raw).next() {
         Some(Ok(rec)) => route.check(&rec),
-        _ => Outcome::Invalid(vec!["/: the sample cannot be encoded as a Kafka record".into()]),
+        _ => Outcome::Invalid(std::sync::Arc::from(["/: the sample cannot be encoded as a Kafka record".to_owned()])),
     }
 }

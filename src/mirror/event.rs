@@ -139,8 +139,8 @@ struct Plain<'a> {
 
 fn validation_errors(outcome: &Outcome) -> Option<String> {
     match outcome {
-        Outcome::Invalid(errors) => serde_json::to_string(errors).ok(),
-        Outcome::Unchecked(why) => serde_json::to_string(&[why]).ok(),
+        Outcome::Invalid(errors) => serde_json::to_string(&**errors).ok(),
+        Outcome::Unchecked(why) => serde_json::to_string(&[&**why]).ok(),
         Outcome::Valid(_) => None,
     }
 }

@@ -4,7 +4,10 @@
 //! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
 //! partition's records (the very `Bytes` that went to the broker) with the offset the broker
 //! assigned and the validation outcomes, or drops the job and counts it when the buffer
-//! (`mirror_buffer_bytes`) is full. A worker task turns jobs into events ([`event`]) and publishes
+//! (`mirror_buffer_bytes`) is full. The buffer counts what a job will make the mirror hold: its
+//! bytes plus [`EVENT_OVERHEAD`] for each record its batches declare, so a compressed batch that
+//! expands to millions of records is dropped from the mirror, never from Kafka. The worker builds
+//! and publishes a job's events a chunk at a time, one batch decompressed at a time. A worker task turns jobs into events ([`event`]) and publishes
 //! them ([`sink`]) with many acknowledgements outstanding; when NATS is away it retries, the buffer
 //! fills, and once NATS is back it catches up. Each event's `Nats-Msg-Id` is its id
 //! (`<topic>-<partition>-<offset>`), so a retried publish is stored once.
@@ -49,7 +52,7 @@ pub struct MirrorConfig {
 /// One partition's records, ready to be mirrored.
 #[derive(Debug)]
 pub struct Job {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     /// Offset of the first record, from the broker's answer; `None` for records refused by policy.
     pub base_offset: Option<i64>,
@@ -170,7 +173,7 @@ impl Mirror {
         if !self.active() {
             return false;
         }
-        let size = job.records.len();
+        let size = cost(&job);
         let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if before + size > self.limit {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
@@ -192,12 +195,26 @@ impl Mirror {
     fn drop_job(&self, job: &Job, why: &str) {
         let n = batch_record_count(&job.records);
         self.metrics.dropped.increment(n as u64);
-        tracing::warn!(topic = job.topic, partition = job.partition, records = n, "records not mirrored: {why}");
+        tracing::warn!(topic = &*job.topic, partition = job.partition, records = n, "records not mirrored: {why}");
     }
 }
 
 fn batch_record_count(records: &[u8]) -> usize {
     records::batches(records).filter_map(Result::ok).map(|b| b.header.record_count.max(0) as usize).sum()
+}
+
+/// What an event costs beyond its record's bytes: its attributes and JSON framing.
+pub const EVENT_OVERHEAD: usize = 256;
+
+/// Events built and published at a time: the worker never holds more of a job than this.
+const EVENT_CHUNK: usize = 256;
+
+/// What a job is charged in the buffer: the bytes it keeps alive, plus the events its batches say
+/// they hold. A few kilobytes of compressed records that claim a million records cost what a
+/// million events cost, and so are dropped from the mirror (counted) instead of flooding it.
+fn cost(job: &Job) -> usize {
+    let per_event = EVENT_OVERHEAD + job.topic.len();
+    job.records.len().saturating_add(batch_record_count(&job.records).saturating_mul(per_event))
 }
 
 async fn run(
@@ -219,18 +236,16 @@ async fn run(
             _ = stop.drain.cancelled(), if rx.is_empty() => None,
         };
         let Some(job) = job else { break };
-        let size = job.records.len();
+        let size = cost(&job);
         let subject_prefix = if job.base_offset.is_some() { &config.subject_prefix } else { &config.rejected_prefix };
         let subject = format!("{subject_prefix}.{}", job.topic);
-        let events = expand(&config, &job);
-        metrics.omitted.increment(events.iter().filter(|e| e.data_omitted).count() as u64);
-        let n = events.len() as u64;
-        sink.publish(&subject, events, &shutdown).await;
-        if job.base_offset.is_some() {
-            metrics.events.increment(n);
-        } else {
-            metrics.rejected_events.increment(n);
-        }
+        let counter = if job.base_offset.is_some() { &metrics.events } else { &metrics.rejected_events };
+        expand(&config, &job, async |events: Vec<event::Event>| {
+            metrics.omitted.increment(events.iter().filter(|e| e.data_omitted).count() as u64);
+            counter.increment(events.len() as u64);
+            sink.publish(&subject, events, &shutdown).await;
+        })
+        .await;
         let left = queued_bytes.fetch_sub(size, Ordering::AcqRel).saturating_sub(size);
         metrics.queued.set(left as f64);
     }
@@ -247,9 +262,10 @@ async fn run(
     }
 }
 
-/// The events of one job.
-fn expand(config: &MirrorConfig, job: &Job) -> Vec<event::Event> {
-    let mut out = Vec::new();
+/// The events of one job, handed to `emit` [`EVENT_CHUNK`] at a time, so that a batch that
+/// decompresses to millions of records is never held as millions of events.
+async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(Vec<event::Event>)) {
+    let mut out = Vec::with_capacity(EVENT_CHUNK);
     let mut scratch = Vec::new();
     let mut index = 0usize;
     let unvalidated = Outcome::Unchecked("no AsyncAPI document describes this topic".into());
@@ -294,10 +310,15 @@ fn expand(config: &MirrorConfig, job: &Job) -> Vec<event::Event> {
             };
             out.push(event::build(&rec, &ctx));
             index += 1;
+            if out.len() == EVENT_CHUNK {
+                emit(std::mem::replace(&mut out, Vec::with_capacity(EVENT_CHUNK))).await;
+            }
         }
         next_offset = batch_base.map(|b| b + i64::from(batch.header.last_offset_delta) + 1);
     }
-    out
+    if !out.is_empty() {
+        emit(out).await;
+    }
 }
 
 /// How long the mirror may take to drain at shutdown.

@@ -27,8 +27,19 @@ fn batch(n: usize) -> Bytes {
     out.freeze()
 }
 
-#[test]
-fn events_get_broker_offsets_and_deterministic_ids() {
+/// Every event of a job, gathered.
+async fn events_of(config: &MirrorConfig, job: &Job) -> Vec<event::Event> {
+    let mut all = Vec::new();
+    expand(config, job, async |chunk: Vec<event::Event>| {
+        assert!(chunk.len() <= EVENT_CHUNK);
+        all.extend(chunk);
+    })
+    .await;
+    all
+}
+
+#[tokio::test]
+async fn events_get_broker_offsets_and_deterministic_ids() {
     let job = Job {
         topic: "orders".into(),
         partition: 3,
@@ -38,12 +49,12 @@ fn events_get_broker_offsets_and_deterministic_ids() {
         outcomes: None,
         route: None,
     };
-    let ids: Vec<String> = expand(&config(), &job).into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id).collect();
     assert_eq!(ids, vec!["orders-3-100", "orders-3-101", "orders-3-102"]);
 }
 
-#[test]
-fn refused_records_get_unique_ids_without_offsets() {
+#[tokio::test]
+async fn refused_records_get_unique_ids_without_offsets() {
     let job = Job {
         topic: "orders".into(),
         partition: 0,
@@ -53,7 +64,7 @@ fn refused_records_get_unique_ids_without_offsets() {
         outcomes: None,
         route: None,
     };
-    let events = expand(&config(), &job);
+    let events = events_of(&config(), &job).await;
     assert_eq!(events.len(), 2);
     assert!(events[0].id.starts_with("orders-0-rejected-"));
     assert_ne!(events[0].id, events[1].id);
@@ -66,7 +77,7 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     let (tx, _rx) = tokio::sync::broadcast::channel(16);
     let stop = Stop::default();
     let mut cfg = config();
-    cfg.buffer_bytes = batch(1).len();
+    cfg.buffer_bytes = batch(1).len() + EVENT_OVERHEAD + 1;
     let (mirror, worker) = Mirror::start(cfg, SinkSpec::Local(sink::LocalSink::new(tx)), stop.clone(), None).unwrap();
     // Far larger than the buffer: refused at once; a small one fits.
     let job = |n| Job {
@@ -83,4 +94,22 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     assert!(mirror.submit(job(1)));
     stop.drain.cancel();
     worker.done.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_claiming_many_records_costs_what_its_events_would() {
+    let job = Job {
+        topic: "t".into(),
+        partition: 0,
+        base_offset: Some(0),
+        log_append_time: -1,
+        records: batch(1_000),
+        outcomes: None,
+        route: None,
+    };
+    // lz4 makes the thousand records a few kilobytes; they are charged as a thousand events.
+    assert!(job.records.len() < 20_000, "{}", job.records.len());
+    assert!(cost(&job) >= 1_000 * EVENT_OVERHEAD);
+    let events = events_of(&config(), &job).await;
+    assert_eq!(events.len(), 1_000);
 }

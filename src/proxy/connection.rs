@@ -18,11 +18,16 @@
 //! Both pipelines read whole frames into a [`FrameBuffer`] and write batches of frames with one
 //! vectored write; a frame that needs no change is forwarded as the very bytes that arrived.
 //! Any error closes only this connection, with one log line that names the peer and the stage.
+//!
+//! A connection costs nothing until used: the broker connection is opened when the client's first
+//! bytes arrive, and a connection with no request in flight that stays silent for
+//! `idle_timeout_ms` is closed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::ApiKey;
@@ -90,12 +95,59 @@ pub enum ConnError {
     RefusedAcksZero(String),
     #[error("rewriting {api:?} v{version} response: {source}")]
     Rewrite { api: i16, version: i16, source: RewriteError },
+    #[error("idle for {0:?} with no request in flight (idle_timeout_ms)")]
+    Idle(std::time::Duration),
 }
 
-/// Serves one accepted client until either side closes or eventgate shuts down.
+/// What the client did before its first byte.
+enum FirstBytes {
+    Arrived,
+    /// It left, went idle for the idle timeout, or eventgate is shutting down.
+    Gone(&'static str),
+}
+
+/// Waits, holding nothing but the socket, until the client sends its first byte.
+async fn first_bytes(gw: &Gateway, client: &TcpStream) -> FirstBytes {
+    let idle = async {
+        match gw.config.idle_timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        _ = gw.shutdown.cancelled() => FirstBytes::Gone("eventgate is shutting down"),
+        _ = idle => FirstBytes::Gone("idle timeout before the first request"),
+        n = client.peek(&mut probe) => match n {
+            Ok(0) | Err(_) => FirstBytes::Gone("client left before its first request"),
+            Ok(_) => FirstBytes::Arrived,
+        },
+    }
+}
+
+/// Serves one accepted client until either side closes or eventgate shuts down. The broker
+/// connection is opened only once the client has sent something: a connection that is never used
+/// costs eventgate one socket, not two, and no buffers.
 pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target: Target) {
     let _open = gw.metrics.connection_opened();
-    let (broker, broker_addr) = match gw.connect(target).await {
+    if let FirstBytes::Gone(why) = first_bytes(&gw, &client).await {
+        gw.metrics.idle_closed.increment(u64::from(why.starts_with("idle")));
+        tracing::debug!(%peer, why, "connection closed");
+        return;
+    }
+    // An upstream connection of eventgate's own that arrived back here: a loop. Refuse it, or each
+    // request would open yet another connection until every descriptor is gone.
+    if gw.is_own_upstream_connection(peer) {
+        gw.metrics.connection_errors.increment(1);
+        tracing::error!(
+            %peer,
+            ?target,
+            "closing a connection from eventgate itself: an upstream address leads back to eventgate (check \
+             --upstream and the brokers' advertised listeners)"
+        );
+        return;
+    }
+    let (broker, broker_addr, _outgoing) = match gw.connect(target).await {
         Ok(c) => c,
         Err(e) => {
             gw.metrics.connection_errors.increment(1);
@@ -110,21 +162,26 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
     let (broker_rd, broker_wr) = broker.into_split();
     let (tx, rx) = mpsc::channel(gw.config.max_in_flight);
     let abort = CancellationToken::new();
+    let in_flight = AtomicUsize::new(0);
     let on_error = |r: Result<(), ConnError>| {
         if r.is_err() {
             abort.cancel();
         }
         r
     };
-    let (req, resp) = tokio::join!(async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort).await) }, async {
-        on_error(responses(&gw, broker_rd, client_wr, rx, &abort).await)
-    },);
+    let (req, resp) =
+        tokio::join!(async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort, &in_flight).await) }, async {
+            on_error(responses(&gw, broker_rd, client_wr, rx, &abort, &in_flight).await)
+        },);
     match req.and(resp) {
         Ok(()) => tracing::debug!(%peer, broker = %broker_addr, "connection closed"),
         Err(e) => {
             gw.metrics.connection_errors.increment(1);
             match &e {
-                ConnError::ClientRead(_) | ConnError::ClientWrite(_) | ConnError::ClientClosedMidFrame(_) => {
+                ConnError::ClientRead(_)
+                | ConnError::ClientWrite(_)
+                | ConnError::ClientClosedMidFrame(_)
+                | ConnError::Idle(_) => {
                     tracing::info!(%peer, broker = %broker_addr, error = %e, "connection closed")
                 }
                 _ => tracing::warn!(%peer, broker = %broker_addr, error = %e, "connection closed"),
@@ -142,6 +199,10 @@ struct Plan {
     /// Stop reading requests: the connection closes after this one.
     close: bool,
 }
+
+/// Produce requests larger than this are inspected with [`tokio::task::block_in_place`], so that
+/// checking thousands of records never holds up the other connections of the same worker thread.
+const INLINE_INSPECTION_BYTES: usize = 256 * 1024;
 
 fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
     let meta = RequestMeta::peek(&frame)?;
@@ -165,13 +226,15 @@ fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
             close: false,
         },
         Some(ApiKey::Produce) => {
-            let inspection = produce::inspect(
-                &gw.validation,
-                &gw.validation_metrics,
-                &meta,
-                &frame,
-                gw.mirror.as_ref().is_some_and(|m| m.active()),
-            )?;
+            let mirror_on = gw.mirror.as_ref().is_some_and(|m| m.active());
+            let inspect = || produce::inspect(&gw.validation, &gw.validation_metrics, &meta, &frame, mirror_on);
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let inspection = if frame.len() > INLINE_INSPECTION_BYTES && multi_thread {
+                tokio::task::block_in_place(inspect)?
+            } else {
+                inspect()?
+            };
             if let Some(m) = &gw.mirror {
                 for job in inspection.refused {
                     m.submit(job);
@@ -206,14 +269,19 @@ async fn requests(
     mut broker: OwnedWriteHalf,
     tx: mpsc::Sender<Pending>,
     abort: &CancellationToken,
+    in_flight: &AtomicUsize,
 ) -> Result<(), ConnError> {
     let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
     let mut out = VecDeque::new();
+    let mut idle_since = tokio::time::Instant::now();
     loop {
         while let Some(frame) = buf.next_frame().map_err(ConnError::ClientFrame)? {
             gw.metrics.bytes_from_clients.increment(frame.len() as u64);
             let plan = plan_request(gw, frame).map_err(ConnError::ClientFrame)?;
             if let Some(p) = plan.pending {
+                if matches!(p, Pending::Upstream { .. }) {
+                    in_flight.fetch_add(1, Ordering::AcqRel);
+                }
                 // The answer is queued before its request leaves, so it is always there to match.
                 if let Err(mpsc::error::TrySendError::Full(p)) = tx.try_send(p) {
                     // max_in_flight reached: send what is buffered, then wait for room.
@@ -230,12 +298,28 @@ async fn requests(
             }
         }
         write_frames(&mut broker, &mut out).await.map_err(ConnError::BrokerWrite)?;
+        let idle = async {
+            match gw.config.idle_timeout {
+                Some(t) => tokio::time::sleep_until(idle_since + t).await,
+                None => std::future::pending().await,
+            }
+        };
         let n = tokio::select! {
             biased;
             _ = abort.cancelled() => return Ok(()),
             _ = gw.shutdown.cancelled() => return Ok(()),
             n = buf.fill(&mut client) => n.map_err(ConnError::ClientRead)?,
+            _ = idle => {
+                // A request still waiting for its answer (a long Fetch) is not idleness.
+                if in_flight.load(Ordering::Acquire) == 0 {
+                    gw.metrics.idle_closed.increment(1);
+                    return Err(ConnError::Idle(gw.config.idle_timeout.unwrap_or_default()));
+                }
+                idle_since = tokio::time::Instant::now();
+                continue;
+            }
         };
+        idle_since = tokio::time::Instant::now();
         if n == 0 {
             return match buf.buffered() {
                 0 => Ok(()),
@@ -251,6 +335,7 @@ async fn responses(
     mut client: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Pending>,
     abort: &CancellationToken,
+    in_flight: &AtomicUsize,
 ) -> Result<(), ConnError> {
     let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
     let mut pending = VecDeque::new();
@@ -291,6 +376,7 @@ async fn responses(
                     else {
                         break;
                     };
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
                     gw.metrics.bytes_from_brokers.increment(frame.len() as u64);
                     let got = response_correlation_id(&frame).map_err(ConnError::BrokerFrame)?;
                     if got != correlation_id {
@@ -332,6 +418,8 @@ async fn responses(
                 }
                 None => {
                     if let Some(frame) = buf.next_frame().map_err(ConnError::BrokerFrame)? {
+                        // The answers before it are the client's: deliver them, then close.
+                        write_frames(&mut client, &mut out).await.map_err(ConnError::ClientWrite)?;
                         let got = response_correlation_id(&frame).unwrap_or(-1);
                         return Err(ConnError::UnsolicitedResponse(got));
                     }
@@ -376,19 +464,17 @@ fn mirror_accepted(
 ) -> Result<usize, WireError> {
     let Some(mirror) = &gw.mirror else { return Ok(0) };
     let hlen = response_header_len(ApiKey::Produce, version, frame.get(4..).unwrap_or_default())?;
-    let mut accepted = Vec::new();
+    let mut accepted = HashMap::new();
     let mut refused = 0;
     scan::produce_response(&frame[4 + hlen..], version, |p| {
         if p.error_code == 0 {
-            accepted.push((p.topic, p.partition, p.base_offset, p.log_append_time));
+            accepted.insert((p.topic, p.partition), (p.base_offset, p.log_append_time));
         } else {
             refused += 1;
         }
     })?;
     for part in parts {
-        let Some(&(_, _, base, append)) =
-            accepted.iter().find(|(t, p, _, _)| *t == part.topic.as_bytes() && *p == part.partition)
-        else {
+        let Some(&(base, append)) = accepted.get(&(part.topic.as_bytes(), part.partition)) else {
             continue;
         };
         mirror.submit(Job {

@@ -4,18 +4,25 @@
 //! the shutdown signal and the metrics handles. [`Gateway::listen`] opens the bootstrap listener;
 //! per-broker listeners are opened by [`Gateway::advertise`] as brokers appear in responses. Each
 //! accepted client gets a [`connection`] pipeline to exactly one upstream broker.
+//!
+//! Everything a peer can make eventgate open is bounded: client connections by `max_connections`,
+//! broker listeners by `max_broker_listeners` (brokers no answer has named for `broker_forget_ms`
+//! are forgotten), and a broker address that leads back to eventgate itself is refused, both when
+//! an answer names it and when one of eventgate's own upstream connections arrives at a listener.
 
 pub mod connection;
 pub mod nodes;
 pub mod produce;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::protocol::StrBytes;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -47,6 +54,12 @@ pub enum Target {
 pub struct Gateway {
     pub config: Config,
     nodes: NodeRegistry,
+    /// Client connections allowed at once (`max_connections`).
+    connections: Arc<Semaphore>,
+    /// Local addresses of eventgate's own broker connections, to recognise one that loops back.
+    outgoing: Arc<Mutex<HashSet<SocketAddr>>>,
+    /// Last time a refused connection was logged (seconds since start), to keep the log readable.
+    refusal_logged: AtomicU64,
     /// Cancelled on SIGTERM/SIGINT: listeners stop accepting, connections stop reading requests.
     pub shutdown: CancellationToken,
     /// Every listener and connection task, so shutdown can wait for them.
@@ -63,8 +76,11 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(config: Config, validation: Arc<Validation>, mirror: Option<Arc<Mirror>>) -> Arc<Self> {
         Arc::new(Self {
+            nodes: NodeRegistry::new(config.max_broker_listeners),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            outgoing: Arc::default(),
+            refusal_logged: AtomicU64::new(0),
             config,
-            nodes: NodeRegistry::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             metrics: ProxyMetrics::new(),
@@ -83,15 +99,41 @@ impl Gateway {
         let listener = TcpListener::bind(self.config.listen).await.map_err(at(self.config.listen))?;
         let addr = listener.local_addr().map_err(at(self.config.listen))?;
         tracing::info!(%addr, upstream = ?self.config.upstream, "kafka bootstrap listener ready");
-        self.tasks.spawn(accept_loop(self.clone(), listener, Target::Bootstrap));
+        self.tasks.spawn(accept_loop(self.clone(), listener, Target::Bootstrap, self.shutdown.clone()));
         for (&node_id, &port) in &self.config.node_ports {
             let node_addr = SocketAddr::new(self.config.listen.ip(), port);
             let listener = bind_now(node_addr).map_err(at(node_addr))?;
             self.nodes.reserve(node_id, port);
             tracing::info!(node_id, addr = %node_addr, "broker listener ready (fixed port)");
-            self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id)));
+            self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id), self.shutdown.clone()));
         }
+        self.tasks.spawn(forget_brokers(self.clone()));
         Ok(addr)
+    }
+
+    /// The first port above the fixed node range, where other ids get theirs.
+    fn overflow_base(&self) -> u16 {
+        let cfg = &self.config;
+        cfg.node_port_base.saturating_add(u16::try_from(cfg.node_id_max).unwrap_or(u16::MAX)).saturating_add(1)
+    }
+
+    /// Whether `host:port` is one of eventgate's own Kafka or admin listeners.
+    fn is_own_listener(&self, host: &str, port: u16) -> bool {
+        let cfg = &self.config;
+        let ours = port == cfg.listen.port() || port == cfg.http_listen.port() || self.nodes.serves_port(port);
+        if !ours {
+            return false;
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip == cfg.listen.ip() || ip.is_loopback() || (cfg.listen.ip().is_unspecified() && is_local(ip)),
+            Err(_) => bare.eq_ignore_ascii_case("localhost") || bare.eq_ignore_ascii_case(&cfg.advertised_host),
+        }
+    }
+
+    /// Whether a client at `peer` is one of eventgate's own broker connections.
+    pub fn is_own_upstream_connection(&self, peer: SocketAddr) -> bool {
+        self.outgoing.lock().unwrap_or_else(|p| p.into_inner()).contains(&peer)
     }
 
     /// The address clients must use for broker `node_id`, which the cluster reports at
@@ -99,10 +141,14 @@ impl Gateway {
     pub fn advertise(self: &Arc<Self>, node_id: i32, host: &str, port: i32) -> Result<(StrBytes, i32), AdvertiseError> {
         let fail = |reason: String| AdvertiseError { node_id, host: host.to_owned(), port, reason };
         let upstream_port = u16::try_from(port).map_err(|_| fail("port out of range".into()))?;
+        if self.is_own_listener(host, upstream_port) {
+            return Err(fail(
+                "that is one of eventgate's own listeners: the broker would loop back to eventgate".into(),
+            ));
+        }
         let upstream = Upstream { host: host.to_owned(), port: upstream_port };
         let cfg = &self.config;
-        let overflow_base =
-            cfg.node_port_base.saturating_add(u16::try_from(cfg.node_id_max).unwrap_or(u16::MAX)).saturating_add(1);
+        let overflow_base = self.overflow_base();
         let port = match self
             .nodes
             .observe(node_id, upstream.clone(), cfg.fixed_node_port(node_id), overflow_base)
@@ -111,11 +157,20 @@ impl Gateway {
             Observed::Known(p) => p,
             Observed::New(p) => {
                 let addr = SocketAddr::new(cfg.listen.ip(), p);
-                let listener = bind_now(addr).map_err(|e| fail(format!("cannot listen on {addr}: {e}")))?;
-                let confirmed = self.nodes.confirm(node_id, upstream.clone(), p);
+                let listener = match bind_now(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.nodes.release(p, overflow_base);
+                        return Err(fail(format!("cannot listen on {addr}: {e}")));
+                    }
+                };
+                let stop = self.shutdown.child_token();
+                let confirmed = self.nodes.confirm(node_id, upstream.clone(), p, stop.clone());
                 if confirmed == p {
                     tracing::info!(node_id, %addr, %upstream, "broker listener ready");
-                    self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id)));
+                    self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id), stop));
+                } else {
+                    self.nodes.release(p, overflow_base);
                 }
                 confirmed
             }
@@ -123,8 +178,9 @@ impl Gateway {
         Ok((StrBytes::from_string(cfg.advertised_host.clone()), i32::from(port)))
     }
 
-    /// Opens a connection to the broker behind `target`.
-    pub async fn connect(&self, target: Target) -> Result<(TcpStream, String), String> {
+    /// Opens a connection to the broker behind `target`. The guard keeps its local address known
+    /// as eventgate's own (see [`Gateway::is_own_upstream_connection`]) while it lives.
+    pub async fn connect(&self, target: Target) -> Result<(TcpStream, String, Outgoing), String> {
         let candidates: Vec<String> = match target {
             Target::Bootstrap => {
                 let all = &self.config.upstream;
@@ -148,7 +204,11 @@ impl Gateway {
                 }
             };
             match attempt {
-                Ok(Ok(stream)) => return Ok((stream, addr)),
+                Ok(Ok(stream)) => {
+                    let local = stream.local_addr().map_err(|e| format!("{addr}: {e}"))?;
+                    self.outgoing.lock().unwrap_or_else(|p| p.into_inner()).insert(local);
+                    return Ok((stream, addr, Outgoing { set: self.outgoing.clone(), local }));
+                }
                 Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
                 Err(_) => errors.push(format!("{addr}: timed out after {:?}", self.config.connect_timeout)),
             }
@@ -164,24 +224,78 @@ fn bind_now(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std_listener)
 }
 
-async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, target: Target) {
+/// A broker connection's local address, known as eventgate's own until dropped.
+pub struct Outgoing {
+    set: Arc<Mutex<HashSet<SocketAddr>>>,
+    local: SocketAddr,
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.local);
+    }
+}
+
+/// Whether `ip` is an address of this machine that a wildcard listener answers on.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::TcpListener::bind((ip, 0)).is_ok()
+}
+
+/// Accepts clients until `stop` (shutdown, or the broker being forgotten). Past `max_connections`
+/// a new client is closed at once and counted.
+async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, target: Target, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = gw.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((socket, peer)) => {
-                gw.tasks.spawn(connection::serve(gw.clone(), socket, peer, target));
-            }
+            Ok((socket, peer)) => match gw.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let gw2 = gw.clone();
+                    gw.tasks.spawn(async move {
+                        connection::serve(gw2, socket, peer, target).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    drop(socket);
+                    gw.metrics.connections_refused.increment(1);
+                    let now = gw.metrics.uptime_secs();
+                    if gw.refusal_logged.swap(now, Ordering::Relaxed) != now {
+                        tracing::warn!(%peer, limit = gw.config.max_connections, "refusing client connections: max_connections reached");
+                    }
+                }
+            },
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning, keep the listener.
                 tracing::warn!(?target, error = %e, "accept failed");
                 tokio::select! {
-                    _ = gw.shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
         }
+    }
+    if let Target::Node(id) = target
+        && !gw.shutdown.is_cancelled()
+    {
+        tracing::info!(node_id = id, "broker listener closed: no answer has named the broker for broker_forget_ms");
+    }
+}
+
+/// Forgets brokers that no answer has named for `broker_forget` (their listeners close).
+async fn forget_brokers(gw: Arc<Gateway>) {
+    let every = (gw.config.broker_forget / 4).clamp(Duration::from_millis(50), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = gw.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let gone = gw.nodes.forget_unseen(gw.config.broker_forget, gw.overflow_base());
+        if !gone.is_empty() {
+            gw.metrics.brokers_forgotten.increment(gone.len() as u64);
+        }
+        gw.metrics.broker_listeners.set(gw.nodes.len() as f64);
     }
 }

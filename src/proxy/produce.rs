@@ -10,6 +10,11 @@
 //! * every partition refused: eventgate answers itself and forwards nothing;
 //! * `acks=0` and something refused: the valid rest is forwarded, then the connection is closed,
 //!   which is how a broker tells an `acks=0` producer that a request failed.
+//!
+//! Topic names Kafka cannot hold (longer than 249 bytes, other characters) are refused with
+//! INVALID_TOPIC_EXCEPTION before anything else, as the broker would; and a request whose compressed
+//! batches expand past the request's budget has the partitions past it refused with
+//! MESSAGE_TOO_LARGE (a Java producer then splits the batch and retries).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{
@@ -18,11 +23,12 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::mirror::Job;
 use crate::telemetry::ValidationMetrics;
-use crate::validate::batch::{Verdict, check_partition, codes, now_rfc3339};
+use crate::validate::batch::{Budget, Verdict, check_partition, codes, now_rfc3339};
 use crate::validate::{Decision, Outcome, Route, Validation};
 use crate::wire::WireError;
 use crate::wire::header::RequestMeta;
@@ -32,7 +38,8 @@ use crate::wire::reader::Reader;
 /// A partition eventgate refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
-    pub topic: String,
+    /// Shared by every partition of the topic: a request names it once, so eventgate holds it once.
+    pub topic: Arc<str>,
     pub partition: i32,
     pub error_code: i16,
     pub message: String,
@@ -45,13 +52,13 @@ pub struct Refused {
 pub struct Merge {
     pub refused: Vec<Refused>,
     /// Every (topic, partition) of the request, in request order.
-    pub order: Vec<(String, i32)>,
+    pub order: Vec<(Arc<str>, i32)>,
 }
 
 /// A partition as it went to the broker, for the CloudEvents mirror.
 #[derive(Debug)]
 pub struct Mirrored {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     /// The records field as forwarded (annotated when it was).
     pub records: Bytes,
@@ -95,8 +102,31 @@ fn forward(frame: Option<Bytes>, acks: i16) -> Inspection {
     }
 }
 
+/// Longest topic name Kafka accepts.
+const MAX_TOPIC_NAME: usize = 249;
+
+/// Whether Kafka would accept `name` as a topic name: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn legal_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_NAME
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// What eventgate does with one topic of a request.
+enum TopicPlan<'c> {
+    /// A policy decision.
+    Decided(Decision<'c>),
+    /// Not a topic name Kafka accepts: refused before any work.
+    Illegal,
+}
+
 /// Inspects a Produce request frame. With `mirror_on`, the partitions that go to the broker are
 /// listed for the mirror, and an `acks=0` request is sent with `acks=1` so their offsets are known.
+///
+/// Work is linear in the request: each topic name is held once, partitions are looked up by hash,
+/// and everything a compressed batch expands to is paid from one [`Budget`] per request.
 pub fn inspect(
     validation: &Validation,
     metrics: &ValidationMetrics,
@@ -113,49 +143,70 @@ pub fn inspect(
         return Ok(forward(None, acks(body, version)?));
     }
     let view = ProduceRequestView::parse(body, version)?;
-    let decisions: Vec<Decision<'_>> = view.topics.iter().map(|t| policies.decide(&catalog, t.name)).collect();
-    let all_pass = decisions.iter().all(|d| matches!(d, Decision::Pass));
+    let plans: Vec<TopicPlan<'_>> = view
+        .topics
+        .iter()
+        .map(|t| match legal_topic(t.name) {
+            true => TopicPlan::Decided(policies.decide(&catalog, t.name)),
+            false => TopicPlan::Illegal,
+        })
+        .collect();
+    let all_pass = plans.iter().all(|d| matches!(d, TopicPlan::Decided(Decision::Pass)));
     if all_pass && (!mirror_on || version < 3) {
         // Message sets (v0-v2) are not mirrored: they carry no headers and no batch framing.
         return Ok(forward(None, view.acks));
     }
+    let names: Vec<Arc<str>> = view.topics.iter().map(|t| Arc::from(t.name)).collect();
     // Request order of every partition, for answers eventgate writes or merges (built only then).
-    let order = || -> Vec<(String, i32)> {
-        view.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.name.to_owned(), p.index))).collect()
+    let order = || -> Vec<(Arc<str>, i32)> {
+        view.topics.iter().zip(&names).flat_map(|(t, n)| t.partitions.iter().map(|p| (n.clone(), p.index))).collect()
     };
     let partitions = view.topics.iter().map(|t| t.partitions.len()).sum::<usize>();
+    let refuse = |topic: &Arc<str>, partition: i32, error_code: i16, message: String| Refused {
+        topic: topic.clone(),
+        partition,
+        error_code,
+        message,
+        record_errors: Vec::new(),
+    };
 
     if version < 3 {
         // Message sets (magic 0/1) have no headers, so nothing can be annotated: refuse the request.
         metrics.legacy_refused.increment(1);
+        const WHY: &str = "eventgate validates this topic and needs Produce v3 or later (record batches)";
         let order = order();
-        let refused = order
-            .iter()
-            .map(|(topic, partition)| Refused {
-                topic: topic.clone(),
-                partition: *partition,
-                error_code: codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
-                message: "eventgate validates this topic and needs Produce v3 or later (record batches)".into(),
-                record_errors: Vec::new(),
-            })
-            .collect();
+        let refused =
+            order.iter().map(|(t, p)| refuse(t, *p, codes::UNSUPPORTED_FOR_MESSAGE_FORMAT, WHY.into())).collect();
         return Ok(Inspection { plan: refuse_all(meta, view.acks, Merge { refused, order })?, refused: Vec::new() });
     }
 
     // One timestamp for every annotation of the request, taken only if something is validated.
-    let ts = if decisions.iter().any(|d| matches!(d, Decision::Check { .. })) { now_rfc3339() } else { String::new() };
-    let mut replaced: Vec<(String, i32, Bytes)> = Vec::new();
+    let checks = plans.iter().any(|d| matches!(d, TopicPlan::Decided(Decision::Check { .. })));
+    let ts = if checks { now_rfc3339() } else { String::new() };
+    let mut budget = Budget::new(policies.max_decompressed_bytes);
+    let mut replaced: HashMap<(usize, i32), Bytes> = HashMap::new();
     let mut refused: Vec<Refused> = Vec::new();
     let mut mirrored: Vec<Mirrored> = Vec::new();
     let mut refused_jobs: Vec<Job> = Vec::new();
-    for (topic, decision) in view.topics.iter().zip(&decisions) {
-        match decision {
-            Decision::Pass => {
+    for (t, ((topic, plan), name)) in view.topics.iter().zip(&plans).zip(&names).enumerate() {
+        match plan {
+            TopicPlan::Illegal => {
+                let why = format!(
+                    "eventgate refuses topic names Kafka cannot hold (1-{MAX_TOPIC_NAME} of a-z A-Z 0-9 . _ -); \
+                     this one is {} bytes",
+                    topic.name.len()
+                );
+                for p in &topic.partitions {
+                    metrics.partitions_rejected.increment(1);
+                    refused.push(refuse(name, p.index, codes::INVALID_TOPIC_EXCEPTION, why.clone()));
+                }
+            }
+            TopicPlan::Decided(Decision::Pass) => {
                 if mirror_on {
                     for p in &topic.partitions {
                         let Some(records) = p.records else { continue };
                         mirrored.push(Mirrored {
-                            topic: topic.name.to_owned(),
+                            topic: name.clone(),
                             partition: p.index,
                             records: frame.slice_ref(records),
                             outcomes: None,
@@ -164,32 +215,25 @@ pub fn inspect(
                     }
                 }
             }
-            Decision::RejectUnknown => {
+            TopicPlan::Decided(Decision::RejectUnknown) => {
+                let why =
+                    format!("topic {} is not described by any AsyncAPI document (unknown_topic: reject)", topic.name);
                 for p in &topic.partitions {
                     metrics.partitions_rejected.increment(1);
-                    refused.push(Refused {
-                        topic: topic.name.to_owned(),
-                        partition: p.index,
-                        error_code: codes::INVALID_RECORD,
-                        message: format!(
-                            "topic {} is not described by any AsyncAPI document (unknown_topic: reject)",
-                            topic.name
-                        ),
-                        record_errors: Vec::new(),
-                    });
+                    refused.push(refuse(name, p.index, codes::INVALID_RECORD, why.clone()));
                     if let (true, Some(records)) = (mirror_on, p.records) {
-                        refused_jobs.push(refused_job(topic.name, p.index, frame.slice_ref(records), None, None));
+                        refused_jobs.push(refused_job(name, p.index, frame.slice_ref(records), None, None));
                     }
                 }
             }
-            Decision::Check { route, policy } => {
+            TopicPlan::Decided(Decision::Check { route, policy }) => {
                 for p in &topic.partitions {
                     let Some(records) = p.records else { continue };
-                    let result = check_partition(route, *policy, records, &ts, policies.max_decompressed_bytes);
+                    let result = check_partition(route, *policy, records, &ts, &mut budget);
                     metrics.count(&result.counts);
                     let outcomes = Arc::new(result.outcomes);
                     let keep = |bytes: Bytes| Mirrored {
-                        topic: topic.name.to_owned(),
+                        topic: name.clone(),
                         partition: p.index,
                         records: bytes,
                         outcomes: Some(outcomes.clone()),
@@ -206,26 +250,22 @@ pub fn inspect(
                             if mirror_on {
                                 mirrored.push(keep(bytes.clone()));
                             }
-                            replaced.push((topic.name.to_owned(), p.index, bytes));
+                            replaced.insert((t, p.index), bytes);
                         }
-                        Verdict::Rejected(record_errors) => {
+                        Verdict::Rejected { invalid, errors } => {
                             metrics.partitions_rejected.increment(1);
-                            let first =
-                                record_errors.first().map(|(i, e)| format!("record {i}: {e}")).unwrap_or_default();
+                            let first = errors.first().map(|(i, e)| format!("record {i}: {e}")).unwrap_or_default();
+                            let message = format!(
+                                "{invalid} record(s) do not match AsyncAPI document {}; first: {first}",
+                                route.doc_id
+                            );
                             refused.push(Refused {
-                                topic: topic.name.to_owned(),
-                                partition: p.index,
-                                error_code: codes::INVALID_RECORD,
-                                message: format!(
-                                    "{} record(s) do not match AsyncAPI document {}; first: {first}",
-                                    record_errors.len(),
-                                    route.doc_id
-                                ),
-                                record_errors,
+                                record_errors: errors,
+                                ..refuse(name, p.index, codes::INVALID_RECORD, message)
                             });
                             if mirror_on {
                                 refused_jobs.push(refused_job(
-                                    topic.name,
+                                    name,
                                     p.index,
                                     frame.slice_ref(records),
                                     Some(outcomes.clone()),
@@ -235,13 +275,11 @@ pub fn inspect(
                         }
                         Verdict::Unreadable { code, message } => {
                             metrics.partitions_unreadable.increment(1);
-                            refused.push(Refused {
-                                topic: topic.name.to_owned(),
-                                partition: p.index,
-                                error_code: code,
-                                message,
-                                record_errors: Vec::new(),
-                            });
+                            refused.push(refuse(name, p.index, code, message));
+                        }
+                        Verdict::OverBudget(message) => {
+                            metrics.partitions_over_budget.increment(1);
+                            refused.push(refuse(name, p.index, codes::MESSAGE_TOO_LARGE, message));
                         }
                     }
                 }
@@ -269,7 +307,7 @@ pub fn inspect(
     }
     let mut broker_answers = view.acks != 0;
     if mirror_on && !broker_answers {
-        out = Some(with_acks(out.as_ref().unwrap_or(frame), version, 1)?);
+        out = Some(with_acks(out.as_ref().unwrap_or(frame), body_at, version, 1)?);
         broker_answers = true;
     }
     let merge = (!refused.is_empty()).then(|| Box::new(Merge { refused, order: order() }));
@@ -281,19 +319,17 @@ pub fn inspect(
 }
 
 fn refused_job(
-    topic: &str,
+    topic: &Arc<str>,
     partition: i32,
     records: Bytes,
     outcomes: Option<Arc<Vec<Outcome>>>,
     route: Option<Arc<Route>>,
 ) -> Job {
-    Job { topic: topic.to_owned(), partition, base_offset: None, log_append_time: -1, records, outcomes, route }
+    Job { topic: topic.clone(), partition, base_offset: None, log_append_time: -1, records, outcomes, route }
 }
 
-/// `frame` with its `acks` set to `acks`.
-fn with_acks(frame: &Bytes, version: i16, acks: i16) -> Result<Bytes, WireError> {
-    let meta = RequestMeta::peek(frame)?;
-    let body_at = meta.body_offset(frame)?;
+/// `frame` with its `acks` set to `acks`; `body_at` is where the request body starts.
+fn with_acks(frame: &Bytes, body_at: usize, version: i16, acks: i16) -> Result<Bytes, WireError> {
     let mut r = Reader::new(&frame[body_at..]);
     if version >= 3 {
         r.nullable_string(version >= 9, "transactional id")?;
@@ -318,13 +354,13 @@ fn refuse_all(meta: &RequestMeta, acks: i16, merge: Merge) -> Result<Plan, WireE
     local_answer(meta, &merge).map(Plan::Answer)
 }
 
-/// The request again, with annotated records swapped in and refused partitions left out. The
-/// request header is kept byte for byte.
+/// The request again, with annotated records swapped in (keyed by topic index in the request and
+/// partition) and refused partitions left out. The request header is kept byte for byte.
 fn rebuild(
     frame: &Bytes,
     body_at: usize,
     version: i16,
-    replaced: &[(String, i32, Bytes)],
+    replaced: &HashMap<(usize, i32), Bytes>,
     refused: &[Refused],
 ) -> Result<Bytes, WireError> {
     let mut body = frame.slice(body_at..);
@@ -333,11 +369,12 @@ fn rebuild(
         version,
         source,
     })?;
-    for t in &mut req.topic_data {
+    let refused: HashSet<(&str, i32)> = refused.iter().map(|r| (&*r.topic, r.partition)).collect();
+    for (i, t) in req.topic_data.iter_mut().enumerate() {
         let name = t.name.0.as_str();
-        t.partition_data.retain(|p| !refused.iter().any(|r| r.topic == name && r.partition == p.index));
+        t.partition_data.retain(|p| !refused.contains(&(name, p.index)));
         for p in &mut t.partition_data {
-            if let Some((_, _, bytes)) = replaced.iter().find(|(topic, idx, _)| topic == name && *idx == p.index) {
+            if let Some(bytes) = replaced.get(&(i, p.index)) {
                 p.records = Some(bytes.clone());
             }
         }
@@ -375,27 +412,31 @@ fn partition_response(r: &Refused, version: i16) -> PartitionProduceResponse {
 }
 
 /// Puts eventgate's refusals into a broker's answer and sorts topics and partitions back into
-/// request order.
+/// request order, in time linear in the number of partitions.
 pub fn merge_into(resp: &mut ProduceResponse, merge: &Merge, version: i16) {
-    for r in &merge.refused {
-        let topic = match resp.responses.iter_mut().position(|t| t.name.0.as_str() == r.topic) {
-            Some(i) => &mut resp.responses[i],
-            None => {
-                resp.responses
-                    .push(TopicProduceResponse::default().with_name(TopicName(StrBytes::from_string(r.topic.clone()))));
-                let last = resp.responses.len() - 1;
-                &mut resp.responses[last]
-            }
-        };
-        topic.partition_responses.push(partition_response(r, version));
+    let mut topic_at: HashMap<Arc<str>, usize> = HashMap::new();
+    for (i, t) in resp.responses.iter().enumerate() {
+        topic_at.entry(Arc::from(t.name.0.as_str())).or_insert(i);
     }
-    let rank = |topic: &str, partition: Option<i32>| {
-        merge.order.iter().position(|(t, p)| t == topic && partition.is_none_or(|x| x == *p)).unwrap_or(usize::MAX)
-    };
-    resp.responses.sort_by_key(|t| rank(t.name.0.as_str(), None));
+    for r in &merge.refused {
+        let i = *topic_at.entry(r.topic.clone()).or_insert_with(|| {
+            resp.responses
+                .push(TopicProduceResponse::default().with_name(TopicName(StrBytes::from_string(r.topic.to_string()))));
+            resp.responses.len() - 1
+        });
+        resp.responses[i].partition_responses.push(partition_response(r, version));
+    }
+    // Ranks in the request: the first place of each topic, and of each (topic, partition).
+    let mut topic_rank: HashMap<&str, usize> = HashMap::new();
+    let mut partition_rank: HashMap<(&str, i32), usize> = HashMap::new();
+    for (rank, (t, p)) in merge.order.iter().enumerate() {
+        topic_rank.entry(t).or_insert(rank);
+        partition_rank.entry((t, *p)).or_insert(rank);
+    }
+    resp.responses.sort_by_key(|t| topic_rank.get(t.name.0.as_str()).copied().unwrap_or(usize::MAX));
     for t in &mut resp.responses {
-        let name = t.name.0.clone();
-        t.partition_responses.sort_by_key(|p| rank(name.as_str(), Some(p.index)));
+        let name = t.name.0.as_str();
+        t.partition_responses.sort_by_key(|p| partition_rank.get(&(name, p.index)).copied().unwrap_or(usize::MAX));
     }
 }
 
@@ -408,11 +449,13 @@ fn local_answer(meta: &RequestMeta, merge: &Merge) -> Result<Bytes, WireError> {
     if version < 3 {
         // v0–v2 answers: [topic [partition, error, base offset, (v2) log append time]], (v1+) throttle.
         let mut topics: Vec<(&str, Vec<&Refused>)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
         for r in &merge.refused {
-            match topics.iter_mut().find(|(t, _)| *t == r.topic) {
-                Some((_, ps)) => ps.push(r),
-                None => topics.push((&r.topic, vec![r])),
-            }
+            let i = *at.entry(&r.topic).or_insert_with(|| {
+                topics.push((&r.topic, Vec::new()));
+                topics.len() - 1
+            });
+            topics[i].1.push(r);
         }
         out.put_i32(topics.len() as i32);
         for (name, parts) in topics {

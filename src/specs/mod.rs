@@ -378,7 +378,9 @@ mod tests {
         assert!(s.validation().catalog.load().route("event-gateway-demo").is_some());
         let (put, summary) = s.put("demo", DEMO).unwrap();
         assert_eq!(put, Put::Replaced);
-        assert!(matches!(s.put("other", DEMO), Err(StoreError::Conflict(_))));
+        assert!(matches!(s.put("other", DEMO), Err(StoreError::Conflict(c)) if c.other == "demo"));
+        // The owner is named whichever id sorts first.
+        assert!(matches!(s.put("aaa", DEMO), Err(StoreError::Conflict(c)) if c.other == "demo"));
         assert!(matches!(s.put("bad id!", DEMO), Err(StoreError::BadId(_))));
         assert!(matches!(s.put("broken", "asyncapi: [").unwrap_err(), StoreError::Invalid(_)));
 

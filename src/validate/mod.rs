@@ -28,6 +28,23 @@ pub const ANNOTATION_HEADER: &str = "_asyncapi_eg_validation_error";
 /// At most this many errors are reported per record.
 pub const MAX_ERRORS: usize = 16;
 
+/// Longest error text kept, in bytes: schema errors quote the offending value, which a producer
+/// controls, so each text is cut (at a character boundary) and marked with `…`.
+pub const MAX_ERROR_BYTES: usize = 256;
+
+/// `text` cut to at most [`MAX_ERROR_BYTES`] bytes.
+fn capped(mut text: String) -> String {
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// How a payload is read before validation, from the message's content type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Content {
@@ -129,10 +146,11 @@ impl CompiledDoc {
 pub enum Outcome {
     /// The record matches the message with this index in the route.
     Valid(usize),
-    /// It matches none; the errors say why (at most [`MAX_ERRORS`]).
-    Invalid(Vec<String>),
+    /// It matches none; the errors say why (at most [`MAX_ERRORS`] of at most [`MAX_ERROR_BYTES`]
+    /// each). Shared, so records that fail the same way hold one copy.
+    Invalid(Arc<[String]>),
     /// It matches no message eventgate can check, but there are messages it cannot check.
-    Unchecked(String),
+    Unchecked(Arc<str>),
 }
 
 impl Outcome {
@@ -322,8 +340,16 @@ impl Catalog {
     }
 
     /// A catalog with `doc` added (replacing a document of the same id).
+    /// A conflict names the document already in force, whichever id sorts first.
     pub fn with(&self, doc: Arc<CompiledDoc>) -> Result<Self, Conflict> {
         let mut docs: Vec<_> = self.docs.iter().filter(|d| d.id != doc.id).cloned().collect();
+        let claims: HashMap<String, &Route> = doc.routes.iter().map(|(m, r)| (m.claim_key(), &**r)).collect();
+        for other in &docs {
+            if let Some((m, _)) = other.routes.iter().find(|(m, _)| claims.contains_key(&m.claim_key())) {
+                let topic = claims.get(&m.claim_key()).map(|r| r.address.clone()).unwrap_or_default();
+                return Err(Conflict { topic, other: other.id.clone() });
+            }
+        }
         docs.push(doc);
         Self::new(docs)
     }
@@ -355,7 +381,7 @@ pub struct Policies {
     /// Per-topic overrides from the configuration; they beat the documents.
     pub overrides: HashMap<String, Policy>,
     pub unknown_topic: UnknownTopic,
-    /// Largest decompressed record batch eventgate reads.
+    /// The work budget of one Produce request ([`batch::Budget`]).
     pub max_decompressed_bytes: usize,
 }
 
@@ -365,7 +391,7 @@ impl Default for Policies {
             default: Policy::Annotate,
             overrides: HashMap::new(),
             unknown_topic: UnknownTopic::Pass,
-            max_decompressed_bytes: 128 << 20,
+            max_decompressed_bytes: 64 << 20,
         }
     }
 }
@@ -498,7 +524,7 @@ fn schema_errors(v: &Validator, instance: &Value, prefix: &str, out: &mut Vec<St
             ("", true) => "/".to_owned(),
             _ => format!("{prefix}{path}"),
         };
-        out.push(format!("{path}: {e}"));
+        out.push(capped(format!("{path}: {e}")));
     }
 }
 
@@ -506,7 +532,7 @@ impl Route {
     /// Checks one record against every message of the route.
     pub fn check(&self, record: &Record<'_>) -> Outcome {
         let mut parsed = Parsed { record, value: None, key: None };
-        let mut unchecked: Option<String> = None;
+        let mut unchecked: Option<Arc<str>> = None;
         let mut all_errors: Vec<String> = Vec::new();
         let many = self.messages.len() > 1;
         for (i, m) in self.messages.iter().enumerate() {
@@ -561,12 +587,12 @@ impl Route {
             if errors.is_empty() {
                 match cannot_check {
                     None => return Outcome::Valid(i),
-                    Some(why) => unchecked = Some(why),
+                    Some(why) => unchecked = Some(why.into()),
                 }
             } else {
                 for e in errors {
                     if all_errors.len() < MAX_ERRORS {
-                        all_errors.push(if many { format!("[{}] {e}", m.name) } else { e });
+                        all_errors.push(if many { capped(format!("[{}] {e}", m.name)) } else { capped(e) });
                     }
                 }
             }
@@ -575,12 +601,12 @@ impl Route {
             return Outcome::Unchecked(why);
         }
         if self.messages.is_empty() {
-            return Outcome::Invalid(vec![format!(
+            return Outcome::Invalid(Arc::from([capped(format!(
                 "/: topic `{}` allows no messages in document `{}`",
                 self.address, self.doc_id
-            )]);
+            ))]));
         }
-        Outcome::Invalid(all_errors)
+        Outcome::Invalid(all_errors.into())
     }
 }
 

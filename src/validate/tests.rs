@@ -23,7 +23,7 @@ fn check(d: &CompiledDoc, topic: &str, key: Option<&str>, value: Option<&str>, h
 
 fn errors(o: Outcome) -> Vec<String> {
     match o {
-        Outcome::Invalid(e) => e,
+        Outcome::Invalid(e) => e.to_vec(),
         other => panic!("expected invalid, got {other:?}"),
     }
 }

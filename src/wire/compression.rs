@@ -81,11 +81,11 @@ pub fn decompress(codec: Codec, input: &[u8], out: &mut Vec<u8>, limit: usize) -
             }
             out.extend_from_slice(input);
         }
-        Codec::Gzip => read_bounded(flate2::read::GzDecoder::new(input), out, limit).map_err(codec_err)?,
-        Codec::Lz4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), out, limit).map_err(codec_err)?,
+        Codec::Gzip => read_bounded(codec, flate2::read::GzDecoder::new(input), out, limit)?,
+        Codec::Lz4 => read_bounded(codec, lz4_flex::frame::FrameDecoder::new(input), out, limit)?,
         Codec::Zstd => {
             let decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(codec_err)?;
-            read_bounded(decoder, out, limit).map_err(codec_err)?
+            read_bounded(codec, decoder, out, limit)?
         }
         Codec::Snappy => {
             if input.starts_with(&XERIAL_MAGIC) {
@@ -153,10 +153,13 @@ pub fn compress(codec: Codec, framing: Framing, input: &[u8], out: &mut Vec<u8>)
     Ok(())
 }
 
-fn read_bounded(reader: impl Read, out: &mut Vec<u8>, limit: usize) -> std::io::Result<()> {
-    let n = reader.take(limit as u64 + 1).read_to_end(out)?;
+fn read_bounded(codec: Codec, reader: impl Read, out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
+    let n = reader
+        .take(limit as u64 + 1)
+        .read_to_end(out)
+        .map_err(|e| RecordError::Decompress { codec: codec.name(), reason: e.to_string() })?;
     if n > limit {
-        return Err(std::io::Error::other(format!("decompressed size exceeds {limit} bytes")));
+        return Err(RecordError::TooLarge { limit });
     }
     Ok(())
 }

@@ -181,7 +181,11 @@ pub struct Eventgate {
 
 impl Eventgate {
     pub fn start(upstream: &str, extra: &[&str]) -> Eventgate {
-        let (port, http_port, node_port) = (free_port(), free_port(), free_port());
+        let port = free_port();
+        // Broker ports default to listen+1..=listen+1024; eventgate refuses an admin port inside them.
+        let outside = |p: u16| !(port.saturating_add(1)..=port.saturating_add(1024)).contains(&p);
+        let http_port = std::iter::repeat_with(free_port).find(|p| outside(*p)).expect("free port");
+        let node_port = free_port();
         let spec_dir = (!extra.contains(&"--spec-dir")).then(|| tempfile::tempdir().expect("tempdir"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventgate"));
         cmd.args([
@@ -371,4 +375,91 @@ pub fn produce_values(bootstrap: &str, topic: &str, values: &[&str], count: usiz
     let mut args = vec!["--bootstrap", bootstrap, "--topic", topic, "--values-file", &path, "--count", &count];
     args.extend_from_slice(extra);
     client("ck-produce", &args)
+}
+
+/// What a process holds, read from `/proc/<pid>`.
+pub mod procfs {
+    /// A `kB` field of `/proc/<pid>/status` (VmRSS, VmHWM, ...), in bytes.
+    pub fn status_bytes(pid: u32, field: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.trim().parse().ok())
+            .map(|kb: u64| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// Open file descriptors (sockets, listeners, files).
+    pub fn fds(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Listening TCP sockets of the process.
+    pub fn listeners(pid: u32) -> usize {
+        let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut n = 0;
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                // st 0A is LISTEN; column 9 is the socket's inode.
+                if cols.get(3) == Some(&"0A") && cols.get(9).is_some_and(|i| inodes.contains(*i)) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_secs(pid: u32) -> f64 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    /// Peak resident memory growth of a process from now on: resets the kernel's peak (VmHWM) and
+    /// remembers the resident size, so [`PeakRss::growth`] is what an attack added at its worst.
+    pub struct PeakRss {
+        pid: u32,
+        baseline: u64,
+    }
+
+    impl PeakRss {
+        pub fn start(pid: u32) -> PeakRss {
+            // Writing 5 to clear_refs resets VmHWM to the current VmRSS (Linux 4.0+).
+            std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+            PeakRss { pid, baseline: status_bytes(pid, "VmRSS") }
+        }
+
+        pub fn growth(&self) -> u64 {
+            status_bytes(self.pid, "VmHWM").saturating_sub(self.baseline)
+        }
+    }
+}
+
+/// Sends one request frame on `s` and reads one response frame (its body, after the size).
+pub fn round_trip(s: &mut TcpStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    s.write_all(frame)?;
+    read_frame(s)
+}
+
+/// Reads one frame's body from `s`.
+pub fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+    s.read_exact(&mut body)?;
+    Ok(body)
 }

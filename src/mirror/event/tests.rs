@@ -31,7 +31,7 @@ fn event(raw: &[u8], outcome: &Outcome, max: usize) -> Value {
 #[test]
 fn plain_json_record() {
     let raw = record_bytes(Some("k1"), Some(br#"{"a":1}"#), &[]);
-    let v = event(&raw, &Outcome::Invalid(vec!["/a: bad".into()]), 1 << 20);
+    let v = event(&raw, &Outcome::Invalid(std::sync::Arc::from(["/a: bad".to_owned()])), 1 << 20);
     assert_eq!(v["specversion"], "1.0");
     assert_eq!(v["id"], "orders-2-41");
     assert_eq!(v["source"], "kafka://prod/orders");

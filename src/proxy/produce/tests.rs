@@ -198,7 +198,7 @@ fn unknown_topics_can_be_refused_and_overrides_win() {
         panic!()
     };
     assert_eq!(merge.refused.len(), 1);
-    assert_eq!(merge.refused[0].topic, "other");
+    assert_eq!(&*merge.refused[0].topic, "other");
     assert!(merge.refused[0].message.contains("not described"));
 }
 
@@ -252,7 +252,7 @@ fn mirror_lists_forwarded_partitions_and_asks_acks_for_acks_zero() {
         panic!()
     };
     assert_eq!(decode_request(&new, &meta).acks, 1);
-    let names: Vec<_> = parts.iter().map(|p| (p.topic.as_str(), p.partition, p.outcomes.is_some())).collect();
+    let names: Vec<_> = parts.iter().map(|p| (&*p.topic, p.partition, p.outcomes.is_some())).collect();
     assert_eq!(names, vec![(TOPIC, 0, true), ("other", 1, false)]);
 
     // Refused records are handed over at once, for the rejected subject.
