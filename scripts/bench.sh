@@ -94,7 +94,7 @@ run_target() {
       esac
       # shellcheck disable=SC2086
       RUST_LOG=warn "$BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$pport" --spec-dir "" \
-        --http-listen "127.0.0.1:$hport" --node-port "111=$(free_port)" $mode_args $EVENTGATE_ARGS >/dev/null 2>&1 &
+        --http-listen "127.0.0.1:$hport" --node-port "111=$(free_port)" --node-id-max 0 --node-port-base "$(free_port)" $mode_args $EVENTGATE_ARGS >/dev/null 2>&1 &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
   esac
 

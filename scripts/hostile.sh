@@ -55,7 +55,7 @@ attack() {
       args=(--nats-url "nats://127.0.0.1:$nport") ;;
   esac
   "$bin" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$lport" --http-listen "127.0.0.1:$hport" \
-    --node-port "111=$(free_port)" --spec-dir "" "${args[@]}" >"$OUT_DIR/hostile-target.log" 2>&1 &
+    --node-port "111=$(free_port)" --node-id-max 0 --node-port-base "$(free_port)" --spec-dir "" "${args[@]}" >"$OUT_DIR/hostile-target.log" 2>&1 &
   local target=$!
   pids+=($target)
   wait_port "$lport"; wait_port "$hport"

@@ -16,7 +16,8 @@ use bytes::{Bytes, BytesMut};
 use eventgate::hostile::{decompression_bomb, long_topic, many_partitions, null_record_bomb, produce_frame};
 use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, MetadataRequest, MetadataResponse, ProduceResponse, ResponseHeader,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, MetadataRequest, MetadataResponse, ProduceResponse,
+    ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use support::procfs::{PeakRss, cpu_secs, fds, listeners};
@@ -231,37 +232,24 @@ fn eventgate_refuses_to_connect_to_itself() {
     round_trip(&mut s, &api_versions_frame(99)).expect("ApiVersions through the bootstrap");
 }
 
-/// A broker that answers every Metadata request with `brokers(n)` brokers, `n` being the number of
-/// connections so far (from 1).
-fn scripted_broker(brokers: impl Fn(usize) -> i32 + Send + 'static) -> u16 {
+/// A scripted broker: for each request frame on its `n`th connection (from 1), `answer(n, request)`
+/// gives the frames to send back (bodies; the size is added).
+fn scripted_broker(answer: impl Fn(usize, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for (n, conn) in listener.incoming().enumerate() {
             let Ok(mut conn) = conn else { continue };
-            let count = brokers(n + 1);
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 while let Ok(req) = read_frame(&mut conn) {
-                    let (key, version) = (i16::from_be_bytes([req[0], req[1]]), i16::from_be_bytes([req[2], req[3]]));
-                    let correlation = &req[4..8];
-                    assert_eq!(key, ApiKey::Metadata as i16, "the scripted broker only answers Metadata");
-                    let resp = MetadataResponse::default().with_brokers(
-                        (0..count)
-                            .map(|id| {
-                                MetadataResponseBroker::default()
-                                    .with_node_id(BrokerId(id))
-                                    .with_host(StrBytes::from_static_str("127.0.0.1"))
-                                    .with_port(20_000 + id % 10_000)
-                            })
-                            .collect(),
-                    );
-                    let mut body = BytesMut::new();
-                    body.extend_from_slice(correlation);
-                    resp.encode(&mut body, version).expect("encode");
-                    let mut out = (body.len() as i32).to_be_bytes().to_vec();
-                    out.extend_from_slice(&body);
-                    if conn.write_all(&out).is_err() {
-                        return;
+                    for body in answer(n + 1, &req) {
+                        let mut out = (body.len() as i32).to_be_bytes().to_vec();
+                        out.extend_from_slice(&body);
+                        if conn.write_all(&out).is_err() {
+                            return;
+                        }
                     }
                 }
             });
@@ -270,11 +258,31 @@ fn scripted_broker(brokers: impl Fn(usize) -> i32 + Send + 'static) -> u16 {
     port
 }
 
+/// A Metadata answer (for the request `req`) naming `count` brokers.
+fn metadata_answer(req: &[u8], count: i32) -> Vec<u8> {
+    let (key, version) = (i16::from_be_bytes([req[0], req[1]]), i16::from_be_bytes([req[2], req[3]]));
+    assert_eq!(key, ApiKey::Metadata as i16, "the scripted broker only answers Metadata");
+    let resp = MetadataResponse::default().with_brokers(
+        (0..count)
+            .map(|id| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(StrBytes::from_static_str("127.0.0.1"))
+                    .with_port(20_000 + id % 10_000)
+            })
+            .collect(),
+    );
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&req[4..8]);
+    resp.encode(&mut body, version).expect("encode");
+    body.to_vec()
+}
+
 /// Row 6: a broker whose Metadata answer names 15,000 brokers. eventgate opens at most
 /// `max_broker_listeners`, refuses the answer, and forgets brokers that no answer names any more.
 #[test]
 fn a_metadata_answer_with_15000_brokers_opens_a_bounded_number_of_listeners() {
-    let broker = scripted_broker(|n| if n == 1 { 15_000 } else { 1 });
+    let broker = scripted_broker(|n, req| vec![metadata_answer(req, if n == 1 { 15_000 } else { 1 })]);
     // Broker ports below the ephemeral range, so other tests' sockets do not sit on them.
     let base = 10_000 + (std::process::id() % 16_000) as u16;
     let eg = Eventgate::start(
@@ -335,4 +343,26 @@ fn silent_connections_cost_a_socket_and_are_capped_and_timed_out() {
     }
     assert_eq!(closed, 3_000, "every silent client was closed by eventgate");
     ordinary_client_works(&eg, DEMO_TOPIC);
+}
+
+/// Row 10: a good answer followed by a frame nobody asked for. The client gets the good answer;
+/// then the connection closes, as it must.
+#[test]
+fn an_unsolicited_broker_frame_closes_the_connection_after_the_answers_owed() {
+    let broker = scripted_broker(|_, req| {
+        let mut good = req[4..8].to_vec();
+        ApiVersionsResponse::default().encode(&mut good, 0).expect("encode");
+        let mut unsolicited = 999i32.to_be_bytes().to_vec();
+        ApiVersionsResponse::default().encode(&mut unsolicited, 0).expect("encode");
+        vec![good, unsolicited]
+    });
+    let eg = Eventgate::start(&format!("127.0.0.1:{broker}"), &[]);
+    let mut s = connect(eg.port);
+    let body = round_trip(&mut s, &api_versions_frame(5)).expect("the answer owed arrives");
+    assert_eq!(&body[..4], &5i32.to_be_bytes());
+    let mut rest = [0u8; 1];
+    assert!(matches!(s.read(&mut rest), Ok(0) | Err(_)), "then the connection is closed");
+    wait_until("the unsolicited frame to be logged", Duration::from_secs(10), || {
+        eg.proc.log_text().contains("to no outstanding request")
+    });
 }
