@@ -360,8 +360,10 @@ fn broker_going_away_closes_client_connections_and_eventgate_stays_up() {
     read_frame(&mut s).unwrap();
     tansu.proc.signal_and_wait("KILL", Duration::from_secs(10));
     assert_closed(&mut s);
-    // New clients are refused cleanly while no broker is reachable, and the process lives on.
+    // New clients are refused cleanly while no broker is reachable (at their first request: the
+    // broker connection opens then), and the process lives on.
     let mut s = connect(eg.port);
+    s.write_all(&request_frame(ApiKey::Metadata, 12, 2, &MetadataRequest::default())).unwrap();
     assert_closed(&mut s);
     assert!(eg.proc.is_running());
     wait_until("the unreachable broker to be logged", Duration::from_secs(10), || {
@@ -390,7 +392,7 @@ fn a_busy_fixed_broker_port_fails_the_start_with_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_eventgate"))
         .args(["serve", "--upstream", "127.0.0.1:1", "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--http-listen", &format!("127.0.0.1:{}", free_port()), "--spec-dir", ""])
-        .args(["--node-port", &format!("111={port}")])
+        .args(["--node-port", &format!("111={port}"), "--node-id-max", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
