@@ -8,6 +8,8 @@
 #   eventgate-annotate  the same, with every record invalid, so every batch is rebuilt with annotations
 #   eventgate-mirror    eventgate (no documents) mirroring every record into a local nats-server
 #   eventgate-ws        eventgate-mirror with WS_CLIENTS websocket clients watching (events/s delivered)
+#   baseline, baseline-valid, baseline-annotate, baseline-mirror
+#                       the eventgate modes with BASELINE_BIN (an earlier build), for before/after
 # Each round starts a fresh in-memory tansu per target, so no run inherits another's log. Rounds
 # rotate the target order; the median of the rounds is reported, with ratios against direct and
 # socat and the proxy's CPU time per MB moved (produce + consume), read from /proc.
@@ -79,11 +81,13 @@ run_target() {
       tansu proxy --listener-url "tcp://127.0.0.1:$pport" --advertised-listener-url "tcp://127.0.0.1:$pport" \
         --origin-url "tcp://127.0.0.1:$tport" >/dev/null 2>&1 &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
-    eventgate*)
-      local mode_args="" hport
+    eventgate*|baseline*)
+      local mode_args="" hport bin=$BIN
       hport=$(free_port)
+      # baseline, baseline-valid, ...: the same modes with BASELINE_BIN (e.g. the previous release).
+      case $name in baseline*) bin=${BASELINE_BIN:?set BASELINE_BIN for the baseline targets} ;; esac
       case $name in
-        eventgate-valid|eventgate-annotate) mode_args="--spec benches/bench-asyncapi.yaml" ;;
+        eventgate-valid|eventgate-annotate|baseline-valid|baseline-annotate) mode_args="--spec benches/bench-asyncapi.yaml" ;;
         eventgate-mirror|eventgate-ws)
           local nport ndir
           nport=$(free_port); ndir=$(mktemp -d)
@@ -93,7 +97,7 @@ run_target() {
           mode_args="--nats-url nats://127.0.0.1:$nport --mirror-max-bytes -1" ;;
       esac
       # shellcheck disable=SC2086
-      RUST_LOG=warn "$BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$pport" --spec-dir "" \
+      RUST_LOG=warn "$bin" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$pport" --spec-dir "" \
         --http-listen "127.0.0.1:$hport" --node-port "111=$(free_port)" --node-id-max 0 --node-port-base "$(free_port)" $mode_args $EVENTGATE_ARGS >/dev/null 2>&1 &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
   esac
@@ -101,7 +105,7 @@ run_target() {
   pids+=(${proxy_pid:+$proxy_pid})
   wait_port "${addr##*:}"
   local invalid=0
-  [ "$name" = eventgate-annotate ] && invalid=1
+  case $name in eventgate-annotate|baseline-annotate) invalid=1 ;; esac
   if [ "$name" = eventgate-ws ]; then
     wait_port "$hport"
     "$BIN" bench --bootstrap "$addr" --topic tput --records "$WS_RECORDS" --record-size "$RECORD_SIZE" \

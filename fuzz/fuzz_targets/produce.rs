@@ -21,9 +21,16 @@ fn validation() -> &'static Validation {
     })
 }
 
+/// The one call of `inspect`: when its signature changes, only this function changes.
+fn run(meta: &RequestMeta, frame: &Bytes, mirror_on: bool) {
+    let _ = inspect(validation(), &ValidationMetrics::new(), meta, frame, mirror_on);
+}
+
 fuzz_target!(|data: &[u8]| {
-    let Some((&[version], body)) = data.split_first_chunk::<1>() else { return };
-    let version = i16::from(version % 14);
+    let Some((&[first], body)) = data.split_first_chunk::<1>() else { return };
+    // Low bits: the Produce version (0-13); high bit: whether the mirror is on.
+    let version = i16::from((first & 0x7f) % 14);
+    let mirror_on = first & 0x80 != 0;
     // Header v1/v2 with the topic of the demo document likely to appear in the body.
     let mut frame = BytesMut::new();
     frame.put_i32(0);
@@ -39,5 +46,5 @@ fuzz_target!(|data: &[u8]| {
     frame[..4].copy_from_slice(&len.to_be_bytes());
     let frame: Bytes = frame.freeze();
     let Ok(meta) = RequestMeta::peek(&frame) else { return };
-    let _ = inspect(validation(), &ValidationMetrics::new(), &meta, &frame);
+    run(&meta, &frame, mirror_on);
 });

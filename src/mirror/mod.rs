@@ -264,7 +264,7 @@ async fn run(
 
 /// The events of one job, handed to `emit` [`EVENT_CHUNK`] at a time, so that a batch that
 /// decompresses to millions of records is never held as millions of events.
-async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(Vec<event::Event>)) {
+pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(Vec<event::Event>)) {
     let mut out = Vec::with_capacity(EVENT_CHUNK);
     let mut scratch = Vec::new();
     let mut index = 0usize;
