@@ -67,27 +67,21 @@ pub fn main() -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return fail(&e),
             };
-            match runtime.block_on(crate::bench::run(args)) {
-                Ok(result) => match serde_json::to_string(&result) {
-                    Ok(line) => {
-                        println!("{line}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(&e),
-                },
-                Err(e) => fail(&e),
-            }
+            print_json(runtime.block_on(crate::bench::run(args)))
         }
-        Command::Hostile(args) => match crate::hostile::run(&args) {
-            Ok(result) => match serde_json::to_string(&result) {
-                Ok(line) => {
-                    println!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            },
-            Err(e) => fail(&e),
-        },
+        Command::Hostile(args) => print_json(crate::hostile::run(&args)),
+    }
+}
+
+/// Prints a tool's result as one JSON line.
+fn print_json<T: serde::Serialize, E: std::error::Error>(result: Result<T, E>) -> ExitCode {
+    match result.map(|r| serde_json::to_string(&r)) {
+        Ok(Ok(line)) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(&e),
+        Err(e) => fail(&e),
     }
 }
 

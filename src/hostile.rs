@@ -143,7 +143,9 @@ pub fn produce_error_codes(body: Vec<u8>, version: i16) -> Result<Vec<i16>, Stri
     Ok(resp.responses.iter().flat_map(|t| t.partition_responses.iter().map(|p| p.error_code)).collect())
 }
 
-mod procfs {
+/// What a process holds, read from `/proc/<pid>` (Linux).
+pub mod procfs {
+    /// A `kB` field of `/proc/<pid>/status` (VmRSS, VmHWM, ...), in bytes.
     pub fn status_bytes(pid: u32, field: &str) -> u64 {
         let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         text.lines()
@@ -152,21 +154,61 @@ mod procfs {
             .unwrap_or(0)
     }
 
-    pub fn fds(pid: u32) -> i64 {
-        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as i64).unwrap_or(0)
+    /// Open file descriptors (sockets, listeners, files).
+    pub fn fds(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
     }
 
+    /// Listening TCP sockets of the process.
+    pub fn listeners(pid: u32) -> usize {
+        let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut n = 0;
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                // st 0A is LISTEN; column 9 is the socket's inode.
+                if cols.get(3) == Some(&"0A") && cols.get(9).is_some_and(|i| inodes.contains(*i)) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// CPU time used so far (user + system), in seconds.
     pub fn cpu_secs(pid: u32) -> f64 {
         let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
         let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
         let f: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         (field(11) + field(12)) / 100.0
     }
 
-    /// Resets the peak resident size to the current one (Linux `clear_refs` 5).
-    pub fn reset_peak(pid: u32) -> std::io::Result<()> {
-        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+    /// Peak resident memory growth of a process from now on: resets the kernel's peak (VmHWM) and
+    /// remembers the resident size, so [`PeakRss::growth`] is what came since at its worst.
+    pub struct PeakRss {
+        pid: u32,
+        baseline: u64,
+    }
+
+    impl PeakRss {
+        pub fn start(pid: u32) -> std::io::Result<PeakRss> {
+            // Writing 5 to clear_refs resets VmHWM to the current VmRSS (Linux 4.0+).
+            std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+            Ok(PeakRss { pid, baseline: status_bytes(pid, "VmRSS") })
+        }
+
+        pub fn growth(&self) -> u64 {
+            status_bytes(self.pid, "VmHWM").saturating_sub(self.baseline)
+        }
     }
 }
 
@@ -213,10 +255,9 @@ pub fn run(args: &HostileArgs) -> std::io::Result<HostileResult> {
         Attack::LongTopic => (produce_frame(9, -1, &long_topic(30_000), (0..4_000).map(|p| (p, None)).collect()), 9),
         _ => (Vec::new(), 0),
     };
-    procfs::reset_peak(pid)?;
-    let rss_before = procfs::status_bytes(pid, "VmRSS");
+    let peak = procfs::PeakRss::start(pid)?;
     let cpu_before = procfs::cpu_secs(pid);
-    let fds_before = procfs::fds(pid);
+    let fds_before = procfs::fds(pid) as i64;
     let mut fds_peak = fds_before;
     let mut bytes_sent = frame.len() as u64;
     let outcome = match args.attack {
@@ -231,7 +272,7 @@ pub fn run(args: &HostileArgs) -> std::io::Result<HostileResult> {
         Attack::SilentConnections => {
             let conns: Vec<TcpStream> = (0..3_000).filter_map(|_| connect(&args.bootstrap).ok()).collect();
             std::thread::sleep(settle);
-            fds_peak = procfs::fds(pid);
+            fds_peak = procfs::fds(pid) as i64;
             let open = conns.len();
             let closed = count_closed(conns);
             format!("{open} connected, {closed} closed by eventgate within {settle:?}")
@@ -248,19 +289,18 @@ pub fn run(args: &HostileArgs) -> std::io::Result<HostileResult> {
                 }
             }
             std::thread::sleep(settle);
-            fds_peak = procfs::fds(pid);
+            fds_peak = procfs::fds(pid) as i64;
             let open = conns.len();
             let closed = count_closed(conns);
             format!("{open} connected, {closed} closed by eventgate within {settle:?}")
         }
         Attack::WsReaders => ws_readers(args, &mut bytes_sent, &mut fds_peak)?,
     };
-    fds_peak = fds_peak.max(procfs::fds(pid));
-    let peak = procfs::status_bytes(pid, "VmHWM");
+    fds_peak = fds_peak.max(procfs::fds(pid) as i64);
     Ok(HostileResult {
         attack: args.attack,
         bytes_sent,
-        peak_rss_growth_bytes: peak.saturating_sub(rss_before),
+        peak_rss_growth_bytes: peak.growth(),
         cpu_seconds: procfs::cpu_secs(pid) - cpu_before,
         fds_added: fds_peak - fds_before,
         outcome,
@@ -321,7 +361,7 @@ fn ws_readers(args: &HostileArgs, bytes_sent: &mut u64, fds_peak: &mut i64) -> s
         errors += codes.iter().filter(|c| **c != 0).count();
     }
     std::thread::sleep(Duration::from_millis(args.settle_ms));
-    *fds_peak = procfs::fds(args.pid);
+    *fds_peak = procfs::fds(args.pid) as i64;
     let closed = count_closed(readers);
     Ok(format!("20000 records produced ({errors} errors); {closed} of 200 readers closed by eventgate"))
 }

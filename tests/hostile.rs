@@ -76,7 +76,7 @@ fn a_decompression_bomb_on_a_validated_topic_is_bounded_by_the_request_budget() 
     let limit = 16 * MIB;
     let eg = Eventgate::start(&tansu.addr(), &["--spec", &demo_spec(), "--max-decompressed-bytes", &limit.to_string()]);
     let frame = decompression_bomb(DEMO_TOPIC, 3, (32 << 20) / 7);
-    let peak = PeakRss::start(eg.proc.pid());
+    let peak = PeakRss::start(eg.proc.pid()).expect("reset the peak RSS");
     let mut s = connect(eg.port);
     let answer = produce_answer(round_trip(&mut s, &frame).expect("an answer"), 9);
     let part = &answer.responses[0].partition_responses[0];
@@ -108,7 +108,7 @@ fn a_decompression_bomb_for_the_mirror_is_dropped_from_the_mirror_only() {
     });
     let count = 1_200_000;
     let frame = produce(9, 1, "bombs", vec![(0, Some(null_record_bomb(count)))]);
-    let peak = PeakRss::start(eg.proc.pid());
+    let peak = PeakRss::start(eg.proc.pid()).expect("reset the peak RSS");
     let mut s = connect(eg.port);
     let answer = produce_answer(round_trip(&mut s, &frame).expect("an answer"), 9);
     assert_eq!(answer.responses[0].partition_responses[0].error_code, 0, "Kafka took the records");
@@ -185,7 +185,7 @@ fn a_huge_topic_name_times_many_partitions_is_refused_before_any_copy() {
     let topic = long_topic(30_000);
     let parts = (0..4_000).map(|p| (p, None)).collect();
     let frame = produce(9, -1, &topic, parts);
-    let peak = PeakRss::start(eg.proc.pid());
+    let peak = PeakRss::start(eg.proc.pid()).expect("reset the peak RSS");
     let mut s = connect(eg.port);
     let answer = produce_answer(round_trip(&mut s, &frame).expect("an answer"), 9);
     assert_eq!(answer.responses.len(), 1, "the name appears once in the answer");
@@ -326,7 +326,7 @@ fn silent_connections_cost_a_socket_and_are_capped_and_timed_out() {
     let eg = Eventgate::start(&tansu.addr(), &["--max-connections", &CAP.to_string(), "--idle-timeout-ms", "20000"]);
     let (pid, tansu_pid) = (eg.proc.pid(), tansu.proc.pid());
     let (fds_before, tansu_before) = (fds(pid), fds(tansu_pid));
-    let peak = PeakRss::start(pid);
+    let peak = PeakRss::start(pid).expect("reset the peak RSS");
     let started = Instant::now();
     let silent: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(eg.port)).collect();
     let connected_in = started.elapsed();

@@ -6,27 +6,12 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use serde_json::Value;
+use support::procfs::{PeakRss, fds, status_bytes};
+use support::websocket::{next_events, ws};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
-
-/// Entries of /proc/<pid>/fd: the process's open file descriptors.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-/// VmRSS of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().strip_suffix("kB"));
-    kb.and_then(|v| v.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
-}
 
 const MB: f64 = 1_000_000.0;
 
@@ -77,7 +62,7 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
         ],
     );
     let pid = eg.proc.pid();
-    let baseline = open_fds(pid);
+    let baseline = fds(pid);
     // Each admitted connection is one descriptor; a refused one lives for an instant. Twice the
     // cap plus some leaves room for eventgate's own (upstream connections, NATS, the log).
     let bound = baseline + 2 * MAX_CONNECTIONS + 20;
@@ -91,11 +76,11 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
         let _ = socket.write_all(PARTIAL_REQUEST);
         socket.set_nonblocking(true).expect("non-blocking");
         held.push(Held { socket, opened, closed: None });
-        peak = peak.max(open_fds(pid));
+        peak = peak.max(fds(pid));
         assert!(peak <= bound, "eventgate has {peak} descriptors open (baseline {baseline}, bound {bound})");
     }
     wait_until("the server to close every slowloris connection", Duration::from_secs(20), || {
-        peak = peak.max(open_fds(pid));
+        peak = peak.max(fds(pid));
         assert!(peak <= bound, "eventgate has {peak} descriptors open (baseline {baseline}, bound {bound})");
         for h in held.iter_mut().filter(|h| h.closed.is_none()) {
             if closed_by_server(&mut h.socket) {
@@ -120,7 +105,7 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
     assert!((1..=SLOWLORIS - 200).contains(&timed_out), "{timed_out} connections were held");
     assert!(refused >= 200.0, "{refused} connections refused");
     wait_until("eventgate's descriptors to return to the baseline", Duration::from_secs(10), || {
-        open_fds(pid) <= baseline + 2
+        fds(pid) <= baseline + 2
     });
 
     // A request whose body never comes is answered 408, in the API's error shape.
@@ -161,31 +146,6 @@ const NEVER_READING: usize = 200;
 const FLOOD_RECORDS: usize = 20_000;
 const WS_REQUEST_TIMEOUT: Duration = Duration::from_millis(2000);
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws(eg: &Eventgate, query: &str) -> Ws {
-    let mut req = format!("ws://127.0.0.1:{}/ws{query}", eg.http_port).into_client_request().unwrap();
-    req.headers_mut().insert("Sec-WebSocket-Protocol", "cloudevents.json".parse().unwrap());
-    let (socket, _) = tokio_tungstenite::connect_async(req).await.expect("websocket");
-    socket
-}
-
-/// Reads `n` events (or fails after `deadline`).
-async fn next_events(socket: &mut Ws, n: usize, deadline: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    let end = Instant::now() + deadline;
-    while out.len() < n {
-        let left = end.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, socket.next()).await {
-            Ok(Some(Ok(tungstenite::Message::Text(t)))) => out.push(serde_json::from_str(&t).expect("JSON event")),
-            Ok(Some(Ok(tungstenite::Message::Close(c)))) => panic!("closed: {c:?}"),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("after {} of {n} events: {other:?}", out.len()),
-        }
-    }
-    out
-}
-
 /// A websocket client that does the upgrade by hand and then never reads: a small receive
 /// buffer, and not one byte consumed past the 101 answer.
 async fn never_reading_client(port: u16, path: &str) -> tokio::net::TcpStream {
@@ -210,33 +170,6 @@ async fn never_reading_client(port: u16, path: &str) -> tokio::net::TcpStream {
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     s
-}
-
-/// Samples a process's VmRSS every 100 ms until stopped; returns the largest sample.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut peak = rss_bytes(pid);
-            while !stopped.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-                peak = peak.max(rss_bytes(pid));
-            }
-            peak
-        });
-        RssSampler { stop, thread }
-    }
-
-    fn peak(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("sampler")
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,8 +215,8 @@ async fn websocket_clients_that_never_read_cannot_exhaust_memory() {
         eg.metric("eventgate_mirror_events_total{kind=\"accepted\"}") >= FLOOD_RECORDS as f64
     });
 
-    let baseline = rss_bytes(pid);
-    let sampler = RssSampler::start(pid);
+    let baseline = status_bytes(pid, "VmRSS");
+    let rss = PeakRss::start(pid).expect("reset the peak RSS");
     let flood_at = Instant::now();
     let mut stalled = Vec::with_capacity(NEVER_READING);
     for _ in 0..NEVER_READING {
@@ -303,8 +236,8 @@ async fn websocket_clients_that_never_read_cannot_exhaust_memory() {
         })
     });
     let cut_after = flood_at.elapsed();
-    let peak = sampler.peak();
-    let growth = peak.saturating_sub(baseline);
+    let growth = rss.growth();
+    let peak = baseline + growth;
     let disconnects = eg.metric("eventgate_ws_slow_disconnects_total");
     eprintln!(
         "never-reading websockets: {disconnects} of {NEVER_READING} clients cut off within {cut_after:?}; \

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use support::websocket::{next_events, ws};
 use support::*;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+use tokio_tungstenite::tungstenite;
 
 const TOPIC: &str = "event-gateway-demo";
 const GOOD: &str = r#"{"lumens":42,"sentAt":"2026-01-01T00:00:00Z"}"#;
@@ -215,32 +216,6 @@ async fn two_instances_share_an_uploaded_document() {
     wait_until("instance a to drop the document", Duration::from_secs(5), || {
         !http("GET", &a.http("/specs"), None, &[]).1.contains("\"shared\"")
     });
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws(eg: &Eventgate, query: &str) -> Ws {
-    let mut req = format!("ws://127.0.0.1:{}/ws{query}", eg.http_port).into_client_request().unwrap();
-    req.headers_mut().insert("Sec-WebSocket-Protocol", "cloudevents.json".parse().unwrap());
-    let (socket, resp) = tokio_tungstenite::connect_async(req).await.expect("websocket");
-    assert_eq!(resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()), Some("cloudevents.json"));
-    socket
-}
-
-/// Reads `n` events (or fails after `deadline`).
-async fn next_events(socket: &mut Ws, n: usize, deadline: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    let end = Instant::now() + deadline;
-    while out.len() < n {
-        let left = end.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, socket.next()).await {
-            Ok(Some(Ok(tungstenite::Message::Text(t)))) => out.push(serde_json::from_str(&t).expect("JSON event")),
-            Ok(Some(Ok(tungstenite::Message::Close(c)))) => panic!("closed: {c:?}"),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("after {} of {n} events: {other:?}", out.len()),
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,13 +3,15 @@
 
 use std::sync::{Arc, OnceLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use eventgate::asyncapi::load;
 use eventgate::proxy::produce::inspect;
 use eventgate::telemetry::ValidationMetrics;
 use eventgate::validate::{Catalog, Policies, Validation, compile};
 use eventgate::wire::header::RequestMeta;
 use libfuzzer_sys::fuzz_target;
+
+mod common;
 
 fn validation() -> &'static Validation {
     static V: OnceLock<Validation> = OnceLock::new();
@@ -32,19 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let version = i16::from((first & 0x7f) % 14);
     let mirror_on = first & 0x80 != 0;
     // Header v1/v2 with the topic of the demo document likely to appear in the body.
-    let mut frame = BytesMut::new();
-    frame.put_i32(0);
-    frame.put_i16(0);
-    frame.put_i16(version);
-    frame.put_i32(1);
-    frame.put_i16(-1);
-    if version >= 9 {
-        frame.put_u8(0);
-    }
-    frame.put_slice(body);
-    let len = (frame.len() - 4) as i32;
-    frame[..4].copy_from_slice(&len.to_be_bytes());
-    let frame: Bytes = frame.freeze();
+    let frame = common::produce_frame(version, body);
     let Ok(meta) = RequestMeta::peek(&frame) else { return };
     run(&meta, &frame, mirror_on);
 });

@@ -7,7 +7,6 @@
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use eventgate::asyncapi::{Policy, load};
 use eventgate::mirror::event::Event;
 use eventgate::mirror::{Job, MirrorConfig, expand};
@@ -16,6 +15,8 @@ use eventgate::telemetry::ValidationMetrics;
 use eventgate::validate::{Catalog, Policies, UnknownTopic, Validation, compile};
 use eventgate::wire::header::RequestMeta;
 use libfuzzer_sys::fuzz_target;
+
+mod common;
 
 const TOPIC: &str = "event-gateway-demo";
 /// Small, so the budget runs out often.
@@ -84,19 +85,7 @@ fuzz_target!(|data: &[u8]| {
     // Low bits: the Produce version (3-12); the two high bits: policy and unknown-topic handling.
     let version = i16::from(first & 0x0f) % 10 + 3;
     let v = &validations()[usize::from(first >> 6)];
-    let mut frame = BytesMut::new();
-    frame.put_i32(0);
-    frame.put_i16(0);
-    frame.put_i16(version);
-    frame.put_i32(1);
-    frame.put_i16(-1);
-    if version >= 9 {
-        frame.put_u8(0);
-    }
-    frame.put_slice(body);
-    let len = (frame.len() - 4) as i32;
-    frame[..4].copy_from_slice(&len.to_be_bytes());
-    let frame: Bytes = frame.freeze();
+    let frame = common::produce_frame(version, body);
     let Ok(meta) = RequestMeta::peek(&frame) else { return };
     let Ok(inspection) = inspect(v, &ValidationMetrics::new(), &meta, &frame, true) else { return };
     for job in &inspection.refused {

@@ -1,7 +1,7 @@
 //! Real servers for integration tests: each test starts its own tansu broker, eventgate (and later
 //! nats-server) on free loopback ports with temporary directories, and they are stopped when the
 //! handles drop. Nothing is shared between tests, so they run in parallel.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -377,74 +377,9 @@ pub fn produce_values(bootstrap: &str, topic: &str, values: &[&str], count: usiz
     client("ck-produce", &args)
 }
 
-/// What a process holds, read from `/proc/<pid>`.
+/// What a process holds, read from `/proc/<pid>`: the same readings `eventgate hostile` makes.
 pub mod procfs {
-    /// A `kB` field of `/proc/<pid>/status` (VmRSS, VmHWM, ...), in bytes.
-    pub fn status_bytes(pid: u32, field: &str) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.trim().parse().ok())
-            .map(|kb: u64| kb * 1024)
-            .unwrap_or(0)
-    }
-
-    /// Open file descriptors (sockets, listeners, files).
-    pub fn fds(pid: u32) -> usize {
-        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-    }
-
-    /// Listening TCP sockets of the process.
-    pub fn listeners(pid: u32) -> usize {
-        let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut n = 0;
-        for table in ["tcp", "tcp6"] {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-            for line in text.lines().skip(1) {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                // st 0A is LISTEN; column 9 is the socket's inode.
-                if cols.get(3) == Some(&"0A") && cols.get(9).is_some_and(|i| inodes.contains(*i)) {
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
-    /// CPU time used so far (user + system), in seconds.
-    pub fn cpu_secs(pid: u32) -> f64 {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks / 100.0
-    }
-
-    /// Peak resident memory growth of a process from now on: resets the kernel's peak (VmHWM) and
-    /// remembers the resident size, so [`PeakRss::growth`] is what an attack added at its worst.
-    pub struct PeakRss {
-        pid: u32,
-        baseline: u64,
-    }
-
-    impl PeakRss {
-        pub fn start(pid: u32) -> PeakRss {
-            // Writing 5 to clear_refs resets VmHWM to the current VmRSS (Linux 4.0+).
-            std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
-            PeakRss { pid, baseline: status_bytes(pid, "VmRSS") }
-        }
-
-        pub fn growth(&self) -> u64 {
-            status_bytes(self.pid, "VmHWM").saturating_sub(self.baseline)
-        }
-    }
+    pub use eventgate::hostile::procfs::*;
 }
 
 /// Sends one request frame on `s` and reads one response frame (its body, after the size).
@@ -454,12 +389,43 @@ pub fn round_trip(s: &mut TcpStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
     read_frame(s)
 }
 
-/// Reads one frame's body from `s`.
-pub fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
-    s.read_exact(&mut body)?;
-    Ok(body)
+pub use eventgate::hostile::read_frame;
+
+/// Websocket clients of `/ws`.
+pub mod websocket {
+    use std::time::{Duration, Instant};
+
+    use futures_util::StreamExt;
+    use serde_json::Value;
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+    use super::Eventgate;
+
+    pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    /// A `/ws` client with the CloudEvents subprotocol, which eventgate must accept.
+    pub async fn ws(eg: &Eventgate, query: &str) -> Ws {
+        let mut req = format!("ws://127.0.0.1:{}/ws{query}", eg.http_port).into_client_request().unwrap();
+        req.headers_mut().insert("Sec-WebSocket-Protocol", "cloudevents.json".parse().unwrap());
+        let (socket, resp) = tokio_tungstenite::connect_async(req).await.expect("websocket");
+        let protocol = resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap());
+        assert_eq!(protocol, Some("cloudevents.json"));
+        socket
+    }
+
+    /// Reads `n` events (or fails after `deadline`).
+    pub async fn next_events(socket: &mut Ws, n: usize, deadline: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        let end = Instant::now() + deadline;
+        while out.len() < n {
+            let left = end.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, socket.next()).await {
+                Ok(Some(Ok(tungstenite::Message::Text(t)))) => out.push(serde_json::from_str(&t).expect("JSON event")),
+                Ok(Some(Ok(tungstenite::Message::Close(c)))) => panic!("closed: {c:?}"),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("after {} of {n} events: {other:?}", out.len()),
+            }
+        }
+        out
+    }
 }
