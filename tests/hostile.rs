@@ -234,6 +234,29 @@ fn eventgate_refuses_to_connect_to_itself() {
     round_trip(&mut s, &api_versions_frame(99)).expect("ApiVersions through the bootstrap");
 }
 
+/// Row 5, the last line of defence: a broker address that only resolves to eventgate (`127.1` is
+/// 127.0.0.1 to the resolver, but no address eventgate can recognise in an answer). The connection
+/// eventgate opens to it arrives at its own listener, is recognised there, and refused.
+#[test]
+fn an_upstream_connection_that_arrives_back_at_eventgate_is_refused() {
+    let node_port = free_port();
+    let tansu = Tansu::start_advertising(Some(&format!("127.1:{node_port}")));
+    let eg = Eventgate::start(&tansu.addr(), &["--node-port", &format!("{TANSU_NODE_ID}={node_port}")]);
+    let baseline = fds(eg.proc.pid());
+    let mut s = connect(eg.port);
+    let frame = eventgate::wire::header::request_frame(ApiKey::Metadata, 9, 1, "loop", &MetadataRequest::default())
+        .expect("frame");
+    round_trip(&mut s, &frame).expect("the broker's address is not recognisably eventgate's: the answer passes");
+    for id in 0..10 {
+        let mut direct = connect(node_port);
+        assert!(round_trip(&mut direct, &api_versions_frame(id)).is_err(), "the looping connection is closed");
+    }
+    wait_until("the loop to be refused and logged", Duration::from_secs(10), || {
+        eg.proc.log_text().contains("connection from eventgate itself")
+    });
+    wait_until("eventgate's descriptors to settle", Duration::from_secs(10), || fds(eg.proc.pid()) <= baseline + 4);
+}
+
 /// A scripted broker: for each request frame on its `n`th connection (from 1), `answer(n, request)`
 /// gives the frames to send back (bodies; the size is added).
 fn scripted_broker(answer: impl Fn(usize, &[u8]) -> Vec<Vec<u8>> + Send + Sync + 'static) -> u16 {
