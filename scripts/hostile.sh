@@ -62,7 +62,10 @@ attack() {
   # The mirror connects in the background; give it a moment to be up before attacking it.
   [ -n "$nport" ] && sleep 2
   local line
+  local settle=3000
+  [ "$name" = ws-readers ] && settle=15000
   line=$("$BIN" hostile --attack "$name" --bootstrap "127.0.0.1:$lport" --http "127.0.0.1:$hport" --pid "$target" \
+    --settle-ms "$settle" \
     || echo '{"attack":"'"$name"'","outcome":"the attack tool failed"}')
   if ! kill -0 "$target" 2>/dev/null; then
     line=$(echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); r["outcome"]="TARGET DIED; "+r.get("outcome",""); print(json.dumps(r))')

@@ -255,6 +255,9 @@ pub fn run(args: &HostileArgs) -> std::io::Result<HostileResult> {
         Attack::LongTopic => (produce_frame(9, -1, &long_topic(30_000), (0..4_000).map(|p| (p, None)).collect()), 9),
         _ => (Vec::new(), 0),
     };
+    // The records the websocket readers replay go into the stream first, so that what is measured
+    // is the websocket side alone.
+    let flood_errors = if args.attack == Attack::WsReaders { ws_flood(args)? } else { 0 };
     let peak = procfs::PeakRss::start(pid)?;
     let cpu_before = procfs::cpu_secs(pid);
     let fds_before = procfs::fds(pid) as i64;
@@ -294,7 +297,7 @@ pub fn run(args: &HostileArgs) -> std::io::Result<HostileResult> {
             let closed = count_closed(conns);
             format!("{open} connected, {closed} closed by eventgate within {settle:?}")
         }
-        Attack::WsReaders => ws_readers(args, &mut bytes_sent, &mut fds_peak)?,
+        Attack::WsReaders => ws_readers(args, flood_errors, &mut bytes_sent, &mut fds_peak)?,
     };
     fds_peak = fds_peak.max(procfs::fds(pid) as i64);
     Ok(HostileResult {
@@ -329,21 +332,13 @@ fn count_closed(conns: Vec<TcpStream>) -> usize {
     conns.into_iter().map(closed).filter(|c| *c).count()
 }
 
-/// 200 websocket clients that complete the handshake and never read, while 20,000 records of 2 KB
-/// flow to the watched topic.
-fn ws_readers(args: &HostileArgs, bytes_sent: &mut u64, fds_peak: &mut i64) -> std::io::Result<String> {
-    let topic = args.topic.clone().unwrap_or_else(|| "hostile-ws".to_owned());
-    let handshake = format!(
-        "GET /ws?start=all&topic={topic} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    let mut readers = Vec::new();
-    for _ in 0..200 {
-        let mut s = connect(&args.http)?;
-        s.write_all(handshake.as_bytes())?;
-        *bytes_sent += handshake.len() as u64;
-        readers.push(s);
-    }
+fn ws_topic(args: &HostileArgs) -> String {
+    args.topic.clone().unwrap_or_else(|| "hostile-ws".to_owned())
+}
+
+/// Produces 20,000 records of 2 KB to the watched topic; returns how many failed.
+fn ws_flood(args: &HostileArgs) -> std::io::Result<usize> {
+    let topic = ws_topic(args);
     let value = format!("{{\"pad\":\"{}\"}}", "x".repeat(2_000));
     let mut producer = connect(&args.bootstrap)?;
     let mut errors = 0;
@@ -356,12 +351,38 @@ fn ws_readers(args: &HostileArgs, bytes_sent: &mut u64, fds_peak: &mut i64) -> s
         let _ = write_batch(&mut batch, &BatchHeader::new(100, Codec::None, round), &section, Framing::Standard);
         let frame = produce_frame(9, 1, &topic, vec![(0, Some(batch.freeze()))]);
         producer.write_all(&frame)?;
-        *bytes_sent += frame.len() as u64;
         let codes = produce_error_codes(read_frame(&mut producer)?, 9).unwrap_or_else(|_| vec![-1]);
         errors += codes.iter().filter(|c| **c != 0).count();
+    }
+    // Let the mirror store them before the readers replay the stream.
+    std::thread::sleep(Duration::from_secs(3));
+    Ok(errors)
+}
+
+/// 200 websocket clients that complete the handshake, replay the stream the flood filled, and never
+/// read a byte.
+fn ws_readers(
+    args: &HostileArgs,
+    flood_errors: usize,
+    bytes_sent: &mut u64,
+    fds_peak: &mut i64,
+) -> std::io::Result<String> {
+    let handshake = format!(
+        "GET /ws?start=all&topic={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        ws_topic(args)
+    );
+    let mut readers = Vec::new();
+    for _ in 0..200 {
+        let mut s = connect(&args.http)?;
+        s.write_all(handshake.as_bytes())?;
+        *bytes_sent += handshake.len() as u64;
+        readers.push(s);
     }
     std::thread::sleep(Duration::from_millis(args.settle_ms));
     *fds_peak = procfs::fds(args.pid) as i64;
     let closed = count_closed(readers);
-    Ok(format!("20000 records produced ({errors} errors); {closed} of 200 readers closed by eventgate"))
+    Ok(format!(
+        "20000 records of 2 KB in the stream ({flood_errors} produce errors); {closed} of 200 readers closed by eventgate"
+    ))
 }

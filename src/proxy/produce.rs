@@ -42,7 +42,8 @@ pub struct Refused {
     pub topic: Arc<str>,
     pub partition: i32,
     pub error_code: i16,
-    pub message: String,
+    /// Shared by the partitions refused for the same reason (a clone is a reference count).
+    pub message: StrBytes,
     /// `(record index, reason)`, reported as `record_errors` from Produce v8.
     pub record_errors: Vec<(i32, String)>,
 }
@@ -162,7 +163,7 @@ pub fn inspect(
         view.topics.iter().zip(&names).flat_map(|(t, n)| t.partitions.iter().map(|p| (n.clone(), p.index))).collect()
     };
     let partitions = view.topics.iter().map(|t| t.partitions.len()).sum::<usize>();
-    let refuse = |topic: &Arc<str>, partition: i32, error_code: i16, message: String| Refused {
+    let refuse = |topic: &Arc<str>, partition: i32, error_code: i16, message: StrBytes| Refused {
         topic: topic.clone(),
         partition,
         error_code,
@@ -175,8 +176,10 @@ pub fn inspect(
         metrics.legacy_refused.increment(1);
         const WHY: &str = "eventgate validates this topic and needs Produce v3 or later (record batches)";
         let order = order();
-        let refused =
-            order.iter().map(|(t, p)| refuse(t, *p, codes::UNSUPPORTED_FOR_MESSAGE_FORMAT, WHY.into())).collect();
+        let refused = order
+            .iter()
+            .map(|(t, p)| refuse(t, *p, codes::UNSUPPORTED_FOR_MESSAGE_FORMAT, StrBytes::from_static_str(WHY)))
+            .collect();
         return Ok(Inspection { plan: refuse_all(meta, view.acks, Merge { refused, order })?, refused: Vec::new() });
     }
 
@@ -191,11 +194,11 @@ pub fn inspect(
     for (t, ((topic, plan), name)) in view.topics.iter().zip(&plans).zip(&names).enumerate() {
         match plan {
             TopicPlan::Illegal => {
-                let why = format!(
+                let why = StrBytes::from_string(format!(
                     "eventgate refuses topic names Kafka cannot hold (1-{MAX_TOPIC_NAME} of a-z A-Z 0-9 . _ -); \
                      this one is {} bytes",
                     topic.name.len()
-                );
+                ));
                 for p in &topic.partitions {
                     metrics.partitions_rejected.increment(1);
                     refused.push(refuse(name, p.index, codes::INVALID_TOPIC_EXCEPTION, why.clone()));
@@ -218,7 +221,9 @@ pub fn inspect(
             TopicPlan::Decided(Decision::RejectUnknown) => {
                 // The answer names the topic already: repeating it in every partition's message
                 // would make a request of many small partitions cost many times its size.
-                let why = "the topic is not described by any AsyncAPI document (unknown_topic: reject)".to_owned();
+                let why = StrBytes::from_static_str(
+                    "the topic is not described by any AsyncAPI document (unknown_topic: reject)",
+                );
                 for p in &topic.partitions {
                     metrics.partitions_rejected.increment(1);
                     refused.push(refuse(name, p.index, codes::INVALID_RECORD, why.clone()));
@@ -262,7 +267,7 @@ pub fn inspect(
                             );
                             refused.push(Refused {
                                 record_errors: errors,
-                                ..refuse(name, p.index, codes::INVALID_RECORD, message)
+                                ..refuse(name, p.index, codes::INVALID_RECORD, StrBytes::from_string(message))
                             });
                             if mirror_on {
                                 refused_jobs.push(refused_job(
@@ -276,11 +281,16 @@ pub fn inspect(
                         }
                         Verdict::Unreadable { code, message } => {
                             metrics.partitions_unreadable.increment(1);
-                            refused.push(refuse(name, p.index, code, message));
+                            refused.push(refuse(name, p.index, code, StrBytes::from_string(message)));
                         }
                         Verdict::OverBudget(message) => {
                             metrics.partitions_over_budget.increment(1);
-                            refused.push(refuse(name, p.index, codes::MESSAGE_TOO_LARGE, message));
+                            refused.push(refuse(
+                                name,
+                                p.index,
+                                codes::MESSAGE_TOO_LARGE,
+                                StrBytes::from_string(message),
+                            ));
                         }
                     }
                 }
@@ -398,7 +408,7 @@ fn partition_response(r: &Refused, version: i16) -> PartitionProduceResponse {
         .with_log_append_time_ms(-1)
         .with_log_start_offset(-1);
     if version >= 8 {
-        p.error_message = Some(StrBytes::from_string(r.message.clone()));
+        p.error_message = Some(r.message.clone());
         p.record_errors = r
             .record_errors
             .iter()
@@ -415,6 +425,7 @@ fn partition_response(r: &Refused, version: i16) -> PartitionProduceResponse {
 /// Puts eventgate's refusals into a broker's answer and sorts topics and partitions back into
 /// request order, in time linear in the number of partitions.
 pub fn merge_into(resp: &mut ProduceResponse, merge: &Merge, version: i16) {
+    let broker_said_nothing = resp.responses.is_empty();
     let mut topic_at: HashMap<Arc<str>, usize> = HashMap::new();
     for (i, t) in resp.responses.iter().enumerate() {
         topic_at.entry(Arc::from(t.name.0.as_str())).or_insert(i);
@@ -426,6 +437,10 @@ pub fn merge_into(resp: &mut ProduceResponse, merge: &Merge, version: i16) {
             resp.responses.len() - 1
         });
         resp.responses[i].partition_responses.push(partition_response(r, version));
+    }
+    if broker_said_nothing && merge.refused.len() == merge.order.len() {
+        // eventgate refused everything: the refusals were listed in request order already.
+        return;
     }
     // Ranks in the request: the first place of each topic, and of each (topic, partition).
     let mut topic_rank: HashMap<&str, usize> = HashMap::new();
