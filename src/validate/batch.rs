@@ -38,6 +38,10 @@ pub const MAX_RECORD_ERRORS: usize = 100;
 /// and their bookkeeping is a small multiple of those bytes.
 pub const RECORD_COST: usize = 32;
 
+/// What a compressed batch that fails to decompress is charged at least: the largest lz4 block,
+/// which the decoder zeroes before it reads a byte of it.
+pub const FAILED_DECOMPRESSION_COST: usize = 4 << 20;
+
 /// The work one Produce request may make eventgate do, in bytes, shared by all its partitions:
 /// decompressed records (with [`RECORD_COST`] each), the error texts eventgate keeps for them and
 /// the annotations it adds. A compressed batch claims what it wants; the request does not, so
@@ -163,11 +167,19 @@ pub fn check_partition(
             rebuilt.extend_from_slice(batch.bytes);
             continue;
         }
+        let compressed = batch.header.codec().is_ok_and(|c| c != Codec::None);
+        if compressed && budget.left() == 0 {
+            return over_budget(budget);
+        }
         let (data, framing) = match batch.records_data(&mut scratch, budget.left()) {
             Ok(d) => d,
-            Err(e) => return unreadable(e, budget),
+            Err(e) => {
+                // A failed decompression still cost what it touched (lz4 zeroes a whole block
+                // before reading it): the next partition of the request pays from what is left.
+                budget.charge(scratch.capacity().max(FAILED_DECOMPRESSION_COST));
+                return unreadable(e, budget);
+            }
         };
-        let compressed = batch.header.codec().is_ok_and(|c| c != Codec::None);
         if compressed && !budget.charge(data.len()) {
             return over_budget(budget);
         }

@@ -182,12 +182,24 @@ fn snappy_block(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), Rec
     if out.len() + len > limit {
         return Err(RecordError::TooLarge { limit });
     }
+    // The length is the block's own claim, and the output is zeroed before decoding: a few bytes
+    // claiming 64 MiB would cost 64 MiB of memset each. Snappy expands at most 64 bytes from a
+    // 3-byte copy (21.3x), so a larger claim is a lie.
+    if len > input.len().saturating_mul(SNAPPY_MAX_RATIO).saturating_add(64) {
+        return Err(RecordError::Decompress {
+            codec: "snappy",
+            reason: format!("a {}-byte block claims {len} bytes, more than snappy can expand to", input.len()),
+        });
+    }
     let start = out.len();
     out.resize(start + len, 0);
     let n = snap::raw::Decoder::new().decompress(input, &mut out[start..]).map_err(err)?;
     out.truncate(start + n);
     Ok(())
 }
+
+/// Snappy's largest expansion: a 3-byte copy element yields at most 64 bytes.
+const SNAPPY_MAX_RATIO: usize = 22;
 
 fn xerial_decompress(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
     let bad = |why: &str| RecordError::Decompress { codec: "snappy", reason: format!("xerial stream: {why}") };
@@ -226,6 +238,23 @@ mod tests {
                 assert_eq!(seen, framing, "{codec:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_snappy_length_claim_beyond_what_snappy_can_expand_to_is_refused_before_allocating() {
+        // A varint claiming 64 MiB - 64, then garbage: seven bytes.
+        let claim = [0xc0, 0xff, 0xff, 0x1f, 0xff, 0xff, 0xff];
+        let mut out = Vec::new();
+        let err = decompress(Codec::Snappy, &claim, &mut out, 64 << 20).unwrap_err();
+        assert!(err.to_string().contains("more than snappy can expand to"), "{err}");
+        assert!(out.capacity() < 1 << 20, "{} bytes reserved for a 7-byte block", out.capacity());
+        // The best case snappy has (long runs of one byte) stays within the ratio.
+        let zeros = vec![0u8; 1 << 20];
+        let mut packed = Vec::new();
+        compress(Codec::Snappy, Framing::Standard, &zeros, &mut packed).unwrap();
+        let mut back = Vec::new();
+        decompress(Codec::Snappy, &packed, &mut back, 1 << 20).unwrap();
+        assert_eq!(back, zeros);
     }
 
     #[test]
