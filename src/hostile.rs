@@ -258,6 +258,15 @@ pub fn run(args: &HostileArgs) -> std::io::Result<HostileResult> {
     // The records the websocket readers replay go into the stream first, so that what is measured
     // is the websocket side alone.
     let flood_errors = if args.attack == Attack::WsReaders { ws_flood(args)? } else { 0 };
+    if !frame.is_empty() {
+        // One small request of the same kind first, so that what is measured is the attack, not
+        // the allocator's first pages on each of the target's threads.
+        let _ = send_produce(
+            &args.bootstrap,
+            &produce_frame(version, -1, &topic("hostile-warm-up"), vec![(0, None)]),
+            version,
+        );
+    }
     let peak = procfs::PeakRss::start(pid)?;
     let cpu_before = procfs::cpu_secs(pid);
     let fds_before = procfs::fds(pid) as i64;

@@ -228,9 +228,11 @@ fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
         Some(ApiKey::Produce) => {
             let mirror_on = gw.mirror.as_ref().is_some_and(|m| m.active());
             let inspect = || produce::inspect(&gw.validation, &gw.validation_metrics, &meta, &frame, mirror_on);
-            let multi_thread = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            let inspection = if frame.len() > INLINE_INSPECTION_BYTES && multi_thread {
+            let multi_thread = || {
+                tokio::runtime::Handle::try_current()
+                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            };
+            let inspection = if frame.len() > INLINE_INSPECTION_BYTES && multi_thread() {
                 tokio::task::block_in_place(inspect)?
             } else {
                 inspect()?
@@ -273,7 +275,12 @@ async fn requests(
 ) -> Result<(), ConnError> {
     let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
     let mut out = VecDeque::new();
-    let mut idle_since = tokio::time::Instant::now();
+    // One timer for the connection, re-armed only when it fires: reads just note the time, so the
+    // idle timeout costs nothing per request.
+    let idle_after = gw.config.idle_timeout;
+    let idle = tokio::time::sleep(idle_after.unwrap_or(std::time::Duration::from_secs(3600)));
+    tokio::pin!(idle);
+    let mut last_read = tokio::time::Instant::now();
     loop {
         while let Some(frame) = buf.next_frame().map_err(ConnError::ClientFrame)? {
             gw.metrics.bytes_from_clients.increment(frame.len() as u64);
@@ -298,28 +305,24 @@ async fn requests(
             }
         }
         write_frames(&mut broker, &mut out).await.map_err(ConnError::BrokerWrite)?;
-        let idle = async {
-            match gw.config.idle_timeout {
-                Some(t) => tokio::time::sleep_until(idle_since + t).await,
-                None => std::future::pending().await,
-            }
-        };
         let n = tokio::select! {
             biased;
             _ = abort.cancelled() => return Ok(()),
             _ = gw.shutdown.cancelled() => return Ok(()),
             n = buf.fill(&mut client) => n.map_err(ConnError::ClientRead)?,
-            _ = idle => {
+            _ = &mut idle, if idle_after.is_some() => {
+                let after = idle_after.unwrap_or_default();
+                let now = tokio::time::Instant::now();
                 // A request still waiting for its answer (a long Fetch) is not idleness.
-                if in_flight.load(Ordering::Acquire) == 0 {
+                if now >= last_read + after && in_flight.load(Ordering::Acquire) == 0 {
                     gw.metrics.idle_closed.increment(1);
-                    return Err(ConnError::Idle(gw.config.idle_timeout.unwrap_or_default()));
+                    return Err(ConnError::Idle(after));
                 }
-                idle_since = tokio::time::Instant::now();
+                idle.as_mut().reset((last_read + after).max(now + after / 2));
                 continue;
             }
         };
-        idle_since = tokio::time::Instant::now();
+        last_read = tokio::time::Instant::now();
         if n == 0 {
             return match buf.buffered() {
                 0 => Ok(()),
