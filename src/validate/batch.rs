@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{ANNOTATION_HEADER, Outcome, Route};
 use crate::asyncapi::Policy;
-use crate::wire::compression::Codec;
+use crate::wire::compression::{Codec, decoder_claim};
 use crate::wire::records::{self, RecordError, put_varint, write_batch, write_record_with_header};
 
 /// Kafka error codes eventgate answers with.
@@ -169,6 +169,11 @@ pub fn check_partition(
         }
         let compressed = batch.header.codec().is_ok_and(|c| c != Codec::None);
         if compressed && budget.left() == 0 {
+            return over_budget(budget);
+        }
+        // What the decoder will zero before reading a byte, as the batch declares it.
+        let claim = batch.header.codec().map(|c| decoder_claim(c, batch.stored_records())).unwrap_or(0);
+        if !budget.charge(claim) {
             return over_budget(budget);
         }
         let (data, framing) = match batch.records_data(&mut scratch, budget.left()) {

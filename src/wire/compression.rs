@@ -69,6 +69,22 @@ pub enum Framing {
 const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
 const XERIAL_BLOCK: usize = 32 * 1024;
 
+/// Memory a decoder of `codec` sets aside for `input` before it produces a byte, as the input
+/// itself declares it: an lz4 frame names its block size (up to 4 MiB), which the decoder zeroes
+/// whatever the block holds. Callers charge it before decompressing.
+pub fn decoder_claim(codec: Codec, input: &[u8]) -> usize {
+    const LZ4_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
+    match codec {
+        Codec::Lz4 if input.starts_with(&LZ4_MAGIC) => match input.get(5).map(|bd| (bd >> 4) & 0x07) {
+            Some(4) => 64 << 10,
+            Some(5) => 256 << 10,
+            Some(6) => 1 << 20,
+            _ => 4 << 20,
+        },
+        _ => 0,
+    }
+}
+
 /// Decompresses `input` into `out` (cleared first), failing once more than `limit` bytes come out.
 pub fn decompress(codec: Codec, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<Framing, RecordError> {
     out.clear();
@@ -255,6 +271,18 @@ mod tests {
         let mut back = Vec::new();
         decompress(Codec::Snappy, &packed, &mut back, 1 << 20).unwrap();
         assert_eq!(back, zeros);
+    }
+
+    #[test]
+    fn an_lz4_frame_claims_the_block_size_it_declares() {
+        let mut packed = Vec::new();
+        compress(Codec::Lz4, Framing::Standard, b"hello", &mut packed).unwrap();
+        let claim = decoder_claim(Codec::Lz4, &packed);
+        assert!((64 << 10..=4 << 20).contains(&claim), "{claim}");
+        let mut four_mib = packed.clone();
+        four_mib[5] = (four_mib[5] & 0x8f) | (7 << 4);
+        assert_eq!(decoder_claim(Codec::Lz4, &four_mib), 4 << 20);
+        assert_eq!(decoder_claim(Codec::Zstd, &packed), 0);
     }
 
     #[test]
