@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::ApiKey;
@@ -162,7 +162,10 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
     let (broker_rd, broker_wr) = broker.into_split();
     let (tx, rx) = mpsc::channel(gw.config.max_in_flight);
     let abort = CancellationToken::new();
-    let in_flight = AtomicUsize::new(0);
+    let activity = Arc::new(Activity::new());
+    // The idle watchdog is a task of its own: its timer is polled only when it fires, never on the
+    // request path.
+    let watchdog = gw.config.idle_timeout.map(|t| tokio::spawn(watch_idle(t, activity.clone(), abort.clone())));
     let on_error = |r: Result<(), ConnError>| {
         if r.is_err() {
             abort.cancel();
@@ -170,10 +173,21 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
         r
     };
     let (req, resp) =
-        tokio::join!(async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort, &in_flight).await) }, async {
-            on_error(responses(&gw, broker_rd, client_wr, rx, &abort, &in_flight).await)
+        tokio::join!(async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort, &activity).await) }, async {
+            on_error(responses(&gw, broker_rd, client_wr, rx, &abort, &activity.in_flight).await)
         },);
-    match req.and(resp) {
+    abort.cancel();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let result = match (activity.idle.load(Ordering::Acquire), gw.config.idle_timeout) {
+        (true, Some(t)) => {
+            gw.metrics.idle_closed.increment(1);
+            Err(ConnError::Idle(t))
+        }
+        _ => req.and(resp),
+    };
+    match result {
         Ok(()) => tracing::debug!(%peer, broker = %broker_addr, "connection closed"),
         Err(e) => {
             gw.metrics.connection_errors.increment(1);
@@ -187,6 +201,53 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
                 _ => tracing::warn!(%peer, broker = %broker_addr, error = %e, "connection closed"),
             }
         }
+    }
+}
+
+/// What the idle watchdog reads: shared by the two halves of one connection.
+struct Activity {
+    started: tokio::time::Instant,
+    /// Requests sent upstream whose answers have not come back.
+    in_flight: AtomicUsize,
+    /// Milliseconds from `started` to the client's latest bytes.
+    last_read_ms: AtomicU64,
+    /// The watchdog closed the connection.
+    idle: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_read_ms: AtomicU64::new(0),
+            idle: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that the client sent something.
+    fn touch(&self) {
+        self.last_read_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Closes the connection (through `abort`) once the client has sent nothing for `after` while no
+/// request was in flight (a long Fetch waiting for data is not idleness).
+async fn watch_idle(after: std::time::Duration, a: Arc<Activity>, abort: CancellationToken) {
+    let mut deadline = a.started + after;
+    loop {
+        tokio::select! {
+            _ = abort.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let last = a.started + std::time::Duration::from_millis(a.last_read_ms.load(Ordering::Relaxed));
+        let now = tokio::time::Instant::now();
+        if now >= last + after && a.in_flight.load(Ordering::Acquire) == 0 {
+            a.idle.store(true, Ordering::Release);
+            abort.cancel();
+            return;
+        }
+        deadline = (last + after).max(now + after / 2);
     }
 }
 
@@ -271,23 +332,17 @@ async fn requests(
     mut broker: OwnedWriteHalf,
     tx: mpsc::Sender<Pending>,
     abort: &CancellationToken,
-    in_flight: &AtomicUsize,
+    activity: &Activity,
 ) -> Result<(), ConnError> {
     let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
     let mut out = VecDeque::new();
-    // One timer for the connection, re-armed only when it fires: reads just note the time, so the
-    // idle timeout costs nothing per request.
-    let idle_after = gw.config.idle_timeout;
-    let idle = tokio::time::sleep(idle_after.unwrap_or(std::time::Duration::from_secs(3600)));
-    tokio::pin!(idle);
-    let mut last_read = tokio::time::Instant::now();
     loop {
         while let Some(frame) = buf.next_frame().map_err(ConnError::ClientFrame)? {
             gw.metrics.bytes_from_clients.increment(frame.len() as u64);
             let plan = plan_request(gw, frame).map_err(ConnError::ClientFrame)?;
             if let Some(p) = plan.pending {
                 if matches!(p, Pending::Upstream { .. }) {
-                    in_flight.fetch_add(1, Ordering::AcqRel);
+                    activity.in_flight.fetch_add(1, Ordering::AcqRel);
                 }
                 // The answer is queued before its request leaves, so it is always there to match.
                 if let Err(mpsc::error::TrySendError::Full(p)) = tx.try_send(p) {
@@ -310,19 +365,8 @@ async fn requests(
             _ = abort.cancelled() => return Ok(()),
             _ = gw.shutdown.cancelled() => return Ok(()),
             n = buf.fill(&mut client) => n.map_err(ConnError::ClientRead)?,
-            _ = &mut idle, if idle_after.is_some() => {
-                let after = idle_after.unwrap_or_default();
-                let now = tokio::time::Instant::now();
-                // A request still waiting for its answer (a long Fetch) is not idleness.
-                if now >= last_read + after && in_flight.load(Ordering::Acquire) == 0 {
-                    gw.metrics.idle_closed.increment(1);
-                    return Err(ConnError::Idle(after));
-                }
-                idle.as_mut().reset((last_read + after).max(now + after / 2));
-                continue;
-            }
         };
-        last_read = tokio::time::Instant::now();
+        activity.touch();
         if n == 0 {
             return match buf.buffered() {
                 0 => Ok(()),
