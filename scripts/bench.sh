@@ -47,16 +47,8 @@ WS_RESULTS="${RESULTS%.jsonl}-ws.jsonl"
 : >"$RESULTS"
 : >"$WS_RESULTS"
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 # utime + stime + the same for reaped children (socat forks one per connection).
 cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)

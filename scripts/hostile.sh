@@ -21,16 +21,8 @@ RESULTS="$OUT_DIR/hostile-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 : >"$RESULTS"
 NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # attack LABEL BINARY ATTACK: one attack against a fresh target; appends a JSON line.
 attack() {

@@ -11,14 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$1; shift
 RECORDS=${RECORDS:-50000}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; exit 1; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 tport=$(free_port); lport=$(free_port); hport=$(free_port); nport=$(free_port)
 out=$(mktemp -d)
 tansu broker --listener-url "tcp://127.0.0.1:$tport" --advertised-listener-url "tcp://127.0.0.1:$tport" \
   --storage-engine memory://tansu/ >/dev/null 2>&1 &
-tansu_pid=$!
-trap 'kill $tansu_pid 2>/dev/null || true' EXIT
+pids+=($!)
 wait_port "$tport"
 tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions 1 tput >/dev/null
 valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$BIN" serve --upstream "127.0.0.1:$tport" \
