@@ -220,7 +220,13 @@ pub fn check_partition(
                         }
                     }
                     if policy == Policy::Reject && rejected.len() < MAX_RECORD_ERRORS {
-                        rejected.push((index, errors.join("; ")));
+                        // One text per reported record, cut like every error text and paid for:
+                        // records that fail alike share their errors, but not this copy.
+                        let text = crate::validate::capped(errors.join("; "));
+                        if !budget.charge(text.len() + 24) {
+                            return over_budget(budget);
+                        }
+                        rejected.push((index, text));
                     }
                 }
             }

@@ -33,7 +33,7 @@ pub const MAX_ERRORS: usize = 16;
 pub const MAX_ERROR_BYTES: usize = 256;
 
 /// `text` cut to at most [`MAX_ERROR_BYTES`] bytes.
-fn capped(mut text: String) -> String {
+pub(crate) fn capped(mut text: String) -> String {
     if text.len() > MAX_ERROR_BYTES {
         let mut end = MAX_ERROR_BYTES - '…'.len_utf8();
         while !text.is_char_boundary(end) {

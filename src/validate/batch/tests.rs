@@ -196,6 +196,14 @@ fn error_texts_quoting_a_huge_value_are_capped() {
     let Outcome::Invalid(errors) = &r.outcomes[0] else { panic!("{:?}", r.outcomes) };
     assert!(errors.iter().all(|e| e.len() <= crate::validate::MAX_ERROR_BYTES), "{errors:?}");
     assert!(errors[0].ends_with('…'));
+    // Two long errors joined for `record_errors` are cut to one error's length as well.
+    let long = "é".repeat(100_000);
+    let two = format!(r#"{{"lumens":"{long}","sentAt":"{long}"}}"#);
+    let r = check_partition(route, Policy::Reject, &batch(&[&two], Codec::None), "ts", &mut Budget::new(1 << 20));
+    let Verdict::Rejected { errors, .. } = &r.verdict else { panic!("{:?}", r.verdict) };
+    assert!(errors[0].1.len() <= crate::validate::MAX_ERROR_BYTES, "{}", errors[0].1.len());
+    let Outcome::Invalid(all) = &r.outcomes[0] else { panic!() };
+    assert!(all.len() >= 2 && all.iter().map(String::len).sum::<usize>() > crate::validate::MAX_ERROR_BYTES);
 }
 
 #[test]
