@@ -53,7 +53,6 @@ pub struct ProxyMetrics {
     pub idle_closed: Counter,
     pub brokers_forgotten: Counter,
     pub broker_listeners: Gauge,
-    started: std::time::Instant,
 }
 
 impl ProxyMetrics {
@@ -77,13 +76,7 @@ impl ProxyMetrics {
             idle_closed: counter!("eventgate_kafka_idle_closed_total"),
             brokers_forgotten: counter!("eventgate_broker_listeners_forgotten_total"),
             broker_listeners: gauge!("eventgate_broker_listeners"),
-            started: std::time::Instant::now(),
         }
-    }
-
-    /// Whole seconds since the metrics were created (for rate-limited logging).
-    pub fn uptime_secs(&self) -> u64 {
-        self.started.elapsed().as_secs()
     }
 
     /// Counts one request of `api_key`.
@@ -157,5 +150,50 @@ pub struct OpenConnection<'a>(&'a Gauge);
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+/// Says when to log an event that a peer can make frequent (refused connections, ...): at most
+/// once per period, with how many happened since the last line. Shared by any number of tasks.
+pub struct Throttle {
+    started: std::time::Instant,
+    every_ms: u64,
+    next_ms: std::sync::atomic::AtomicU64,
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            every_ms: every.as_millis() as u64,
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            since: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one event; `Some(n)` when a line should be logged now, for the `n` events since the
+    /// last one.
+    pub fn note(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.since.fetch_add(1, Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        (now >= next && self.next_ms.compare_exchange(next, now + self.every_ms, Relaxed, Relaxed).is_ok())
+            .then(|| self.since.swap(0, Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_logs_the_first_event_then_counts_the_rest() {
+        let t = Throttle::new(std::time::Duration::from_secs(3600));
+        assert_eq!(t.note(), Some(1));
+        assert_eq!((0..1000).filter_map(|_| t.note()).count(), 0, "quiet for the rest of the period");
+        let now = Throttle::new(std::time::Duration::ZERO);
+        assert_eq!((0..5).filter_map(|_| now.note()).sum::<u64>(), 5, "every event is counted in some line");
     }
 }

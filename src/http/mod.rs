@@ -15,7 +15,7 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -80,7 +80,7 @@ struct Held {
 async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, app: Router) {
     let slots = Arc::new(Semaphore::new(gw.config.http_max_connections));
     let refused = metrics::counter!("eventgate_http_connections_refused_total");
-    let mut refusals = RefusalLog::default();
+    let refusals = crate::telemetry::Throttle::new(Duration::from_secs(10));
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(gw.config.http_header_timeout);
     loop {
@@ -103,35 +103,18 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, app: Router) {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             drop(stream);
             refused.increment(1);
-            refusals.note(gw.config.http_max_connections);
+            if let Some(refused) = refusals.note() {
+                let limit = gw.config.http_max_connections;
+                tracing::warn!(
+                    refused,
+                    limit,
+                    "admin HTTP connection limit reached: closing new connections (--http-max-connections)"
+                );
+            }
             continue;
         };
         let slot = ConnSlot { _held: Arc::new(Held { _permit: permit, _task: gw.tasks.token() }) };
         gw.tasks.spawn(serve_connection(builder.clone(), stream, app.clone(), slot, gw.shutdown.clone()));
-    }
-}
-
-/// Logs refused connections at most once every 10 seconds, with how many there were.
-#[derive(Default)]
-struct RefusalLog {
-    last: Option<Instant>,
-    since: u64,
-}
-
-impl RefusalLog {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn note(&mut self, limit: usize) {
-        self.since += 1;
-        if self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) {
-            tracing::warn!(
-                refused = self.since,
-                limit,
-                "admin HTTP connection limit reached: closing new connections (--http-max-connections)"
-            );
-            self.last = Some(Instant::now());
-            self.since = 0;
-        }
     }
 }
 

@@ -16,7 +16,7 @@ pub mod produce;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, split_host_port};
 use crate::mirror::Mirror;
-use crate::telemetry::{ProxyMetrics, ValidationMetrics};
+use crate::telemetry::{ProxyMetrics, Throttle, ValidationMetrics};
 use crate::validate::Validation;
 use crate::wire::rewrite::AdvertiseError;
 use nodes::{NodeRegistry, Observed, Upstream};
@@ -58,8 +58,8 @@ pub struct Gateway {
     connections: Arc<Semaphore>,
     /// Local addresses of eventgate's own broker connections, to recognise one that loops back.
     outgoing: Arc<Mutex<HashSet<SocketAddr>>>,
-    /// Last time a refused connection was logged (seconds since start), to keep the log readable.
-    refusal_logged: AtomicU64,
+    /// Refused client connections are logged at most once a second, with their count.
+    refusals: Throttle,
     /// Cancelled on SIGTERM/SIGINT: listeners stop accepting, connections stop reading requests.
     pub shutdown: CancellationToken,
     /// Every listener and connection task, so shutdown can wait for them.
@@ -79,7 +79,7 @@ impl Gateway {
             nodes: NodeRegistry::new(config.max_broker_listeners),
             connections: Arc::new(Semaphore::new(config.max_connections)),
             outgoing: Arc::default(),
-            refusal_logged: AtomicU64::new(0),
+            refusals: Throttle::new(Duration::from_secs(1)),
             config,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -261,9 +261,9 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, target: Target, st
                 Err(_) => {
                     drop(socket);
                     gw.metrics.connections_refused.increment(1);
-                    let now = gw.metrics.uptime_secs();
-                    if gw.refusal_logged.swap(now, Ordering::Relaxed) != now {
-                        tracing::warn!(%peer, limit = gw.config.max_connections, "refusing client connections: max_connections reached");
+                    if let Some(refused) = gw.refusals.note() {
+                        let limit = gw.config.max_connections;
+                        tracing::warn!(%peer, refused, limit, "refusing client connections: max_connections reached");
                     }
                 }
             },
