@@ -26,10 +26,6 @@ use support::*;
 const MIB: u64 = 1 << 20;
 const DEMO_TOPIC: &str = "event-gateway-demo";
 
-fn produce(version: i16, acks: i16, topic: &str, parts: Vec<(i32, Option<Bytes>)>) -> Vec<u8> {
-    produce_frame(version, acks, topic, parts)
-}
-
 fn produce_answer(body: Vec<u8>, version: i16) -> ProduceResponse {
     let mut body = Bytes::from(body);
     let h = ResponseHeader::decode(&mut body, ApiKey::Produce.response_header_version(version)).expect("header");
@@ -107,7 +103,7 @@ fn a_decompression_bomb_for_the_mirror_is_dropped_from_the_mirror_only() {
         eg.metric("eventgate_mirror_events_total{kind=\"accepted\"}") >= 1.0
     });
     let count = 1_200_000;
-    let frame = produce(9, 1, "bombs", vec![(0, Some(null_record_bomb(count)))]);
+    let frame = produce_frame(9, 1, "bombs", vec![(0, Some(null_record_bomb(count)))]);
     let peak = PeakRss::start(eg.proc.pid()).expect("reset the peak RSS");
     let mut s = connect(eg.port);
     let answer = produce_answer(round_trip(&mut s, &frame).expect("an answer"), 9);
@@ -184,11 +180,11 @@ fn a_huge_topic_name_times_many_partitions_is_refused_before_any_copy() {
     let eg = Eventgate::start(&tansu.addr(), &["--spec", &repo_path("tests/fixtures/asyncapi/recursive-3.0.yaml")]);
     let topic = long_topic(30_000);
     let parts = (0..4_000).map(|p| (p, None)).collect();
-    let frame = produce(9, -1, &topic, parts);
+    let frame = produce_frame(9, -1, &topic, parts);
     // A first small request of the same kind, so that what is measured is the attack, not the
     // allocator's first pages on each worker thread.
     let mut s = connect(eg.port);
-    round_trip(&mut s, &produce(9, -1, &long_topic(300), vec![(0, None)])).expect("a warm-up answer");
+    round_trip(&mut s, &produce_frame(9, -1, &long_topic(300), vec![(0, None)])).expect("a warm-up answer");
     let peak = PeakRss::start(eg.proc.pid()).expect("reset the peak RSS");
     let mut s = connect(eg.port);
     let answer = produce_answer(round_trip(&mut s, &frame).expect("an answer"), 9);

@@ -194,14 +194,6 @@ fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, b
     eventgate::wire::header::request_frame(key, version, correlation_id, "raw-test", body).unwrap().to_vec()
 }
 
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body)?;
-    Ok(body)
-}
-
 fn connect(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
