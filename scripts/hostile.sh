@@ -19,10 +19,10 @@ OUT_DIR=target/bench
 mkdir -p "$OUT_DIR"
 RESULTS="$OUT_DIR/hostile-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 : >"$RESULTS"
-NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+NATS=$(nats_server)
 
 # attack LABEL BINARY ATTACK: one attack against a fresh target; appends a JSON line.
 attack() {

