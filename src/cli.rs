@@ -32,6 +32,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Attack a running eventgate as a hostile peer would and report what it made eventgate hold.
     Hostile(crate::hostile::HostileArgs),
+    /// Read the mirror stream back: messages, distinct ids, duplicates, gaps per partition.
+    Audit(crate::mirror::audit::AuditArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -70,6 +72,13 @@ pub fn main() -> ExitCode {
             print_json(runtime.block_on(crate::bench::run(args)))
         }
         Command::Hostile(args) => print_json(crate::hostile::run(&args)),
+        Command::Audit(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            print_json(runtime.block_on(crate::mirror::audit::run(args)))
+        }
     }
 }
 

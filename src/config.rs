@@ -455,8 +455,13 @@ impl Settings {
             return Err(invalid("mirror_rejected_prefix", "must differ from mirror_subject_prefix"));
         }
         let max_event_bytes = self.mirror_max_event_bytes.unwrap_or(1_000_000);
+        let cluster = self.cluster_name.unwrap_or_else(|| "kafka".to_owned());
+        // It is the host of every event's `source` (`kafka://<cluster>/<topic>`), which must be a URI.
+        if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+            return Err(invalid("cluster_name", "use letters, digits, `-`, `.`, `_` and `~` (it is a URI host name)"));
+        }
         let mirror = MirrorConfig {
-            cluster: self.cluster_name.unwrap_or_else(|| "kafka".to_owned()),
+            cluster,
             default_type: self.ce_default_type.unwrap_or_else(|| "eventgate.record".to_owned()),
             subject_prefix: subject_prefix.clone(),
             rejected_prefix: rejected_prefix.clone(),
@@ -652,6 +657,16 @@ mod tests {
         assert_eq!(c.fixed_node_port(111), Some(9204));
         assert_eq!(c.fixed_node_port(5000), None);
         assert_eq!(c.max_frame_bytes, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_cluster_name_must_fit_in_a_uri() {
+        for bad in ["", "my cluster", "a{b}", "a/b"] {
+            let s = Settings { cluster_name: Some(bad.into()), ..Default::default() };
+            assert!(s.resolve().is_err(), "{bad:?}");
+        }
+        let s = Settings { cluster_name: Some("prod-eu.1".into()), ..Default::default() };
+        assert_eq!(s.resolve().unwrap().mirror.cluster, "prod-eu.1");
     }
 
     #[test]

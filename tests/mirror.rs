@@ -117,7 +117,12 @@ async fn every_acknowledged_record_appears_once_as_a_cloudevent() {
         assert!(e["time"].as_str().unwrap().ends_with('Z'));
         assert_eq!(
             id,
-            format!("{}-{}-{}", e["source"].as_str().unwrap().rsplit('/').next().unwrap(), e["partition"], e["offset"])
+            format!(
+                "{}-{}-{}",
+                e["source"].as_str().unwrap().rsplit('/').next().unwrap(),
+                e["partition"],
+                e["offset"].as_str().expect("offset is a string")
+            )
         );
         let key = e["subject"].as_str().unwrap();
         if e["source"] == format!("kafka://test/{TOPIC}") {

@@ -5,25 +5,63 @@
 //! | `id` | `<topic>-<partition>-<offset>`: a resend keeps its id, and JetStream deduplicates it |
 //! | `source` | `kafka://<cluster>/<topic>` |
 //! | `type` | the matched AsyncAPI message's `x-eventgate-ce-type`, else its name, else the default |
-//! | `subject` | the record key, when it is UTF-8 text |
+//! | `subject` | the record key, when it is non-empty UTF-8 text |
 //! | `time` | the record timestamp |
-//! | `datacontenttype`, `dataschema` | the message's content type; `urn:eventgate:spec:<doc>#<message>` |
-//! | `partition`, `offset`, `validation`, `validationerrors` | extensions |
+//! | `datacontenttype` | the message's content type, else the record's `content-type` header, else inferred (below) |
+//! | `dataschema` | `urn:eventgate:spec:<doc>#<message pointer>`, the pointer percent-encoded |
+//! | `partition`, `offset`, `validation`, `validationerrors` | extensions; `offset` is a string (Kafka offsets are 64-bit) |
+//! | `dataomitted`, `datasize` | extensions, when the event went out without its data |
+//! | `overridden` | extension: eventgate's extension names the producer had set itself (comma-separated) |
+//! | `wrapped` | extension: why a record that looked like a CloudEvent was mirrored like any other record |
 //!
 //! Records that already are CloudEvents in the Kafka protocol binding keep their own attributes:
 //! binary mode (`ce_*` headers, `content-type`) and structured mode (`content-type:
-//! application/cloudevents+json`). JSON payloads go in `data`, other text in `data` as a string,
-//! anything else in `data_base64`. An event larger than the stream accepts is sent without its data,
-//! with `dataomitted: true` and `datasize`, so it is never lost silently.
+//! application/cloudevents+json`). They are checked first, in plain Rust (required attributes,
+//! `specversion` 1.0, `source` a URI reference, `time` RFC 3339, `dataschema` an absolute URI,
+//! attribute names `[a-z0-9]{1,20}`, extension values strings, booleans or 32-bit integers); one
+//! that fails is mirrored like any other record, with `wrapped` saying why. eventgate's own
+//! extensions ([`RESERVED`]) are always eventgate's: a producer's values for them are dropped, named
+//! in `overridden` and counted ([`Event::overridden`]).
+//!
+//! Data ([`Kind`]): JSON (declared JSON, or undeclared and parsing as JSON) goes in `data` as JSON,
+//! embedded as the producer wrote it; text (declared text, or undeclared UTF-8 without control
+//! characters, then `text/plain; charset=utf-8`) in `data` as a string; anything else, including
+//! declared JSON that does not parse and undeclared bytes (then `application/octet-stream`), in
+//! `data_base64`. An event larger than the stream accepts is sent without its data, with
+//! `dataomitted: true` and `datasize`, so it is never lost silently.
 
-use base64::Engine;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
 use bytes::Bytes;
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 
 use crate::validate::{CompiledMessage, Outcome};
 use crate::wire::records::Record;
+
+/// Extension attributes that only eventgate sets; a producer's values for them are dropped.
+/// `principal` and `clientid` are held for coming features.
+pub const RESERVED: [&str; 10] = [
+    "partition",
+    "offset",
+    "validation",
+    "validationerrors",
+    "dataomitted",
+    "datasize",
+    "principal",
+    "clientid",
+    "overridden",
+    "wrapped",
+];
+
+/// `type` when neither the message nor the configuration gives a non-empty one.
+const FALLBACK_TYPE: &str = "eventgate.record";
+/// `datacontenttype` of undeclared text.
+const UTF8_TEXT: &str = "text/plain; charset=utf-8";
+/// `datacontenttype` of undeclared bytes that are neither JSON nor text.
+const OCTETS: &str = "application/octet-stream";
 
 /// What an event needs beyond the record itself.
 pub struct Context<'a> {
@@ -55,10 +93,86 @@ pub struct Event {
     pub json: Bytes,
     /// The event was too large and went out without its data.
     pub data_omitted: bool,
+    /// How many of eventgate's extension names ([`RESERVED`]) the producer had set itself; their
+    /// values were dropped (and the names listed in the `overridden` extension).
+    pub overridden: u32,
+    /// The record looked like a CloudEvent but was not a valid one: it was mirrored like any other
+    /// record, with the `wrapped` extension saying why.
+    pub wrapped: bool,
 }
 
+/// What a content type says a payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `application/json`, `*/json`, `*/*+json`.
+    Json,
+    /// `text/*`, XML (`*/xml`, `*/*+xml`), YAML (`*/yaml`, `*/x-yaml`, `*/*+yaml`), or any content
+    /// type with a `charset` parameter.
+    Text,
+    /// Anything else.
+    Bytes,
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.is_char_boundary(s.len() - suffix.len())
+        && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+impl Kind {
+    /// Classifies a content type (case-insensitive, parameters allowed).
+    pub fn of(content_type: &str) -> Self {
+        let mut parts = content_type.split(';');
+        let base = parts.next().unwrap_or_default().trim();
+        let (kind, sub) = base.split_once('/').unwrap_or((base, ""));
+        if sub.eq_ignore_ascii_case("json") || ends_with_ignore_case(sub, "+json") {
+            Self::Json
+        } else if kind.eq_ignore_ascii_case("text")
+            || ["xml", "yaml", "x-yaml"].iter().any(|s| sub.eq_ignore_ascii_case(s))
+            || ["+xml", "+yaml"].iter().any(|s| ends_with_ignore_case(sub, s))
+            || parts.any(|p| p.split('=').next().is_some_and(|n| n.trim().eq_ignore_ascii_case("charset")))
+        {
+            Self::Text
+        } else {
+            Self::Bytes
+        }
+    }
+}
+
+fn is_structured_type(content_type: &str) -> bool {
+    content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/cloudevents+json")
+}
+
+/// A CloudEvents attribute or extension name, as the conformance rules want it: `[a-z0-9]{1,20}`.
 fn is_attribute_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    (1..=20).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn reserved_index(name: &str) -> Option<usize> {
+    RESERVED.iter().position(|r| *r == name)
+}
+
+/// A URI reference (RFC 3986), as CloudEvents wants `source`.
+fn is_uri_reference(s: &str) -> bool {
+    fluent_uri::UriRef::parse(s).is_ok()
+}
+
+/// An absolute URI (RFC 3986 `URI`: with a scheme), as CloudEvents wants `dataschema`.
+fn is_absolute_uri(s: &str) -> bool {
+    fluent_uri::Uri::parse(s).is_ok()
+}
+
+/// An RFC 3339 timestamp (`T` or `t` between date and time, as the JSON Schema `date-time` wants).
+fn is_rfc3339(s: &str) -> bool {
+    matches!(s.as_bytes().get(10), Some(b'T' | b't'))
+        && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+}
+
+/// RFC 4648 base64 with padding.
+fn is_base64(s: &str) -> bool {
+    let b = s.as_bytes();
+    let body = b.strip_suffix(b"==").or_else(|| b.strip_suffix(b"=")).unwrap_or(b);
+    b.len().is_multiple_of(4) && body.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 fn rfc3339_ms(ms: i64) -> Option<String> {
@@ -66,75 +180,434 @@ fn rfc3339_ms(ms: i64) -> Option<String> {
     t.format(&time::format_description::well_known::Rfc3339).ok()
 }
 
-fn is_json_type(ct: &str) -> bool {
-    let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    base.ends_with("/json") || base.ends_with("+json")
-}
-
-/// Puts `value` into the event as `data` or `data_base64`, per its content type.
-fn put_data(event: &mut Map<String, Value>, value: &[u8], content_type: Option<&str>) {
-    let text = std::str::from_utf8(value).ok();
-    let json_ok = content_type.is_none_or(is_json_type);
-    if json_ok && let Some(v) = text.and_then(|t| serde_json::from_str::<Value>(t).ok()) {
-        if content_type.is_none() {
-            event.insert("datacontenttype".into(), json!("application/json"));
-        }
-        event.insert("data".into(), v);
-        return;
+/// A producer's text in a note, short and quoted.
+fn quoted(text: &[u8]) -> String {
+    let text = String::from_utf8_lossy(text);
+    let mut short: String = text.chars().take(32).collect();
+    if short.len() < text.len() {
+        short.push('…');
     }
-    match (text, content_type) {
-        (Some(t), Some(ct)) if ct.trim_start().to_ascii_lowercase().starts_with("text/") => {
-            event.insert("data".into(), json!(t));
-        }
-        _ => {
-            event.insert("data_base64".into(), json!(base64::engine::general_purpose::STANDARD.encode(value)));
-        }
-    }
+    format!("{short:?}")
 }
 
-fn header_text<'r>(record: &Record<'r>, name: &str) -> Option<&'r str> {
-    record.header(name.as_bytes()).flatten().and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// The data of a plain record's event.
-#[derive(Serialize)]
-#[serde(untagged)]
+/// The event's data.
+#[derive(Default)]
 enum Data<'a> {
+    #[default]
+    None,
     /// JSON, embedded as the producer wrote it (validated, never re-formatted).
     Json(&'a RawValue),
     Text(&'a str),
+    /// Bytes, base64-encoded as the event is written.
+    Bytes(&'a [u8]),
+    /// A structured-mode event's own `data_base64`.
+    Base64(Cow<'a, str>),
 }
 
-/// The event of a record that is not itself a CloudEvent, serialized straight from borrowed parts.
-#[derive(Serialize)]
-struct Plain<'a> {
-    specversion: &'static str,
-    id: &'a str,
-    source: &'a str,
-    #[serde(rename = "type")]
-    ce_type: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    subject: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    datacontenttype: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dataschema: Option<&'a str>,
-    partition: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<i64>,
-    validation: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    validationerrors: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Data<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data_base64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dataomitted: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    datasize: Option<usize>,
+/// `value` as data, and the content type to declare: see the module doc.
+fn select<'a>(value: &'a [u8], declared: Option<&'a str>) -> (Data<'a>, Option<&'a str>) {
+    let text = std::str::from_utf8(value).ok();
+    let json = || text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+    match declared {
+        Some(ct) => {
+            let data = match Kind::of(ct) {
+                Kind::Json => json().map(Data::Json),
+                Kind::Text => text.map(Data::Text),
+                Kind::Bytes => None,
+            };
+            (data.unwrap_or(Data::Bytes(value)), Some(ct))
+        }
+        None => {
+            let printable =
+                |t: &&str| !t.bytes().any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f);
+            if let Some(raw) = json() {
+                (Data::Json(raw), Some("application/json"))
+            } else if let Some(t) = text.filter(printable) {
+                (Data::Text(t), Some(UTF8_TEXT))
+            } else {
+                (Data::Bytes(value), Some(OCTETS))
+            }
+        }
+    }
+}
+
+/// A producer's extension value.
+enum Ext<'a> {
+    /// From a binary-mode header.
+    Str(&'a str),
+    /// From a structured-mode event, checked to be a string, a boolean or a 32-bit integer.
+    Raw(&'a RawValue),
+}
+
+impl Serialize for Ext<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Str(t) => s.serialize_str(t),
+            Self::Raw(r) => r.serialize(s),
+        }
+    }
+}
+
+/// The set of [`RESERVED`] names a producer set.
+#[derive(Debug, Default, Clone, Copy)]
+struct Overridden(u16);
+
+impl Overridden {
+    fn add(&mut self, i: usize) {
+        self.0 |= 1 << i;
+    }
+}
+
+impl fmt::Display for Overridden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = RESERVED.iter().enumerate().filter(|(i, _)| self.0 & (1 << i) != 0).map(|(_, n)| n);
+        if let Some(first) = names.next() {
+            f.write_str(first)?;
+        }
+        for n in names {
+            write!(f, ",{n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a value through its `Display` (no intermediate string).
+struct Displayed<T>(T);
+
+impl<T: fmt::Display> Serialize for Displayed<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// Writes bytes as base64 (no intermediate string).
+struct Base64Of<'a>(&'a [u8]);
+
+impl Serialize for Base64Of<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&base64::display::Base64Display::new(self.0, &base64::engine::general_purpose::STANDARD))
+    }
+}
+
+/// Everything of an event but eventgate's own extensions (which come from [`Context`]).
+struct Ce<'a> {
+    id: Cow<'a, str>,
+    source: Cow<'a, str>,
+    ce_type: Cow<'a, str>,
+    subject: Option<Cow<'a, str>>,
+    time: Option<Cow<'a, str>>,
+    datacontenttype: Option<Cow<'a, str>>,
+    dataschema: Option<Cow<'a, str>>,
+    /// The producer's extensions, names checked and distinct, none of them [`RESERVED`].
+    extensions: Vec<(Cow<'a, str>, Ext<'a>)>,
+    data: Data<'a>,
+    overridden: Overridden,
+    wrapped: Option<String>,
+}
+
+/// The attributes a producer's event gives (binary or structured mode), before they are checked.
+#[derive(Default)]
+struct Own<'a> {
+    specversion: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
+    source: Option<Cow<'a, str>>,
+    ce_type: Option<Cow<'a, str>>,
+    subject: Option<Cow<'a, str>>,
+    time: Option<Cow<'a, str>>,
+    datacontenttype: Option<Cow<'a, str>>,
+    dataschema: Option<Cow<'a, str>>,
+    extensions: Vec<(Cow<'a, str>, Ext<'a>)>,
+    data: Data<'a>,
+}
+
+impl<'a> Own<'a> {
+    /// Sets a context attribute; `false` when `name` is not one.
+    fn set(&mut self, name: &str, value: Cow<'a, str>) -> bool {
+        let slot = match name {
+            "specversion" => &mut self.specversion,
+            "id" => &mut self.id,
+            "source" => &mut self.source,
+            "type" => &mut self.ce_type,
+            "subject" => &mut self.subject,
+            "time" => &mut self.time,
+            "datacontenttype" => &mut self.datacontenttype,
+            "dataschema" => &mut self.dataschema,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
+
+    /// The event, when it is a valid CloudEvent 1.0; else why not (`mode` opens the note).
+    fn check(self, mode: &str) -> Result<Ce<'a>, String> {
+        let given = |v: Option<Cow<'a, str>>| v.filter(|v| !v.is_empty());
+        let (specversion, id, source, ce_type) =
+            (given(self.specversion), given(self.id), given(self.source), given(self.ce_type));
+        let (Some(specversion), Some(id), Some(source), Some(ce_type)) = (&specversion, &id, &source, &ce_type) else {
+            let missing: Vec<&str> = [
+                ("specversion", specversion.is_none()),
+                ("id", id.is_none()),
+                ("source", source.is_none()),
+                ("type", ce_type.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(n, absent)| absent.then_some(n))
+            .collect();
+            return Err(format!("{mode} incomplete: no {}", missing.join(", ")));
+        };
+        if specversion != "1.0" {
+            return Err(format!("{mode}: specversion {} is not 1.0", quoted(specversion.as_bytes())));
+        }
+        if !is_uri_reference(source) {
+            return Err(format!("{mode}: source is not a URI reference"));
+        }
+        for (name, v) in [("subject", &self.subject), ("datacontenttype", &self.datacontenttype)] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("{mode}: {name} is empty"));
+            }
+        }
+        if self.time.as_deref().is_some_and(|t| !is_rfc3339(t)) {
+            return Err(format!("{mode}: time is not an RFC 3339 timestamp"));
+        }
+        if self.dataschema.as_deref().is_some_and(|d| !is_absolute_uri(d)) {
+            return Err(format!("{mode}: dataschema is not an absolute URI"));
+        }
+        let (id, source, ce_type) = (id.clone(), source.clone(), ce_type.clone());
+        Ok(Ce {
+            id,
+            source,
+            ce_type,
+            subject: self.subject,
+            time: self.time,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            extensions: self.extensions,
+            data: self.data,
+            overridden: Overridden::default(),
+            wrapped: None,
+        })
+    }
+}
+
+/// The event of a record that is not itself a CloudEvent (or not a valid one: `wrapped` says why).
+fn plain<'a>(
+    record: &Record<'a>,
+    ctx: &'a Context<'_>,
+    header_content_type: Option<&'a str>,
+    wrapped: Option<String>,
+) -> Ce<'a> {
+    let declared =
+        ctx.message.and_then(|m| m.content_type.as_deref()).or(header_content_type).filter(|c| !c.trim().is_empty());
+    let (data, datacontenttype) = match record.value {
+        Some(v) => select(v, declared),
+        None => (Data::None, declared),
+    };
+    Ce {
+        id: Cow::Borrowed(&ctx.id),
+        source: Cow::Borrowed(ctx.source),
+        ce_type: Cow::Borrowed(plain_type(ctx)),
+        subject: record.key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()).map(Cow::Borrowed),
+        time: rfc3339_ms(ctx.timestamp_ms).map(Cow::Owned),
+        datacontenttype: datacontenttype.map(Cow::Borrowed),
+        dataschema: ctx.message.map(|m| m.dataschema.as_str()).filter(|d| !d.is_empty()).map(Cow::Borrowed),
+        extensions: Vec::new(),
+        data,
+        overridden: Overridden::default(),
+        wrapped,
+    }
+}
+
+fn plain_type<'a>(ctx: &'a Context<'_>) -> &'a str {
+    let m = ctx.message;
+    [m.and_then(|m| m.ce_type.as_deref()), m.map(|m| m.name.as_str()), Some(ctx.default_type)]
+        .into_iter()
+        .flatten()
+        .find(|t| !t.is_empty())
+        .unwrap_or(FALLBACK_TYPE)
+}
+
+/// A binary-mode event: attributes from `ce_*` headers, `datacontenttype` from `content-type`.
+/// `overridden` gathers the [`RESERVED`] names among them, whether or not the event is valid.
+fn binary<'a>(
+    record: &Record<'a>,
+    content_type: Option<&'a str>,
+    overridden: &mut Overridden,
+) -> Result<Ce<'a>, String> {
+    const MODE: &str = "binary-mode headers";
+    let mut own = Own::default();
+    let mut headers: BTreeMap<&'a str, &'a str> = BTreeMap::new();
+    for (k, v) in record.headers() {
+        let Some(name) = k.strip_prefix(b"ce_") else { continue };
+        let name = std::str::from_utf8(name).ok().filter(|n| is_attribute_name(n));
+        let Some(name) = name else {
+            return Err(format!("{MODE}: {} is not an attribute name ([a-z0-9], 1 to 20)", quoted(k)));
+        };
+        if let Some(i) = reserved_index(name) {
+            overridden.add(i);
+            continue;
+        }
+        // A null header value: the attribute is absent.
+        let Some(v) = v else { continue };
+        let Ok(v) = std::str::from_utf8(v) else {
+            return Err(format!("{MODE}: ce_{name} is not UTF-8"));
+        };
+        if name == "data" {
+            return Err(format!("{MODE}: ce_data is not an attribute (the data is the record value)"));
+        }
+        // The last header of a name wins, as for `content-type`.
+        headers.insert(name, v);
+    }
+    for (name, v) in headers {
+        if !own.set(name, Cow::Borrowed(v)) {
+            own.extensions.push((Cow::Borrowed(name), Ext::Str(v)));
+        }
+    }
+    // The Kafka binding carries `datacontenttype` in `content-type`; `ce_datacontenttype` is taken
+    // when that is absent.
+    let declared = content_type.or(match &own.datacontenttype {
+        Some(Cow::Borrowed(c)) if !c.trim().is_empty() => Some(*c),
+        _ => None,
+    });
+    let (data, datacontenttype) = match record.value {
+        Some(v) => select(v, declared),
+        None => (Data::None, declared),
+    };
+    own.data = data;
+    own.datacontenttype = datacontenttype.map(Cow::Borrowed);
+    own.check(MODE)
+}
+
+/// A JSON string's text, borrowed when it has no escapes.
+fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<&str>(raw.get())
+        .map(Cow::Borrowed)
+        .or_else(|_| serde_json::from_str::<String>(raw.get()).map(Cow::Owned))
+        .ok()
+}
+
+/// A structured-mode event: the record value is the event in the JSON format. `overridden` gathers
+/// the [`RESERVED`] names it sets, whether or not the event is valid.
+fn structured<'a>(value: Option<&'a [u8]>, overridden: &mut Overridden) -> Result<Ce<'a>, String> {
+    const MODE: &str = "structured-mode value";
+    let text = value.and_then(|v| std::str::from_utf8(v).ok());
+    let Some(map) = text.and_then(|t| serde_json::from_str::<BTreeMap<String, &RawValue>>(t).ok()) else {
+        return Err(format!("{MODE} is not a JSON object"));
+    };
+    let mut own = Own::default();
+    let mut base64 = None;
+    for (name, raw) in map {
+        if let Some(i) = reserved_index(&name) {
+            overridden.add(i);
+            continue;
+        }
+        // A null attribute is an absent one.
+        if raw.get() == "null" {
+            continue;
+        }
+        match name.as_str() {
+            "data" => own.data = Data::Json(raw),
+            "data_base64" => match json_str(raw).filter(|s| is_base64(s)) {
+                Some(b) => base64 = Some(b),
+                None => return Err(format!("{MODE}: data_base64 is not a base64 string")),
+            },
+            _ if !is_attribute_name(&name) => {
+                return Err(format!(
+                    "{MODE}: {} is not an attribute name ([a-z0-9], 1 to 20)",
+                    quoted(name.as_bytes())
+                ));
+            }
+            "specversion" | "id" | "source" | "type" | "subject" | "time" | "datacontenttype" | "dataschema" => {
+                let Some(v) = json_str(raw) else {
+                    return Err(format!("{MODE}: {name} is not a string"));
+                };
+                own.set(&name, v);
+            }
+            _ => {
+                let ok = match raw.get().as_bytes().first() {
+                    Some(b'"' | b't' | b'f') => true,
+                    // An Integer as JSON writes it: no fraction, exponent or `-0`.
+                    Some(b'-' | b'0'..=b'9') => raw.get().parse::<i32>().is_ok_and(|n| n.to_string() == raw.get()),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(format!("{MODE}: extension {name} is not a string, a boolean or a 32-bit integer"));
+                }
+                own.extensions.push((Cow::Owned(name), Ext::Raw(raw)));
+            }
+        }
+    }
+    if let Some(b) = base64 {
+        if !matches!(own.data, Data::None) {
+            return Err(format!("{MODE} has both data and data_base64"));
+        }
+        own.data = Data::Base64(b);
+    }
+    own.check(MODE)
+}
+
+/// An event as written: `ce` plus eventgate's own extensions.
+struct Out<'e> {
+    ce: &'e Ce<'e>,
+    ctx: &'e Context<'e>,
+    errors: Option<&'e str>,
+    /// Data left out; the record value's size.
+    omitted: Option<usize>,
+}
+
+impl Serialize for Out<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (ce, ctx) = (self.ce, self.ctx);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("specversion", "1.0")?;
+        m.serialize_entry("id", &*ce.id)?;
+        m.serialize_entry("source", &*ce.source)?;
+        m.serialize_entry("type", &*ce.ce_type)?;
+        for (name, v) in [
+            ("subject", &ce.subject),
+            ("time", &ce.time),
+            ("datacontenttype", &ce.datacontenttype),
+            ("dataschema", &ce.dataschema),
+        ] {
+            if let Some(v) = v {
+                m.serialize_entry(name, &**v)?;
+            }
+        }
+        for (name, v) in &ce.extensions {
+            m.serialize_entry(&**name, v)?;
+        }
+        m.serialize_entry("partition", &ctx.partition)?;
+        if let Some(o) = ctx.offset {
+            m.serialize_entry("offset", &Displayed(o))?;
+        }
+        m.serialize_entry("validation", ctx.outcome.label())?;
+        if let Some(e) = self.errors {
+            m.serialize_entry("validationerrors", e)?;
+        }
+        if ce.overridden.0 != 0 {
+            m.serialize_entry("overridden", &Displayed(ce.overridden))?;
+        }
+        if let Some(w) = &ce.wrapped {
+            m.serialize_entry("wrapped", w)?;
+        }
+        match self.omitted {
+            None => match &ce.data {
+                Data::None => {}
+                Data::Json(raw) => m.serialize_entry("data", raw)?,
+                Data::Text(t) => m.serialize_entry("data", t)?,
+                Data::Bytes(b) => m.serialize_entry("data_base64", &Base64Of(b))?,
+                Data::Base64(b) => m.serialize_entry("data_base64", &**b)?,
+            },
+            Some(size) => {
+                m.serialize_entry("dataomitted", &true)?;
+                // An Integer is 32-bit; a Kafka record value always fits, but say so if not.
+                match i32::try_from(size) {
+                    Ok(n) => m.serialize_entry("datasize", &n)?,
+                    Err(_) => m.serialize_entry("datasize", &Displayed(size))?,
+                }
+            }
+        }
+        m.end()
+    }
 }
 
 fn validation_errors(outcome: &Outcome) -> Option<String> {
@@ -145,114 +618,64 @@ fn validation_errors(outcome: &Outcome) -> Option<String> {
     }
 }
 
-fn build_plain(record: &Record<'_>, ctx: &Context<'_>, content_type_header: Option<&str>) -> Event {
-    let ce_type = ctx.message.map(|m| m.ce_type.as_deref().unwrap_or(&m.name)).unwrap_or(ctx.default_type);
-    let mut content_type = ctx.message.and_then(|m| m.content_type.as_deref()).or(content_type_header);
-    let (mut data, mut data_base64) = (None, None);
-    if let Some(value) = record.value {
-        let text = std::str::from_utf8(value).ok();
-        let json = text
-            .filter(|_| content_type.is_none_or(is_json_type))
-            .and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
-        match (json, text) {
-            (Some(raw), _) => {
-                content_type = content_type.or(Some("application/json"));
-                data = Some(Data::Json(raw));
-            }
-            (None, Some(t))
-                if content_type.is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/")) =>
-            {
-                data = Some(Data::Text(t));
-            }
-            _ => data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(value)),
+/// Builds the event for one record.
+pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
+    // One walk over the headers: the content type and whether this is binary mode.
+    let (mut content_type, mut binary_mode) = (None, false);
+    for (k, v) in record.headers() {
+        if k == b"content-type" {
+            content_type = v.and_then(|v| std::str::from_utf8(v).ok()).filter(|c| !c.trim().is_empty());
+        } else if k == b"ce_specversion" {
+            binary_mode = true;
         }
     }
-    let mut event = Plain {
-        specversion: "1.0",
-        id: &ctx.id,
-        source: ctx.source,
-        ce_type,
-        subject: record.key.and_then(|k| std::str::from_utf8(k).ok()),
-        time: rfc3339_ms(ctx.timestamp_ms),
-        datacontenttype: content_type,
-        dataschema: ctx.message.map(|m| m.dataschema.as_str()),
-        partition: ctx.partition,
-        offset: ctx.offset,
-        validation: ctx.outcome.label(),
-        validationerrors: validation_errors(ctx.outcome),
-        data,
-        data_base64,
-        dataomitted: None,
-        datasize: None,
+    let mut overridden = Overridden::default();
+    let own = if content_type.is_some_and(is_structured_type) {
+        Some(structured(record.value, &mut overridden))
+    } else if binary_mode {
+        Some(binary(record, content_type, &mut overridden))
+    } else {
+        None
     };
-    let mut bytes = serde_json::to_vec(&event).unwrap_or_default();
-    let data_omitted = bytes.len() > ctx.max_bytes;
+    let mut ce = match own {
+        None => plain(record, ctx, content_type, None),
+        Some(Ok(ce)) => ce,
+        Some(Err(why)) => plain(record, ctx, content_type, Some(why)),
+    };
+    ce.overridden = overridden;
+
+    let errors = validation_errors(ctx.outcome);
+    let mut out = Out { ce: &ce, ctx, errors: errors.as_deref(), omitted: None };
+    let mut json = serde_json::to_vec(&out).unwrap_or_default();
+    let data_omitted = json.len() > ctx.max_bytes;
+    let size = record.value.map_or(0, <[u8]>::len);
+    let small;
     if data_omitted {
-        event.data = None;
-        event.data_base64 = None;
-        event.dataomitted = Some(true);
-        event.datasize = Some(record.value.map_or(0, <[u8]>::len));
-        bytes = serde_json::to_vec(&event).unwrap_or_default();
+        out.omitted = Some(size);
+        json = serde_json::to_vec(&out).unwrap_or_default();
+        if json.len() > ctx.max_bytes {
+            // Still too large (long attributes or key): eventgate's attributes only.
+            small = Ce {
+                subject: None,
+                datacontenttype: None,
+                data: Data::None,
+                overridden: ce.overridden,
+                wrapped: Some("the event is too large even without its data".into()),
+                ..plain(record, ctx, None, None)
+            };
+            out.ce = &small;
+            json = serde_json::to_vec(&out).unwrap_or_default();
+        }
     }
     Event {
         id: ctx.id.clone(),
-        ce_type: ce_type.to_owned(),
+        ce_type: out.ce.ce_type.to_string(),
         validation: ctx.outcome.label(),
-        json: Bytes::from(bytes),
+        json: Bytes::from(json),
         data_omitted,
+        overridden: ce.overridden.0.count_ones(),
+        wrapped: out.ce.wrapped.is_some(),
     }
-}
-
-/// Builds the event for one record.
-pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
-    let mut event = Map::new();
-    let content_type_header = header_text(record, "content-type");
-    let structured = content_type_header
-        .is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("application/cloudevents+json"));
-    let binary = record.header(b"ce_specversion").is_some();
-
-    if structured && let Some(Value::Object(own)) = record.value.and_then(|v| serde_json::from_slice::<Value>(v).ok()) {
-        // Structured mode: the record value is the event.
-        event = own;
-    } else if binary {
-        for (k, v) in record.headers() {
-            let (Ok(k), Some(Ok(v))) = (std::str::from_utf8(k), v.map(std::str::from_utf8)) else { continue };
-            if let Some(name) = k.strip_prefix("ce_")
-                && is_attribute_name(name)
-            {
-                event.insert(name.to_owned(), json!(v));
-            }
-        }
-        if let Some(ct) = content_type_header {
-            event.insert("datacontenttype".into(), json!(ct));
-        }
-        if let Some(v) = record.value {
-            put_data(&mut event, v, content_type_header);
-        }
-    } else {
-        return build_plain(record, ctx, content_type_header);
-    }
-    // Kafka position and validation outcome, without overriding a producer's own attributes.
-    event.entry("partition").or_insert(json!(ctx.partition));
-    if let Some(o) = ctx.offset {
-        event.entry("offset").or_insert(json!(o));
-    }
-    event.entry("validation").or_insert(json!(ctx.outcome.label()));
-    if let Some(errors) = validation_errors(ctx.outcome) {
-        event.entry("validationerrors").or_insert(json!(errors));
-    }
-    let ce_type = event.get("type").and_then(Value::as_str).unwrap_or(ctx.default_type).to_owned();
-    let mut bytes = serde_json::to_vec(&event).unwrap_or_default();
-    let data_omitted = bytes.len() > ctx.max_bytes;
-    if data_omitted {
-        let size = record.value.map_or(0, <[u8]>::len);
-        event.remove("data");
-        event.remove("data_base64");
-        event.insert("dataomitted".into(), json!(true));
-        event.insert("datasize".into(), json!(size));
-        bytes = serde_json::to_vec(&event).unwrap_or_default();
-    }
-    Event { id: ctx.id.clone(), ce_type, validation: ctx.outcome.label(), json: Bytes::from(bytes), data_omitted }
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
 //! partition's records (the very `Bytes` that went to the broker) with the offset the broker
 //! assigned and the validation outcomes, or drops the job and counts it when the buffer
-//! (`mirror_buffer_bytes`) is full. The buffer counts what a job will make the mirror hold: its
-//! bytes plus [`EVENT_OVERHEAD`] for each record its batches declare, so a compressed batch that
-//! expands to millions of records is dropped from the mirror, never from Kafka. The worker builds
-//! and publishes a job's events a chunk at a time, one batch decompressed at a time. A worker task turns jobs into events ([`event`]) and publishes
+//! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes plus
+//! [`RECORD_OVERHEAD`] for each record its batches declare (its validation outcome), so a
+//! compressed batch that claims more records than the buffer can account for is dropped from the
+//! mirror, never from Kafka. The worker builds and publishes a job's events a chunk at a time
+//! ([`EVENT_CHUNK`] events or [`CHUNK_BYTES`]), one batch decompressed at a time, and the sink keeps
+//! at most its window unanswered: what the worker holds beyond the queue is bounded by settings,
+//! not by what a job claims. A worker task turns jobs into events ([`event`]) and publishes
 //! them ([`sink`]) with many acknowledgements outstanding; when NATS is away it retries, the buffer
 //! fills, and once NATS is back it catches up. Each event's id is `<topic>-<partition>-<offset>`;
 //! the sink stores each one exactly once (see its module doc for how).
@@ -15,6 +18,7 @@
 //! Records refused by policy never reach Kafka; they are mirrored to a separate subject prefix so
 //! they can be watched too.
 
+pub mod audit;
 pub mod event;
 pub mod sink;
 
@@ -69,6 +73,8 @@ struct MirrorMetrics {
     rejected_events: Counter,
     dropped: Counter,
     omitted: Counter,
+    overridden: Counter,
+    wrapped: Counter,
     queued: Gauge,
 }
 
@@ -124,6 +130,8 @@ impl Mirror {
             rejected_events: counter!("eventgate_mirror_events_total", "kind" => "rejected"),
             dropped: counter!("eventgate_mirror_dropped_records_total"),
             omitted: counter!("eventgate_mirror_data_omitted_total"),
+            overridden: counter!("eventgate_mirror_overridden_attributes_total"),
+            wrapped: counter!("eventgate_mirror_wrapped_lookalikes_total"),
             queued: gauge!("eventgate_mirror_queued_bytes"),
         });
         let queued_bytes = Arc::new(AtomicUsize::new(0));
@@ -203,18 +211,22 @@ fn batch_record_count(records: &[u8]) -> usize {
     records::batches(records).filter_map(Result::ok).map(|b| b.header.record_count.max(0) as usize).sum()
 }
 
-/// What an event costs beyond its record's bytes: its attributes and JSON framing.
-pub const EVENT_OVERHEAD: usize = 256;
+/// What a queued job holds per record beyond its bytes: the record's validation outcome and
+/// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
+pub const RECORD_OVERHEAD: usize = 32;
 
-/// Events built and published at a time: the worker never holds more of a job than this.
-const EVENT_CHUNK: usize = 256;
+/// Events built and published at a time: the worker never holds more of a job than this many
+/// events, or than [`CHUNK_BYTES`] of them.
+pub const EVENT_CHUNK: usize = 256;
+/// Bytes of built events held at a time (events of up to `mirror_max_event_bytes` each).
+pub const CHUNK_BYTES: usize = 4 << 20;
 
-/// What a job is charged in the buffer: the bytes it keeps alive, plus the events its batches say
-/// they hold. A few kilobytes of compressed records that claim a million records cost what a
-/// million events cost, and so are dropped from the mirror (counted) instead of flooding it.
+/// What a job is charged in the buffer: the bytes it keeps alive, plus [`RECORD_OVERHEAD`] for
+/// every record its batches say they hold. A few kilobytes of compressed records that claim tens
+/// of millions of records cost more than the buffer holds, and so are dropped from the mirror
+/// (counted) instead of queued.
 fn cost(job: &Job) -> usize {
-    let per_event = EVENT_OVERHEAD + job.topic.len();
-    job.records.len().saturating_add(batch_record_count(&job.records).saturating_mul(per_event))
+    job.records.len().saturating_add(batch_record_count(&job.records).saturating_mul(RECORD_OVERHEAD))
 }
 
 enum Step {
@@ -270,7 +282,11 @@ async fn run(
         let subject = subject(subject_prefix, &job.topic);
         let counter = if job.base_offset.is_some() { &metrics.events } else { &metrics.rejected_events };
         expand(&config, &job, async |events: Vec<event::Event>| {
-            metrics.omitted.increment(events.iter().filter(|e| e.data_omitted).count() as u64);
+            for e in &events {
+                metrics.omitted.increment(u64::from(e.data_omitted));
+                metrics.overridden.increment(u64::from(e.overridden));
+                metrics.wrapped.increment(u64::from(e.wrapped));
+            }
             counter.increment(events.len() as u64);
             sink.publish(&subject, events, &shutdown).await;
         })
@@ -291,10 +307,11 @@ async fn run(
     }
 }
 
-/// The events of one job, handed to `emit` [`EVENT_CHUNK`] at a time, so that a batch that
-/// decompresses to millions of records is never held as millions of events.
+/// The events of one job, handed to `emit` [`EVENT_CHUNK`] (or [`CHUNK_BYTES`]) at a time, so that
+/// a batch that decompresses to millions of records is never held as millions of events.
 pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(Vec<event::Event>)) {
     let mut out = Vec::with_capacity(EVENT_CHUNK);
+    let mut out_bytes = 0usize;
     let mut scratch = Vec::new();
     let mut index = 0usize;
     let unvalidated = Outcome::Unchecked("no AsyncAPI document describes this topic".into());
@@ -337,10 +354,13 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 timestamp_ms,
                 max_bytes: config.max_event_bytes,
             };
-            out.push(event::build(&rec, &ctx));
+            let event = event::build(&rec, &ctx);
+            out_bytes += event.json.len();
+            out.push(event);
             index += 1;
-            if out.len() == EVENT_CHUNK {
+            if out.len() == EVENT_CHUNK || out_bytes >= CHUNK_BYTES {
                 emit(std::mem::replace(&mut out, Vec::with_capacity(EVENT_CHUNK))).await;
+                out_bytes = 0;
             }
         }
         next_offset = batch_base.map(|b| b + i64::from(batch.header.last_offset_delta) + 1);

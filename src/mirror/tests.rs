@@ -77,7 +77,7 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     let (tx, _rx) = tokio::sync::broadcast::channel(16);
     let stop = Stop::default();
     let mut cfg = config();
-    cfg.buffer_bytes = batch(1).len() + EVENT_OVERHEAD + 1;
+    cfg.buffer_bytes = batch(1).len() + RECORD_OVERHEAD + 1;
     let (mirror, worker) = Mirror::start(cfg, SinkSpec::Local(sink::LocalSink::new(tx)), stop.clone(), None).unwrap();
     // Far larger than the buffer: refused at once; a small one fits.
     let job = |n| Job {
@@ -97,7 +97,7 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
 }
 
 #[tokio::test]
-async fn a_batch_claiming_many_records_costs_what_its_events_would() {
+async fn a_batch_is_charged_for_every_record_it_claims() {
     let job = Job {
         topic: "t".into(),
         partition: 0,
@@ -107,9 +107,197 @@ async fn a_batch_claiming_many_records_costs_what_its_events_would() {
         outcomes: None,
         route: None,
     };
-    // lz4 makes the thousand records a few kilobytes; they are charged as a thousand events.
+    // lz4 makes the thousand records a few kilobytes; they are charged as a thousand records.
     assert!(job.records.len() < 20_000, "{}", job.records.len());
-    assert!(cost(&job) >= 1_000 * EVENT_OVERHEAD);
+    assert!(cost(&job) >= 1_000 * RECORD_OVERHEAD);
     let events = events_of(&config(), &job).await;
     assert_eq!(events.len(), 1_000);
+}
+
+#[path = "../../tests/cloudevents/conformance.rs"]
+mod conformance;
+
+/// One record of [`mixed_records`]: key, value, headers.
+type Rec = (Option<&'static [u8]>, Option<&'static [u8]>, Vec<(&'static str, &'static str)>);
+
+/// Every kind of record the mirror meets.
+fn mixed_records() -> Vec<Rec> {
+    let ce = |extra: &[(&'static str, &'static str)]| {
+        let mut h = vec![("ce_specversion", "1.0"), ("ce_id", "e-1"), ("ce_source", "/svc"), ("ce_type", "t.x")];
+        h.extend_from_slice(extra);
+        h
+    };
+    let structured = vec![("content-type", "application/cloudevents+json")];
+    vec![
+        // Plain JSON, text, bytes; keys and none.
+        (Some(b"k1"), Some(br#"{"email":"a@b"}"#), vec![]),
+        (None, Some(br#"[1,2.5,"x",null]"#), vec![]),
+        (Some(b""), Some(b"hello words"), vec![]),
+        (Some(&[0xff, 0x01]), Some(&[0x00, 0xff, 0x10]), vec![]),
+        (None, Some(b"<a/>"), vec![("content-type", "application/xml")]),
+        (None, Some(b"not json"), vec![("content-type", "application/json")]),
+        (None, None, vec![]),
+        // Binary mode: complete (with extensions and a forged verdict), incomplete, invalid.
+        (None, Some(br#"{"n":1}"#), ce(&[("ce_traceparent", "00-1"), ("content-type", "application/json")])),
+        (None, Some(b"{}"), ce(&[("ce_validation", "valid"), ("ce_offset", "0"), ("ce_partition", "999")])),
+        (None, Some(b"{}"), vec![("ce_specversion", "1.0"), ("ce_type", "t")]),
+        (None, Some(b"{}"), ce(&[("ce_specversion", "0.3")])),
+        (None, Some(b"{}"), ce(&[("ce_time", "2026-01-01 00:00:00Z")])),
+        (None, Some(b"{}"), ce(&[("ce_dataschema", "urn:x#/{a}")])),
+        (None, Some(b"{}"), ce(&[("ce_source", "a b")])),
+        (None, Some(b"{}"), ce(&[("ce_VeryBadName", "x")])),
+        (None, Some(b"bytes \x00"), ce(&[])),
+        // Structured mode: valid (with a forged verdict), invalid.
+        (
+            None,
+            Some(br#"{"specversion":"1.0","id":"s1","source":"/s","type":"t","time":"2026-01-01T00:00:00Z","n":5,"validation":"valid","offset":0,"partition":999,"data":{"a":1}}"#),
+            structured.clone(),
+        ),
+        (
+            None,
+            Some(br#"{"specversion":"1.0","id":"s2","source":"/s","type":"t","data_base64":"AAE="}"#),
+            structured.clone(),
+        ),
+        (None, Some(br#"{"foo":1}"#), structured.clone()),
+        (None, Some(b"[1]"), structured.clone()),
+        (None, Some(br#"{"specversion":"1.0","id":"s","source":"/s","type":"t","x":4294967296}"#), structured.clone()),
+        (None, Some(br#"{"specversion":"1.0","id":"s","source":"/s","type":"t","x":[1]}"#), structured.clone()),
+        (None, Some(br#"{"specversion":"1.0","id":"s","source":"/s","type":"t","data":1,"data_base64":"AA=="}"#), structured),
+        // Large enough to go out without its data.
+        (Some(b"big"), Some(&[b'x'; 3000]), vec![]),
+    ]
+}
+
+fn mixed_batch(records: &[Rec]) -> Bytes {
+    let mut section = Vec::new();
+    for (i, (key, value, headers)) in records.iter().enumerate() {
+        let hs: Vec<(&[u8], Option<&[u8]>)> = headers.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))).collect();
+        write_record(&mut section, i as i64, i as i32, *key, *value, hs.into_iter());
+    }
+    let header = BatchHeader::new(records.len() as i32, Codec::None, 1_767_225_600_000);
+    let mut out = BytesMut::new();
+    write_batch(&mut out, &header, &section, Framing::Standard).unwrap();
+    out.freeze()
+}
+
+/// A 2.x document with a templated channel, so `dataschema` has a pointer with braces in it.
+fn templated_route() -> Arc<crate::validate::Route> {
+    let doc = crate::asyncapi::load(
+        "asyncapi: 2.6.0\ninfo: {title: users, version: 1.0.0}\nchannels:\n  user.{userId}.signedup:\n    \
+         publish:\n      message:\n        name: signedUp\n        contentType: application/json\n        \
+         payload: {type: object, required: [email]}\n",
+    )
+    .unwrap();
+    let compiled = crate::validate::compile("users", doc).unwrap();
+    compiled.route_for("user.42.signedup").unwrap().clone()
+}
+
+#[tokio::test]
+async fn every_event_of_a_mixed_workload_is_a_valid_cloudevent() {
+    let validator = conformance::validator();
+    let records = mixed_records();
+    let route = templated_route();
+    let n = records.len();
+    // Each outcome in turn: valid, invalid, unchecked.
+    let outcomes: Vec<Outcome> = (0..n)
+        .map(|i| match i % 3 {
+            // The records with forged verdicts are invalid.
+            _ if matches!(i, 8 | 16) => Outcome::Invalid(Arc::from(["/email: required".to_owned()])),
+            0 => Outcome::Valid(0),
+            1 => Outcome::Invalid(Arc::from(["/email: required".to_owned()])),
+            _ => Outcome::Unchecked("cannot check".into()),
+        })
+        .collect();
+    let mut cfg = config();
+    cfg.max_event_bytes = 2048;
+    let accepted = Job {
+        topic: "user.42.signedup".into(),
+        partition: 7,
+        base_offset: Some((1 << 40) - 3),
+        log_append_time: -1,
+        records: mixed_batch(&records),
+        outcomes: Some(Arc::new(outcomes.clone())),
+        route: Some(route.clone()),
+    };
+    // Refused by policy: no offset; and a topic no document describes.
+    let refused = Job { base_offset: None, ..accepted_clone(&accepted) };
+    let unvalidated = Job { topic: "plain".into(), outcomes: None, route: None, ..accepted_clone(&accepted) };
+
+    let mut events = Vec::new();
+    for job in [&accepted, &refused, &unvalidated] {
+        let built = events_of(&cfg, job).await;
+        assert_eq!(built.len(), n);
+        events.extend(built);
+    }
+    let values: Vec<serde_json::Value> = events.iter().map(|e| serde_json::from_slice(&e.json).unwrap()).collect();
+    conformance::assert_all_conform(&validator, &values);
+
+    // What the mix was meant to exercise did happen.
+    let schema = "urn:eventgate:spec:users#/channels/user.%7BuserId%7D.signedup/publish/message";
+    assert!(values.iter().any(|v| v["dataschema"] == schema));
+    assert!(values.iter().any(|v| v["offset"] == "1099511627773"));
+    assert!(values[n..2 * n].iter().all(|v| v.get("offset").is_none()));
+    assert!(events.iter().any(|e| e.data_omitted));
+    assert!(events.iter().any(|e| e.wrapped));
+    assert!(values.iter().any(|v| v.get("data_base64").is_some()));
+    assert!(values.iter().any(|v| v["data"].is_string()));
+    // The forged verdicts (records 8 and 16, both invalid) did not survive.
+    for job in 0..3 {
+        for i in [8, 16] {
+            let (e, v) = (&events[job * n + i], &values[job * n + i]);
+            assert_eq!(v["partition"], 7, "{v}");
+            assert_ne!(v["offset"], 0, "{v}");
+            assert_eq!(v["overridden"], "partition,offset,validation", "{v}");
+            assert_eq!(e.overridden, 3);
+        }
+        for i in [8, 16] {
+            assert_eq!(values[job * n + i]["validation"], if job == 2 { "unchecked" } else { "invalid" });
+        }
+    }
+}
+
+fn accepted_clone(job: &Job) -> Job {
+    Job {
+        topic: job.topic.clone(),
+        partition: job.partition,
+        base_offset: job.base_offset,
+        log_append_time: job.log_append_time,
+        records: job.records.clone(),
+        outcomes: job.outcomes.clone(),
+        route: job.route.clone(),
+    }
+}
+
+/// The conformance check itself catches what eventgate used to emit.
+#[test]
+fn the_conformance_check_catches_what_eventgate_used_to_emit() {
+    let validator = conformance::validator();
+    let base = serde_json::json!({"specversion": "1.0", "id": "a", "source": "/s", "type": "t"});
+    assert!(conformance::problems(&validator, &base).is_empty());
+    let with = |k: &str, v: serde_json::Value| {
+        let mut e = base.clone();
+        e[k] = v;
+        e
+    };
+    let bad = [
+        with("dataschema", "urn:eventgate:spec:users#/channels/user.{userId}.signedup/publish/message".into()),
+        with("offset", (1_i64 << 40).into()),
+        with("time", "2026-01-01 00:00:00Z".into()),
+        with("source", "a b".into()),
+        with("specversion", "0.3".into()),
+        with("validationErrors", "x".into()),
+        with("x", serde_json::json!({"a": 1})),
+        with("data_base64", "AA==".into())
+            .as_object()
+            .map(|o| {
+                let mut o = o.clone();
+                o.insert("data".into(), 1.into());
+                serde_json::Value::Object(o)
+            })
+            .unwrap(),
+        serde_json::json!({"specversion": "1.0", "type": "t"}),
+    ];
+    for e in bad {
+        assert!(!conformance::problems(&validator, &e).is_empty(), "{e}");
+    }
 }

@@ -212,7 +212,7 @@ pub fn compile(id: &str, doc: Document) -> Result<CompiledDoc, SpecError> {
             name: m.name.clone(),
             doc_id: id.to_owned(),
             pointer: m.pointer.clone(),
-            dataschema: format!("urn:eventgate:spec:{id}#{}", m.pointer),
+            dataschema: format!("urn:eventgate:spec:{id}#{}", fragment(&m.pointer)),
             content_type: m.content_type.clone(),
             ce_type: m.ce_type.clone(),
             content,

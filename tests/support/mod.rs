@@ -187,7 +187,10 @@ impl Eventgate {
         let http_port = std::iter::repeat_with(free_port).find(|p| outside(*p)).expect("free port");
         let node_port = free_port();
         let spec_dir = (!extra.contains(&"--spec-dir")).then(|| tempfile::tempdir().expect("tempdir"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventgate"));
+        // EVENTGATE_TEST_BIN runs the tests against another build (e.g. the previous commit's, to
+        // see a new test fail on the old code).
+        let bin = std::env::var("EVENTGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_eventgate").to_owned());
+        let mut cmd = Command::new(bin);
         cmd.args([
             "serve",
             "--upstream",
