@@ -336,6 +336,8 @@ fn spec_api_refuses_broken_documents_and_conflicts_and_guards_mutations() {
         ("broken-ref.yaml", "#/components/messages/doesNotExist"),
         ("broken-schema.yaml", "/channels/a/messages/m/payload/properties/n/minimum"),
         ("external-ref.yaml", "https://example.com/messages.yaml#/Thing"),
+        ("external-refs.yaml", "; and 5 more"),
+        ("version-short.yaml", "MAJOR.MINOR.PATCH"),
     ] {
         let (status, body) = http(
             "PUT",
@@ -407,4 +409,17 @@ fn offline_validate_and_lint_exit_codes() {
     let (code, out) = run(&["lint", &repo_path("tests/fixtures/asyncapi/broken-schema.yaml")], "");
     assert_eq!(code, Some(1));
     assert!(out.contains("minimum"), "{out}");
+    // AsyncAPI 3.1 loads; a version eventgate does not read is refused with the ones it does.
+    let (code, out) = run(&["lint", &repo_path("tests/fixtures/asyncapi/ledger-3.1.yaml")], "");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("(AsyncAPI 3.1.0)") && out.contains("topic ledger.entries.v1: entry"), "{out}");
+    let (code, out) = run(&["lint", &repo_path("tests/fixtures/asyncapi/version-3.2.yaml")], "");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("eventgate reads 2.0.0–2.6.0, 3.0.0, 3.1.0"), "{out}");
+    // YAML 1.1 booleans are strings: `enum: [on, off]` allows "on", and `required: [n]` names `n`.
+    let switches = repo_path("tests/fixtures/asyncapi/switches-2.3.yaml");
+    assert_eq!(run(&["validate", "--spec", &switches, "-"], r#"{"n": false, "command": "on"}"#).0, Some(0));
+    let (code, out) = run(&["validate", "--spec", &switches, "-"], r#"{"command": true}"#);
+    assert_eq!(code, Some(1));
+    assert!(out.contains(r#""n" is a required property"#), "{out}");
 }

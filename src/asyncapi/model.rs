@@ -1,6 +1,6 @@
-//! 2.x and 3.0 documents reduced to channels → topics → messages → schema pointers.
+//! 2.x and 3.x documents reduced to channels → topics → messages → schema pointers.
 //!
-//! | | AsyncAPI 2.0–2.6 | AsyncAPI 3.0 |
+//! | | AsyncAPI 2.0–2.6 | AsyncAPI 3.0–3.1 |
 //! |---|---|---|
 //! | topic | channel name, or `bindings.kafka.topic` | channel `address`, or `bindings.kafka.topic` |
 //! | messages | `publish.message` and `subscribe.message`, each a message or `oneOf` | channel `messages` |
@@ -8,10 +8,19 @@
 //!
 //! In both, a message's `headers` schema and its kafka binding `key` schema are validated too, and
 //! message traits fill in fields the message does not set itself.
+//!
+//! 3.1 differs from 3.0 only by the ROS 2 bindings (`ros2` in the binding objects), which eventgate
+//! does not read, so both are modelled alike. The `asyncapi` field must be a string
+//! `MAJOR.MINOR.PATCH` naming one of [`SUPPORTED_VERSIONS`] (any patch; no pre-release).
+//!
+//! `$ref`s must stay within the document (`#/...`); every reference to another file met on the way
+//! (around schemas, and inside the schemas eventgate compiles) is reported in one error.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
@@ -130,13 +139,106 @@ fn str_at<'v>(v: &'v Value, key: &str) -> Option<&'v str> {
     v.get(key).and_then(Value::as_str)
 }
 
-/// Follows local `$ref`s within one document.
+/// The AsyncAPI versions eventgate reads, as (major, highest minor); any patch of each.
+const VERSIONS: &[(u64, u64)] = &[(2, 6), (3, 1)];
+
+/// The versions eventgate reads, for people (any patch release of each).
+pub const SUPPORTED_VERSIONS: &str = "2.0.0–2.6.0, 3.0.0, 3.1.0";
+
+/// How many external `$ref`s an error lists; the rest are counted.
+pub const MAX_LISTED_REFS: usize = 20;
+
+/// The major version of a document's `asyncapi` field, if eventgate reads it.
+fn spec_major(field: Option<&Value>) -> Result<(String, u64), SpecError> {
+    let version = match field {
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) => {
+            return Err(SpecError::VersionFormat {
+                found: n.to_string(),
+                why: format!(
+                    "it is a number (YAML reads an unquoted {n} as one); the version is a string \
+                     MAJOR.MINOR.PATCH, such as 3.0.0"
+                ),
+            });
+        }
+        Some(other) => return Err(SpecError::NotAsyncApi(format!("`asyncapi` must be a string, not {other}"))),
+        None => return Err(SpecError::NotAsyncApi("no `asyncapi` version field".into())),
+    };
+    let format_error = |why: &str| SpecError::VersionFormat { found: version.clone(), why: why.to_owned() };
+    let (core, suffix) = match version.find(['-', '+']) {
+        Some(i) => (&version[..i], true),
+        None => (version.as_str(), false),
+    };
+    // MAJOR.MINOR.PATCH, each a number without leading zeros (semver.org, item 2).
+    let parts: Vec<Option<u64>> = core
+        .split('.')
+        .map(|p| {
+            let number = !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0'));
+            number.then(|| p.parse().ok()).flatten()
+        })
+        .collect();
+    let [Some(major), Some(minor), Some(_patch)] = parts[..] else {
+        return Err(format_error("it must be a semantic version MAJOR.MINOR.PATCH, such as 3.0.0"));
+    };
+    if suffix {
+        return Err(format_error(
+            "pre-release and build versions are not supported (nor by the official parser): use a released \
+             version, such as 3.0.0",
+        ));
+    }
+    if !VERSIONS.iter().any(|&(m, highest)| m == major && minor <= highest) {
+        return Err(SpecError::Version(version.clone()));
+    }
+    Ok((version.clone(), major))
+}
+
+/// The external `$ref`s met while modelling a document: each makes it unusable, and all of them
+/// are reported together ([`MAX_LISTED_REFS`] by name, the rest counted).
+#[derive(Default)]
+struct External {
+    seen: HashSet<(String, String)>,
+    listed: Vec<(String, String)>,
+}
+
+impl External {
+    fn add(&mut self, at: &str, reference: &str) {
+        let entry = (at.to_owned(), reference.to_owned());
+        if self.listed.len() < MAX_LISTED_REFS && !self.seen.contains(&entry) {
+            self.listed.push(entry.clone());
+        }
+        self.seen.insert(entry);
+    }
+
+    fn into_error(self) -> Option<SpecError> {
+        (!self.seen.is_empty()).then_some(SpecError::ExternalRefs { refs: self.listed, total: self.seen.len() })
+    }
+}
+
+/// Stands in for what an external `$ref` points to, so modelling goes on and finds the others.
+static UNRESOLVED: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new()));
+
+/// A `$ref`'s fragment as a JSON pointer, if it is a local reference (`#/...`).
+fn local_pointer(reference: &str) -> Result<String, &'static str> {
+    let fragment = reference.strip_prefix('#').ok_or("only references within the document (`#/...`) are supported")?;
+    let pointer = percent_encoding::percent_decode_str(fragment)
+        .decode_utf8()
+        .map_err(|_| "the pointer is not valid percent-encoded UTF-8")?
+        .into_owned();
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        return Err("the fragment is not a JSON pointer");
+    }
+    Ok(pointer)
+}
+
+/// Follows local `$ref`s within one document, and notes the external ones.
 struct Resolver<'a> {
     root: &'a Value,
+    external: RefCell<External>,
 }
 
 impl<'a> Resolver<'a> {
-    /// `v` (found at `at`) with every `$ref` followed; returns the final pointer and value.
+    /// `v` (found at `at`) with every `$ref` followed; returns the final pointer and value. An
+    /// external `$ref` is noted and stands for an empty mapping.
     fn deref(&self, at: &str, v: &'a Value) -> Result<(String, &'a Value), SpecError> {
         let mut seen = HashSet::new();
         let (mut at, mut v) = (at.to_owned(), v);
@@ -146,6 +248,10 @@ impl<'a> Resolver<'a> {
                 reference: reference.to_string(),
                 why: "$ref must be a string".into(),
             })?;
+            if !reference.starts_with('#') {
+                self.external.borrow_mut().add(&at, reference);
+                return Ok((at, &UNRESOLVED));
+            }
             let (pointer, target) = self.lookup(&at, reference)?;
             if !seen.insert(pointer.clone()) || seen.len() > 64 {
                 return Err(SpecError::Ref { at, reference: reference.into(), why: "circular reference".into() });
@@ -159,16 +265,7 @@ impl<'a> Resolver<'a> {
     fn lookup(&self, at: &str, reference: &str) -> Result<(String, &'a Value), SpecError> {
         let err =
             |why: &str| SpecError::Ref { at: at.to_owned(), reference: reference.to_owned(), why: why.to_owned() };
-        let fragment = reference
-            .strip_prefix('#')
-            .ok_or_else(|| err("only references within the document (`#/...`) are supported"))?;
-        let pointer = percent_encoding::percent_decode_str(fragment)
-            .decode_utf8()
-            .map_err(|_| err("the pointer is not valid percent-encoded UTF-8"))?
-            .into_owned();
-        if !pointer.is_empty() && !pointer.starts_with('/') {
-            return Err(err("the fragment is not a JSON pointer"));
-        }
+        let pointer = local_pointer(reference).map_err(err)?;
         let target = self.root.pointer(&pointer).ok_or_else(|| err("nothing at that location"))?;
         Ok((pointer, target))
     }
@@ -178,25 +275,61 @@ impl<'a> Resolver<'a> {
     }
 }
 
+/// Keywords whose values are instance data, not schemas: a `$ref` inside them is data too.
+const DATA_KEYWORDS: &[&str] = &["enum", "const", "default", "examples", "example"];
+
+/// Keywords whose values map names to schemas: their keys are names, never keywords.
+const NAMED_SCHEMAS: &[&str] = &["properties", "patternProperties", "definitions", "$defs", "dependencies"];
+
+/// Notes the external `$ref`s a JSON Schema at `pointer` reaches: inside it, and inside the
+/// schemas its local `$ref`s lead to (broken local ones are the schema compiler's to report).
+/// Each value is looked at once, however many schemas reach it.
+fn scan_schema<'a>(root: &'a Value, pointer: &str, external: &mut External, done: &mut HashSet<*const Value>) {
+    let Some(schema) = root.pointer(pointer) else {
+        return;
+    };
+    // (pointer, value, whether the value is a map of names to schemas)
+    let mut stack: Vec<(String, &'a Value, bool)> = vec![(pointer.to_owned(), schema, false)];
+    while let Some((at, v, names)) = stack.pop() {
+        if !done.insert(v as *const Value) {
+            continue;
+        }
+        match v {
+            Value::Object(map) => {
+                if !names && let Some(Value::String(reference)) = map.get("$ref") {
+                    match local_pointer(reference) {
+                        Ok(target) => {
+                            if let Some(t) = root.pointer(&target) {
+                                stack.push((target, t, false));
+                            }
+                        }
+                        Err(_) if !reference.starts_with('#') => external.add(&at, reference),
+                        Err(_) => {}
+                    }
+                }
+                for (k, child) in map {
+                    if !names && (DATA_KEYWORDS.contains(&k.as_str()) || k == "$ref") {
+                        continue;
+                    }
+                    let child_names = !names && NAMED_SCHEMAS.contains(&k.as_str());
+                    stack.push((format!("{at}/{}", escape(k)), child, child_names));
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    stack.push((format!("{at}/{i}"), child, false));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Document {
     /// Models a parsed document.
     pub fn from_value(root: Value) -> Result<Self, SpecError> {
         let obj = root.as_object().ok_or_else(|| SpecError::NotAsyncApi("the document is not a mapping".into()))?;
-        let asyncapi = match obj.get("asyncapi") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                return Err(SpecError::NotAsyncApi(format!("`asyncapi` must be a string, not {other}")));
-            }
-            None => return Err(SpecError::NotAsyncApi("no `asyncapi` version field".into())),
-        };
-        let mut parts = asyncapi.split('.');
-        let major = parts.next().and_then(|m| m.parse::<u32>().ok());
-        let minor = parts.next().and_then(|m| m.parse::<u32>().ok());
-        let major = match (major, minor) {
-            (Some(2), Some(0..=6)) => 2,
-            (Some(3), Some(0)) => 3,
-            _ => return Err(SpecError::Version(asyncapi)),
-        };
+        let (asyncapi, major) = spec_major(obj.get("asyncapi"))?;
         let info = obj.get("info").filter(|i| i.is_object()).ok_or_else(|| SpecError::Invalid {
             at: "/info".into(),
             why: "the required `info` object is missing".into(),
@@ -205,7 +338,7 @@ impl Document {
         let info_version = str_at(info, "version").unwrap_or_default().to_owned();
         let default_ct = str_at(&root, "defaultContentType").map(str::to_owned);
 
-        let resolver = Resolver { root: &root };
+        let resolver = Resolver { root: &root, external: RefCell::new(External::default()) };
         let mut warnings = Vec::new();
         let mut channels = Vec::new();
         let empty = Map::new();
@@ -228,6 +361,16 @@ impl Document {
                 channel_v3(&resolver, key, &at, ch, default_ct.as_deref(), &mut warnings)?
             };
             channels.extend(channel);
+        }
+        let mut external = resolver.external.into_inner();
+        let mut done = HashSet::new();
+        for slot in channels.iter().flat_map(|c| &c.messages).flat_map(|m| [&m.payload, &m.headers, &m.key]) {
+            if let Some(SchemaSlot { pointer, format: SchemaFormat::JsonSchema }) = slot {
+                scan_schema(&root, pointer, &mut external, &mut done);
+            }
+        }
+        if let Some(e) = external.into_error() {
+            return Err(e);
         }
         for ch in &channels {
             for m in &ch.messages {
