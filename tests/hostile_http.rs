@@ -69,6 +69,7 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
     let mut peak = baseline;
 
     let mut held: Vec<Held> = Vec::with_capacity(SLOWLORIS);
+    let opening = Instant::now();
     for _ in 0..SLOWLORIS {
         let mut socket = TcpStream::connect(("127.0.0.1", eg.http_port)).expect("connect");
         let opened = Instant::now();
@@ -76,6 +77,13 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
         let _ = socket.write_all(PARTIAL_REQUEST);
         socket.set_nonblocking(true).expect("non-blocking");
         held.push(Held { socket, opened, closed: None });
+        // Note refusals as they happen: opening 300 connections can take longer than the header
+        // timeout, and a refused connection noticed only afterwards would look held.
+        for h in held.iter_mut().filter(|h| h.closed.is_none()) {
+            if closed_by_server(&mut h.socket) {
+                h.closed = Some(Instant::now());
+            }
+        }
         peak = peak.max(fds(pid));
         assert!(peak <= bound, "eventgate has {peak} descriptors open (baseline {baseline}, bound {bound})");
     }
@@ -89,6 +97,11 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
         }
         held.iter().all(|h| h.closed.is_some())
     });
+    // While the connections are being opened (slow on a busy machine), every header timeout that
+    // passes frees the cap for another wave: at most MAX_CONNECTIONS are held per wave.
+    let waves =
+        held.last().map_or(0.0, |h| (h.opened - opening).as_secs_f64() / HEADER_TIMEOUT.as_secs_f64()) as usize + 1;
+    let admitted_at_most = (MAX_CONNECTIONS * waves).min(SLOWLORIS);
     let lived = |h: &Held| h.closed.expect("closed") - h.opened;
     // The first connection was admitted: it was closed by the header timeout, not before.
     let first = lived(&held[0]);
@@ -102,8 +115,8 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
         "slowloris: {SLOWLORIS} connections, {timed_out} held until the header timeout, {refused} refused; \
          eventgate descriptors: baseline {baseline}, peak {peak} (bound {bound})"
     );
-    assert!((1..=SLOWLORIS - 200).contains(&timed_out), "{timed_out} connections were held");
-    assert!(refused >= 200.0, "{refused} connections refused");
+    assert!((1..=admitted_at_most).contains(&timed_out), "{timed_out} connections were held ({waves} waves)");
+    assert!(refused >= (SLOWLORIS - admitted_at_most) as f64, "{refused} connections refused ({waves} waves)");
     wait_until("eventgate's descriptors to return to the baseline", Duration::from_secs(10), || {
         fds(pid) <= baseline + 2
     });

@@ -1,7 +1,7 @@
 //! The whole Produce path with validation and the mirror on: any request is walked, checked under
 //! either policy and a small work budget, and every partition that would reach the broker (or is
-//! refused by policy) is turned into CloudEvents. Nothing panics, every event is JSON, and the
-//! events of a partition never outnumber its records.
+//! refused by policy) is turned into CloudEvents. Nothing panics, every event is a CloudEvent 1.0
+//! (the rules that need no JSON schema), and the events of a partition never outnumber its records.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -78,8 +78,25 @@ fn check(job: &Job) {
     // shape, and every event goes through the same builder.
     for e in out.iter().take(64) {
         let v: serde_json::Value = serde_json::from_slice(&e.json).expect("every event is JSON");
-        assert!(v.get("id").is_some() && v.get("specversion").is_some());
+        conforms(&v);
     }
+}
+
+/// The CloudEvents 1.0 rules a fuzzer can check without the JSON schema (the tests check that too):
+/// required attributes, names, `data` or `data_base64`, eventgate's own attributes.
+fn conforms(v: &serde_json::Value) {
+    let o = v.as_object().expect("an event is a JSON object");
+    assert_eq!(o.get("specversion").and_then(|s| s.as_str()), Some("1.0"), "{v}");
+    for required in ["id", "source", "type"] {
+        assert!(o.get(required).and_then(|s| s.as_str()).is_some_and(|s| !s.is_empty()), "{required}: {v}");
+    }
+    assert!(!(o.contains_key("data") && o.contains_key("data_base64")), "both data and data_base64: {v}");
+    for name in o.keys().filter(|k| !matches!(k.as_str(), "data" | "data_base64")) {
+        let ok = (1..=20).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        assert!(ok, "attribute name {name:?}: {v}");
+    }
+    assert!(o.get("offset").is_none_or(|x| x.is_string()), "offset is a string: {v}");
+    assert!(o.get("validation").is_some_and(|x| x.is_string()), "eventgate's verdict is always there: {v}");
 }
 
 fuzz_target!(|data: &[u8]| {

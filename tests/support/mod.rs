@@ -185,7 +185,7 @@ impl Eventgate {
         // Broker ports default to listen+1..=listen+1024; eventgate refuses an admin port inside them.
         let outside = |p: u16| !(port.saturating_add(1)..=port.saturating_add(1024)).contains(&p);
         let http_port = std::iter::repeat_with(free_port).find(|p| outside(*p)).expect("free port");
-        let node_port = free_port();
+        let node_port = std::iter::repeat_with(free_port).find(|p| *p != port && *p != http_port).expect("free port");
         let spec_dir = (!extra.contains(&"--spec-dir")).then(|| tempfile::tempdir().expect("tempdir"));
         // EVENTGATE_TEST_BIN runs the tests against another build (e.g. the previous commit's, to
         // see a new test fail on the old code).
