@@ -85,6 +85,10 @@ pub async fn run(args: AuditArgs) -> Result<Report, NatsError> {
                 })
                 .await
                 .map_err(|e| err(&e))?;
+            // Nothing matches the filter: no message would ever come to end the read below.
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(tally.report(args.stream));
+            }
             let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
             while let Some(m) = messages.next().await {
                 let m = m.map_err(|e| err(&e))?;

@@ -638,6 +638,10 @@ async fn stored_ids(
         })
         .await
         .map_err(|e| err(&e))?;
+    // Nothing on the subject past the floor: no message would ever come to end the read below.
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(found);
+    }
     let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| err(&e))?;
