@@ -1,8 +1,12 @@
 //! Configuration: one YAML file, `EVENTGATE_*` environment variables and command-line flags.
 //!
-//! Every setting is declared once, in [`Settings`], which is both a clap argument group and the
-//! schema of the YAML file. A flag beats its environment variable, which beats the file, which beats
-//! the built-in default. [`Settings::resolve`] turns the merged settings into a checked [`Config`].
+//! Every setting is declared once, with its default, in the `settings!` table below: from it come
+//! [`Settings`], which is both a clap argument group and the schema of the YAML file, the `--help`
+//! text of each option with its default, [`Settings::over`], and the defaults [`Settings::resolve`]
+//! applies; a test holds the README's table to it. clap itself applies no defaults, so a value from
+//! the file is never hidden by one. A flag beats its environment variable, which beats the file,
+//! which beats the built-in default. [`Settings::resolve`] turns the merged settings into a checked
+//! [`Config`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -16,7 +20,6 @@ use crate::asyncapi::Policy;
 use crate::mirror::MirrorConfig;
 use crate::nats::{Discard, NatsConfig, Storage};
 use crate::validate::{Policies, UnknownTopic};
-use crate::wire::frame::DEFAULT_MAX_FRAME_BYTES;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,228 +36,353 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { setting, message: message.into() }
 }
 
-/// Settings of `eventgate serve`. Each field is a flag, an `EVENTGATE_*` variable and a key of the
-/// YAML config file (the flag name with `_` for `-`).
-#[derive(Debug, Default, Clone, Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub struct Settings {
-    /// Upstream Kafka bootstrap server, HOST:PORT (repeatable, or comma-separated).
-    /// [default: 127.0.0.1:9192]
-    #[arg(long = "upstream", env = "EVENTGATE_UPSTREAM", value_delimiter = ',')]
-    #[serde(default)]
-    pub upstream: Vec<String>,
+/// The default of an option, as `--help` and the README table show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// None: the option is off, or its list empty, unless given.
+    None,
+    /// This value, written as in the YAML file.
+    Value(&'static str),
+    /// Worked out by [`Settings::resolve`] from other options, as the text says.
+    Computed(&'static str),
+}
 
-    /// Address of the bootstrap listener that clients use as `bootstrap.servers`.
-    /// [default: 127.0.0.1:9092]
-    #[arg(long, env = "EVENTGATE_LISTEN")]
-    pub listen: Option<String>,
+impl Fallback {
+    /// The default as `--help` shows it.
+    fn text(self) -> &'static str {
+        match self {
+            Fallback::None => "none",
+            Fallback::Value(text) | Fallback::Computed(text) => text,
+        }
+    }
+}
 
-    /// Host name put in the broker addresses clients receive. [default: the listen host; required
-    /// when listening on a wildcard address]
-    #[arg(long, env = "EVENTGATE_ADVERTISED_HOST")]
-    pub advertised_host: Option<String>,
+/// The `--help` text of an option: its doc comment, then its default.
+fn help_text(doc: &[&str], fallback: Fallback) -> String {
+    let doc = doc.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    format!("{doc} [default: {}]", fallback.text())
+}
 
-    /// First port of the per-broker listeners: broker NODE_ID is reached at NODE_PORT_BASE + NODE_ID.
-    /// [default: listen port + 1]
-    #[arg(long, env = "EVENTGATE_NODE_PORT_BASE")]
-    pub node_port_base: Option<u16>,
+/// Reads a built-in default the way the YAML file's value would be read.
+fn parse_default<T: serde::de::DeserializeOwned>(setting: &'static str, text: &str) -> Result<T, ConfigError> {
+    serde_saphyr::from_str(text).map_err(|e| invalid(setting, format!("built-in default `{text}`: {e}")))
+}
 
-    /// Highest node id served at NODE_PORT_BASE + NODE_ID. Brokers with larger ids need a
-    /// `--node-port`, else they get ports above that range in the order they appear. [default: 1023]
-    #[arg(long, env = "EVENTGATE_NODE_ID_MAX")]
-    pub node_id_max: Option<i32>,
+/// How a layer of settings (flags and environment, the file) gives way to the one below it.
+trait Layer {
+    fn over(self, lower: Self) -> Self;
+}
 
-    /// Fixed listener port for a broker, NODE_ID=PORT (repeatable, or comma-separated).
-    #[arg(long = "node-port", env = "EVENTGATE_NODE_PORT", value_delimiter = ',')]
-    #[serde(default)]
-    pub node_port: Vec<String>,
+impl<T> Layer for Option<T> {
+    fn over(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
 
-    /// Address of the admin HTTP listener (health, metrics). [default: 127.0.0.1:8080]
-    #[arg(long, env = "EVENTGATE_HTTP_LISTEN")]
-    pub http_listen: Option<String>,
+impl<T> Layer for Vec<T> {
+    fn over(self, lower: Self) -> Self {
+        if self.is_empty() { lower } else { self }
+    }
+}
 
-    /// Largest Kafka frame accepted from a client or a broker, in bytes. [default: 104857600]
-    #[arg(long, env = "EVENTGATE_MAX_FRAME_BYTES")]
-    pub max_frame_bytes: Option<usize>,
+macro_rules! fallback {
+    () => {
+        Fallback::None
+    };
+    ($value:literal) => {
+        Fallback::Value($value)
+    };
+    (computed $how:literal) => {
+        Fallback::Computed($how)
+    };
+}
 
-    /// Requests in flight per client connection before eventgate stops reading from it. [default: 1024]
-    #[arg(long, env = "EVENTGATE_MAX_IN_FLIGHT")]
-    pub max_in_flight: Option<usize>,
+/// The type an option has once its default is applied.
+macro_rules! value_type {
+    (Option $ty:ident) => { Option<$ty> };
+    (Option $ty:ident $value:literal) => { $ty };
+    (Vec $ty:ident $($value:literal)?) => { Vec<$ty> };
+}
 
-    /// Client connections open at once on all Kafka listeners; further ones are closed at once and
-    /// counted. [default: 4096]
-    #[arg(long, env = "EVENTGATE_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
+/// An option's value with its default applied.
+macro_rules! with_default {
+    ($given:expr, $setting:expr, Option) => {
+        $given
+    };
+    ($given:expr, $setting:expr, Option $value:literal) => {
+        match $given {
+            Some(v) => v,
+            None => parse_default($setting, $value)?,
+        }
+    };
+    ($given:expr, $setting:expr, Vec) => {
+        $given
+    };
+    ($given:expr, $setting:expr, Vec $value:literal) => {
+        if $given.is_empty() { vec![parse_default($setting, $value)?] } else { $given }
+    };
+}
 
-    /// A client connection with no request in flight and no bytes from the client for this long is
-    /// closed, like Kafka's `connections.max.idle.ms` (0: never). [default: 600000]
-    #[arg(long, env = "EVENTGATE_IDLE_TIMEOUT_MS")]
-    pub idle_timeout_ms: Option<u64>,
+/// Declares every option once: its doc comment (the `--help` text), its clap attributes, its name
+/// (the YAML key) and type, and its default, `= "value"` (written as in the YAML file) or
+/// `= computed("how")` (worked out by `resolve`); no default means off or empty. From that come
+/// [`Settings`] with its `--help` texts, [`Settings::over`], the defaults applied in
+/// [`Settings::resolve`], and `OPTIONS`, which the tests hold against the README table.
+macro_rules! settings {
+    (
+        $(#[doc = $struct_doc:literal])*
+        pub struct Settings {
+            $(
+                $(#[doc = $doc:literal])*
+                #[arg($($arg:tt)*)]
+                $name:ident: $container:ident<$ty:ident> $(= $value:literal)? $(= computed($how:literal))?,
+            )*
+        }
+    ) => {
+        $(#[doc = $struct_doc])*
+        #[derive(Debug, Default, Clone, Args, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "snake_case")]
+        pub struct Settings {
+            $(
+                $(#[doc = $doc])*
+                #[arg($($arg)*, help = help_text(&[$($doc),*], fallback!($($value)? $(computed $how)?)))]
+                #[serde(default)]
+                pub $name: $container<$ty>,
+            )*
+        }
 
-    /// Most per-broker listeners open at once; an answer naming more brokers closes the connection
-    /// that carried it. [default: 1024]
-    #[arg(long, env = "EVENTGATE_MAX_BROKER_LISTENERS")]
-    pub max_broker_listeners: Option<usize>,
+        /// [`Settings`] with the defaults applied.
+        struct Values {
+            $($name: value_type!($container $ty $($value)?),)*
+        }
 
-    /// A broker listener whose broker has been absent from every Metadata answer for this long is
-    /// closed and its port freed, in milliseconds. [default: 600000]
-    #[arg(long, env = "EVENTGATE_BROKER_FORGET_MS")]
-    pub broker_forget_ms: Option<u64>,
+        /// Every option (its YAML key) and its default.
+        #[cfg(test)]
+        const OPTIONS: &[(&str, Fallback)] = &[$((stringify!($name), fallback!($($value)? $(computed $how)?)),)*];
 
-    /// Time allowed to connect to a broker, in milliseconds. [default: 10000]
-    #[arg(long, env = "EVENTGATE_CONNECT_TIMEOUT_MS")]
-    pub connect_timeout_ms: Option<u64>,
+        impl Settings {
+            /// `self` (flags and environment) over `file`.
+            pub fn over(self, file: Settings) -> Settings {
+                Settings { $($name: Layer::over(self.$name, file.$name),)* }
+            }
 
-    /// On SIGTERM/SIGINT, time allowed for in-flight requests to finish, in milliseconds. [default: 10000]
-    #[arg(long, env = "EVENTGATE_SHUTDOWN_TIMEOUT_MS")]
-    pub shutdown_timeout_ms: Option<u64>,
+            /// Applies the defaults.
+            fn values(self) -> Result<Values, ConfigError> {
+                Ok(Values { $($name: with_default!(self.$name, stringify!($name), $container $($value)?),)* })
+            }
+        }
+    };
+}
 
-    /// AsyncAPI document to load at start (repeatable; its id is the file name without extension).
-    #[arg(long = "spec", env = "EVENTGATE_SPEC", value_delimiter = ',')]
-    #[serde(default)]
-    pub spec: Vec<PathBuf>,
+settings! {
+    /// Settings of `eventgate serve`. Each field is a flag, an `EVENTGATE_*` variable and a key of the
+    /// YAML config file (the flag name with `_` for `-`). A field left `None` (or empty) was not given:
+    /// [`Settings::resolve`] applies its default.
+    pub struct Settings {
+        /// Upstream Kafka bootstrap server, HOST:PORT (repeatable, or comma-separated).
+        #[arg(long = "upstream", env = "EVENTGATE_UPSTREAM", value_delimiter = ',')]
+        upstream: Vec<String> = "127.0.0.1:9192",
 
-    /// Directory where uploaded documents persist across restarts ("" to keep them in memory only).
-    /// [default: eventgate-specs]
-    #[arg(long, env = "EVENTGATE_SPEC_DIR")]
-    pub spec_dir: Option<String>,
+        /// Address of the bootstrap listener that clients use as `bootstrap.servers`.
+        #[arg(long, env = "EVENTGATE_LISTEN")]
+        listen: Option<String> = "127.0.0.1:9092",
 
-    /// Policy for described topics whose channel sets no `x-eventgate-policy`: annotate, reject or
-    /// off. [default: annotate]
-    #[arg(long, env = "EVENTGATE_POLICY")]
-    pub policy: Option<Policy>,
+        /// Host name put in the broker addresses clients receive; required when listening on a wildcard address.
+        #[arg(long, env = "EVENTGATE_ADVERTISED_HOST")]
+        advertised_host: Option<String> = computed("the listen host"),
 
-    /// Per-topic policy override, TOPIC=POLICY (repeatable); beats the documents.
-    #[arg(long = "topic-policy", env = "EVENTGATE_TOPIC_POLICY", value_delimiter = ',')]
-    #[serde(default)]
-    pub topic_policy: Vec<String>,
+        /// First port of the per-broker listeners: broker NODE_ID is reached at NODE_PORT_BASE + NODE_ID.
+        #[arg(long, env = "EVENTGATE_NODE_PORT_BASE")]
+        node_port_base: Option<u16> = computed("listen port + 1"),
 
-    /// Records of topics no document describes: pass or reject. [default: pass]
-    #[arg(long, env = "EVENTGATE_UNKNOWN_TOPIC")]
-    pub unknown_topic: Option<UnknownTopic>,
+        /// Highest node id served at NODE_PORT_BASE + NODE_ID. Brokers with larger ids need a `--node-port`, else
+        /// they get ports above that range in the order they appear.
+        #[arg(long, env = "EVENTGATE_NODE_ID_MAX")]
+        node_id_max: Option<i32> = "1023",
 
-    /// Bearer token required by the mutating admin routes (PUT/DELETE /specs). [default: none]
-    #[arg(long, env = "EVENTGATE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+        /// Fixed listener port for a broker, NODE_ID=PORT (repeatable, or comma-separated).
+        #[arg(long = "node-port", env = "EVENTGATE_NODE_PORT", value_delimiter = ',')]
+        node_port: Vec<String>,
 
-    /// Largest AsyncAPI document accepted over HTTP, in bytes. [default: 4194304]
-    #[arg(long, env = "EVENTGATE_MAX_SPEC_BYTES")]
-    pub max_spec_bytes: Option<usize>,
+        /// Address of the admin HTTP listener (health, metrics).
+        #[arg(long, env = "EVENTGATE_HTTP_LISTEN")]
+        http_listen: Option<String> = "127.0.0.1:8080",
 
-    /// Work budget of one Produce request, in bytes: its decompressed records, plus a fixed cost per
-    /// record and the annotations eventgate adds, across all its batches. Partitions past it are
-    /// refused with MESSAGE_TOO_LARGE. [default: 67108864]
-    #[arg(long, env = "EVENTGATE_MAX_DECOMPRESSED_BYTES")]
-    pub max_decompressed_bytes: Option<usize>,
+        /// Largest Kafka frame accepted from a client or a broker, in bytes.
+        #[arg(long, env = "EVENTGATE_MAX_FRAME_BYTES")]
+        max_frame_bytes: Option<usize> = "104857600",
 
-    /// NATS server URL; enables the CloudEvents mirror and shares documents through JetStream.
-    /// [default: none]
-    #[arg(long, env = "EVENTGATE_NATS_URL")]
-    pub nats_url: Option<String>,
+        /// Requests in flight per client connection before eventgate stops reading from it.
+        #[arg(long, env = "EVENTGATE_MAX_IN_FLIGHT")]
+        max_in_flight: Option<usize> = "1024",
 
-    /// JetStream stream holding mirrored events. [default: EVENTGATE]
-    #[arg(long, env = "EVENTGATE_NATS_STREAM")]
-    pub nats_stream: Option<String>,
+        /// Client connections open at once on all Kafka listeners; further ones are closed at once and counted.
+        #[arg(long, env = "EVENTGATE_MAX_CONNECTIONS")]
+        max_connections: Option<usize> = "4096",
 
-    /// Subject prefix of mirrored records: `<prefix>.<topic>`. [default: eventgate.records]
-    #[arg(long, env = "EVENTGATE_MIRROR_SUBJECT_PREFIX")]
-    pub mirror_subject_prefix: Option<String>,
+        /// A client connection with no request in flight and no bytes from the client for this long is closed, like
+        /// Kafka's `connections.max.idle.ms` (0: never).
+        #[arg(long, env = "EVENTGATE_IDLE_TIMEOUT_MS")]
+        idle_timeout_ms: Option<u64> = "600000",
 
-    /// Subject prefix of records refused by policy. [default: eventgate.rejected]
-    #[arg(long, env = "EVENTGATE_MIRROR_REJECTED_PREFIX")]
-    pub mirror_rejected_prefix: Option<String>,
+        /// Most per-broker listeners open at once; an answer naming more brokers closes the connection that carried
+        /// it.
+        #[arg(long, env = "EVENTGATE_MAX_BROKER_LISTENERS")]
+        max_broker_listeners: Option<usize> = "1024",
 
-    /// Stream storage: file or memory. [default: file]
-    #[arg(long, env = "EVENTGATE_MIRROR_STORAGE")]
-    pub mirror_storage: Option<Storage>,
+        /// A broker listener whose broker has been absent from every Metadata answer for this long is closed and its
+        /// port freed, in milliseconds.
+        #[arg(long, env = "EVENTGATE_BROKER_FORGET_MS")]
+        broker_forget_ms: Option<u64> = "600000",
 
-    /// Events older than this many seconds leave the stream (0: no limit). [default: 604800]
-    #[arg(long, env = "EVENTGATE_MIRROR_MAX_AGE_SECS")]
-    pub mirror_max_age_secs: Option<u64>,
+        /// Time allowed to connect to a broker, in milliseconds.
+        #[arg(long, env = "EVENTGATE_CONNECT_TIMEOUT_MS")]
+        connect_timeout_ms: Option<u64> = "10000",
 
-    /// Stream size limit in bytes (-1: no limit). [default: 1073741824]
-    #[arg(long, env = "EVENTGATE_MIRROR_MAX_BYTES", allow_negative_numbers = true)]
-    pub mirror_max_bytes: Option<i64>,
+        /// On SIGTERM/SIGINT, time allowed for in-flight requests to finish, in milliseconds.
+        #[arg(long, env = "EVENTGATE_SHUTDOWN_TIMEOUT_MS")]
+        shutdown_timeout_ms: Option<u64> = "10000",
 
-    /// Stream message-count limit (-1: no limit). [default: -1]
-    #[arg(long, env = "EVENTGATE_MIRROR_MAX_MESSAGES", allow_negative_numbers = true)]
-    pub mirror_max_messages: Option<i64>,
+        /// AsyncAPI document to load at start (repeatable; its id is the file name without extension).
+        #[arg(long = "spec", env = "EVENTGATE_SPEC", value_delimiter = ',')]
+        spec: Vec<PathBuf>,
 
-    /// Largest event stored with its data; larger records are mirrored without their data, marked
-    /// `dataomitted`. Keep it at or below the server's max_payload. [default: 1000000]
-    #[arg(long, env = "EVENTGATE_MIRROR_MAX_EVENT_BYTES")]
-    pub mirror_max_event_bytes: Option<usize>,
+        /// Directory where uploaded documents persist across restarts ("" to keep them in memory only).
+        #[arg(long, env = "EVENTGATE_SPEC_DIR")]
+        spec_dir: Option<String> = "eventgate-specs",
 
-    /// What a full stream does: `old` drops its oldest events, `new` refuses new ones (each
-    /// refused event is counted and logged). [default: old]
-    #[arg(long, env = "EVENTGATE_MIRROR_DISCARD")]
-    pub mirror_discard: Option<Discard>,
+        /// Policy for described topics whose channel sets no `x-eventgate-policy`: annotate, reject or off.
+        #[arg(long, env = "EVENTGATE_POLICY")]
+        policy: Option<Policy> = "annotate",
 
-    /// Seconds during which JetStream drops a resent event with the same id. [default: 120]
-    #[arg(long, env = "EVENTGATE_MIRROR_DUPLICATE_WINDOW_SECS")]
-    pub mirror_duplicate_window_secs: Option<u64>,
+        /// Per-topic policy override, TOPIC=POLICY (repeatable); beats the documents.
+        #[arg(long = "topic-policy", env = "EVENTGATE_TOPIC_POLICY", value_delimiter = ',')]
+        topic_policy: Vec<String>,
 
-    /// Record bytes waiting to be mirrored (e.g. while NATS is away) before further records are
-    /// dropped from the mirror and counted; Kafka traffic is never held up. [default: 268435456]
-    #[arg(long, env = "EVENTGATE_MIRROR_BUFFER_BYTES")]
-    pub mirror_buffer_bytes: Option<usize>,
+        /// Records of topics no document describes: pass or reject.
+        #[arg(long, env = "EVENTGATE_UNKNOWN_TOPIC")]
+        unknown_topic: Option<UnknownTopic> = "pass",
 
-    /// Publish acknowledgements outstanding at once. [default: 1024]
-    #[arg(long, env = "EVENTGATE_MIRROR_WINDOW")]
-    pub mirror_window: Option<usize>,
+        /// Bearer token required by the mutating admin routes (PUT/DELETE /specs).
+        #[arg(long, env = "EVENTGATE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
 
-    /// Cluster name in each event's `source` (`kafka://<cluster>/<topic>`). [default: kafka]
-    #[arg(long, env = "EVENTGATE_CLUSTER_NAME")]
-    pub cluster_name: Option<String>,
+        /// Largest AsyncAPI document accepted over HTTP, in bytes.
+        #[arg(long, env = "EVENTGATE_MAX_SPEC_BYTES")]
+        max_spec_bytes: Option<usize> = "4194304",
 
-    /// CloudEvents `type` of records that match no AsyncAPI message. [default: eventgate.record]
-    #[arg(long, env = "EVENTGATE_CE_DEFAULT_TYPE")]
-    pub ce_default_type: Option<String>,
+        /// Work budget of one Produce request, in bytes: its decompressed records, plus a fixed cost per record and
+        /// the annotations eventgate adds, across all its batches. Partitions past it are refused with
+        /// MESSAGE_TOO_LARGE.
+        #[arg(long, env = "EVENTGATE_MAX_DECOMPRESSED_BYTES")]
+        max_decompressed_bytes: Option<usize> = "67108864",
 
-    /// JetStream key-value bucket of uploaded documents. [default: eventgate_specs]
-    #[arg(long, env = "EVENTGATE_SPEC_BUCKET")]
-    pub spec_bucket: Option<String>,
+        /// NATS server URL; enables the CloudEvents mirror and shares documents through JetStream.
+        #[arg(long, env = "EVENTGATE_NATS_URL")]
+        nats_url: Option<String>,
 
-    /// Events buffered per websocket client before a slow client is disconnected. [default: 1024]
-    #[arg(long, env = "EVENTGATE_WS_BUFFER")]
-    pub ws_buffer: Option<usize>,
+        /// JetStream stream holding mirrored events.
+        #[arg(long, env = "EVENTGATE_NATS_STREAM")]
+        nats_stream: Option<String> = "EVENTGATE",
 
-    /// Milliseconds a websocket client's buffer may stay full before it is disconnected. [default: 5000]
-    #[arg(long, env = "EVENTGATE_WS_SLOW_MS")]
-    pub ws_slow_ms: Option<u64>,
+        /// Subject prefix of mirrored records: `<prefix>.<topic>`.
+        #[arg(long, env = "EVENTGATE_MIRROR_SUBJECT_PREFIX")]
+        mirror_subject_prefix: Option<String> = "eventgate.records",
 
-    /// Bytes of events buffered for all websocket clients together; past it the clients with the most
-    /// buffered are disconnected first (1008). [default: 67108864]
-    #[arg(long, env = "EVENTGATE_WS_MAX_BUFFERED_BYTES")]
-    pub ws_max_buffered_bytes: Option<usize>,
+        /// Subject prefix of records refused by policy.
+        #[arg(long, env = "EVENTGATE_MIRROR_REJECTED_PREFIX")]
+        mirror_rejected_prefix: Option<String> = "eventgate.rejected",
 
-    /// Time an admin HTTP client has to send a request's headers, in milliseconds. [default: 10000]
-    #[arg(long, env = "EVENTGATE_HTTP_HEADER_TIMEOUT_MS")]
-    pub http_header_timeout_ms: Option<u64>,
+        /// Stream storage: file or memory.
+        #[arg(long, env = "EVENTGATE_MIRROR_STORAGE")]
+        mirror_storage: Option<Storage> = "file",
 
-    /// Time an admin HTTP request may take, body included, in milliseconds. [default: 30000]
-    #[arg(long, env = "EVENTGATE_HTTP_REQUEST_TIMEOUT_MS")]
-    pub http_request_timeout_ms: Option<u64>,
+        /// Events older than this many seconds leave the stream (0: no limit).
+        #[arg(long, env = "EVENTGATE_MIRROR_MAX_AGE_SECS")]
+        mirror_max_age_secs: Option<u64> = "604800",
 
-    /// Admin HTTP connections open at once (websockets included); further ones are closed at once
-    /// and counted. [default: 256]
-    #[arg(long, env = "EVENTGATE_HTTP_MAX_CONNECTIONS")]
-    pub http_max_connections: Option<usize>,
+        /// Stream size limit in bytes (-1: no limit).
+        #[arg(long, env = "EVENTGATE_MIRROR_MAX_BYTES", allow_negative_numbers = true)]
+        mirror_max_bytes: Option<i64> = "1073741824",
 
-    /// Log filter, in `tracing` env-filter syntax (RUST_LOG wins when set). [default: info]
-    #[arg(long, env = "EVENTGATE_LOG")]
-    pub log: Option<String>,
+        /// Stream message-count limit (-1: no limit).
+        #[arg(long, env = "EVENTGATE_MIRROR_MAX_MESSAGES", allow_negative_numbers = true)]
+        mirror_max_messages: Option<i64> = "-1",
 
-    /// Log format: `text` or `json`. [default: text]
-    #[arg(long, env = "EVENTGATE_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+        /// Largest event stored with its data; larger records are mirrored without their data, marked `dataomitted`.
+        /// Keep it at or below the server's max_payload.
+        #[arg(long, env = "EVENTGATE_MIRROR_MAX_EVENT_BYTES")]
+        mirror_max_event_bytes: Option<usize> = "1000000",
+
+        /// What a full stream does: `old` drops its oldest events, `new` refuses new ones (each refused event is
+        /// counted and logged).
+        #[arg(long, env = "EVENTGATE_MIRROR_DISCARD")]
+        mirror_discard: Option<Discard> = "old",
+
+        /// Seconds during which JetStream drops a resent event with the same id.
+        #[arg(long, env = "EVENTGATE_MIRROR_DUPLICATE_WINDOW_SECS")]
+        mirror_duplicate_window_secs: Option<u64> = "120",
+
+        /// Record bytes waiting to be mirrored (e.g. while NATS is away) before further records are dropped from the
+        /// mirror and counted; Kafka traffic is never held up.
+        #[arg(long, env = "EVENTGATE_MIRROR_BUFFER_BYTES")]
+        mirror_buffer_bytes: Option<usize> = "268435456",
+
+        /// Publish acknowledgements outstanding at once.
+        #[arg(long, env = "EVENTGATE_MIRROR_WINDOW")]
+        mirror_window: Option<usize> = "1024",
+
+        /// Cluster name in each event's `source` (`kafka://<cluster>/<topic>`).
+        #[arg(long, env = "EVENTGATE_CLUSTER_NAME")]
+        cluster_name: Option<String> = "kafka",
+
+        /// CloudEvents `type` of records that match no AsyncAPI message.
+        #[arg(long, env = "EVENTGATE_CE_DEFAULT_TYPE")]
+        ce_default_type: Option<String> = "eventgate.record",
+
+        /// JetStream key-value bucket of uploaded documents.
+        #[arg(long, env = "EVENTGATE_SPEC_BUCKET")]
+        spec_bucket: Option<String> = "eventgate_specs",
+
+        /// Events buffered per websocket client before a slow client is disconnected.
+        #[arg(long, env = "EVENTGATE_WS_BUFFER")]
+        ws_buffer: Option<usize> = "1024",
+
+        /// Milliseconds a websocket client's buffer may stay full before it is disconnected.
+        #[arg(long, env = "EVENTGATE_WS_SLOW_MS")]
+        ws_slow_ms: Option<u64> = "5000",
+
+        /// Bytes of events buffered for all websocket clients together; past it the clients with the most buffered
+        /// are disconnected first (1008).
+        #[arg(long, env = "EVENTGATE_WS_MAX_BUFFERED_BYTES")]
+        ws_max_buffered_bytes: Option<usize> = "67108864",
+
+        /// Time an admin HTTP client has to send a request's headers, in milliseconds.
+        #[arg(long, env = "EVENTGATE_HTTP_HEADER_TIMEOUT_MS")]
+        http_header_timeout_ms: Option<u64> = "10000",
+
+        /// Time an admin HTTP request may take, body included, in milliseconds.
+        #[arg(long, env = "EVENTGATE_HTTP_REQUEST_TIMEOUT_MS")]
+        http_request_timeout_ms: Option<u64> = "30000",
+
+        /// Admin HTTP connections open at once (websockets included); further ones are closed at once and counted.
+        #[arg(long, env = "EVENTGATE_HTTP_MAX_CONNECTIONS")]
+        http_max_connections: Option<usize> = "256",
+
+        /// Log filter, in `tracing` env-filter syntax (RUST_LOG wins when set).
+        #[arg(long, env = "EVENTGATE_LOG")]
+        log: Option<String> = "info",
+
+        /// Log format: `text` or `json`.
+        #[arg(long, env = "EVENTGATE_LOG_FORMAT")]
+        log_format: Option<LogFormat> = "text",
+    }
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
-    #[default]
     Text,
     Json,
 }
@@ -304,70 +432,15 @@ impl Settings {
             .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
-    /// `self` (flags and environment) over `file`.
-    pub fn over(self, file: Settings) -> Settings {
-        fn list(a: Vec<String>, b: Vec<String>) -> Vec<String> {
-            if a.is_empty() { b } else { a }
-        }
-        Settings {
-            upstream: list(self.upstream, file.upstream),
-            listen: self.listen.or(file.listen),
-            advertised_host: self.advertised_host.or(file.advertised_host),
-            node_port_base: self.node_port_base.or(file.node_port_base),
-            node_id_max: self.node_id_max.or(file.node_id_max),
-            node_port: list(self.node_port, file.node_port),
-            http_listen: self.http_listen.or(file.http_listen),
-            max_frame_bytes: self.max_frame_bytes.or(file.max_frame_bytes),
-            max_in_flight: self.max_in_flight.or(file.max_in_flight),
-            max_connections: self.max_connections.or(file.max_connections),
-            idle_timeout_ms: self.idle_timeout_ms.or(file.idle_timeout_ms),
-            max_broker_listeners: self.max_broker_listeners.or(file.max_broker_listeners),
-            broker_forget_ms: self.broker_forget_ms.or(file.broker_forget_ms),
-            connect_timeout_ms: self.connect_timeout_ms.or(file.connect_timeout_ms),
-            shutdown_timeout_ms: self.shutdown_timeout_ms.or(file.shutdown_timeout_ms),
-            spec: if self.spec.is_empty() { file.spec } else { self.spec },
-            spec_dir: self.spec_dir.or(file.spec_dir),
-            policy: self.policy.or(file.policy),
-            topic_policy: list(self.topic_policy, file.topic_policy),
-            unknown_topic: self.unknown_topic.or(file.unknown_topic),
-            admin_token: self.admin_token.or(file.admin_token),
-            max_spec_bytes: self.max_spec_bytes.or(file.max_spec_bytes),
-            max_decompressed_bytes: self.max_decompressed_bytes.or(file.max_decompressed_bytes),
-            nats_url: self.nats_url.or(file.nats_url),
-            nats_stream: self.nats_stream.or(file.nats_stream),
-            mirror_subject_prefix: self.mirror_subject_prefix.or(file.mirror_subject_prefix),
-            mirror_rejected_prefix: self.mirror_rejected_prefix.or(file.mirror_rejected_prefix),
-            mirror_storage: self.mirror_storage.or(file.mirror_storage),
-            mirror_max_age_secs: self.mirror_max_age_secs.or(file.mirror_max_age_secs),
-            mirror_max_bytes: self.mirror_max_bytes.or(file.mirror_max_bytes),
-            mirror_max_messages: self.mirror_max_messages.or(file.mirror_max_messages),
-            mirror_max_event_bytes: self.mirror_max_event_bytes.or(file.mirror_max_event_bytes),
-            mirror_discard: self.mirror_discard.or(file.mirror_discard),
-            mirror_duplicate_window_secs: self.mirror_duplicate_window_secs.or(file.mirror_duplicate_window_secs),
-            mirror_buffer_bytes: self.mirror_buffer_bytes.or(file.mirror_buffer_bytes),
-            mirror_window: self.mirror_window.or(file.mirror_window),
-            cluster_name: self.cluster_name.or(file.cluster_name),
-            ce_default_type: self.ce_default_type.or(file.ce_default_type),
-            spec_bucket: self.spec_bucket.or(file.spec_bucket),
-            ws_buffer: self.ws_buffer.or(file.ws_buffer),
-            ws_slow_ms: self.ws_slow_ms.or(file.ws_slow_ms),
-            ws_max_buffered_bytes: self.ws_max_buffered_bytes.or(file.ws_max_buffered_bytes),
-            http_header_timeout_ms: self.http_header_timeout_ms.or(file.http_header_timeout_ms),
-            http_request_timeout_ms: self.http_request_timeout_ms.or(file.http_request_timeout_ms),
-            http_max_connections: self.http_max_connections.or(file.http_max_connections),
-            log: self.log.or(file.log),
-            log_format: self.log_format.or(file.log_format),
-        }
-    }
-
     /// Applies defaults and checks every value.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let upstream = if self.upstream.is_empty() { vec!["127.0.0.1:9192".to_owned()] } else { self.upstream };
+        let v = self.values()?;
+        let upstream = v.upstream;
         for u in &upstream {
             split_host_port(u).map_err(|m| invalid("upstream", m))?;
         }
-        let listen = socket_addr("listen", self.listen.as_deref().unwrap_or("127.0.0.1:9092"))?;
-        let advertised_host = match self.advertised_host {
+        let listen = socket_addr("listen", &v.listen)?;
+        let advertised_host = match v.advertised_host {
             Some(h) if !h.trim().is_empty() => h,
             Some(_) => return Err(invalid("advertised_host", "must not be empty")),
             None if listen.ip().is_unspecified() => {
@@ -381,49 +454,49 @@ impl Settings {
                 IpAddr::V6(ip) => format!("[{ip}]"),
             },
         };
-        let node_port_base = match self.node_port_base {
+        let node_port_base = match v.node_port_base {
             Some(p) => p,
             None => listen
                 .port()
                 .checked_add(1)
                 .ok_or_else(|| invalid("node_port_base", "listen port 65535 leaves no room for broker ports"))?,
         };
-        let node_id_max = self.node_id_max.unwrap_or(1023);
+        let node_id_max = v.node_id_max;
         if node_id_max < 0 {
             return Err(invalid("node_id_max", "must be >= 0"));
         }
         let mut node_ports = BTreeMap::new();
-        for entry in &self.node_port {
+        for entry in &v.node_port {
             let (id, port) = entry
                 .split_once('=')
                 .and_then(|(i, p)| Some((i.trim().parse::<i32>().ok()?, p.trim().parse::<u16>().ok()?)))
                 .ok_or_else(|| invalid("node_port", format!("`{entry}` is not NODE_ID=PORT")))?;
             node_ports.insert(id, port);
         }
-        let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+        let max_frame_bytes = v.max_frame_bytes;
         if max_frame_bytes < 1024 || max_frame_bytes > i32::MAX as usize {
             return Err(invalid("max_frame_bytes", "must be between 1024 and 2147483647"));
         }
-        let max_in_flight = self.max_in_flight.unwrap_or(1024);
+        let max_in_flight = v.max_in_flight;
         if max_in_flight == 0 {
             return Err(invalid("max_in_flight", "must be at least 1"));
         }
-        let max_connections = self.max_connections.unwrap_or(4096);
+        let max_connections = v.max_connections;
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
-        let max_broker_listeners = self.max_broker_listeners.unwrap_or(1024);
+        let max_broker_listeners = v.max_broker_listeners;
         if max_broker_listeners == 0 {
             return Err(invalid("max_broker_listeners", "must be at least 1"));
         }
-        let http_listen = socket_addr("http_listen", self.http_listen.as_deref().unwrap_or("127.0.0.1:8080"))?;
+        let http_listen = socket_addr("http_listen", &v.http_listen)?;
         check_port_layout(listen, http_listen, node_port_base, node_id_max, &node_ports)?;
         for u in &upstream {
             check_upstream_not_self(u, listen, http_listen, &node_ports)?;
         }
-        let log_format = self.log_format.unwrap_or_default();
+        let log_format = v.log_format;
         let mut overrides = HashMap::new();
-        for entry in &self.topic_policy {
+        for entry in &v.topic_policy {
             let (topic, policy) = entry
                 .rsplit_once('=')
                 .ok_or_else(|| invalid("topic_policy", format!("`{entry}` is not TOPIC=POLICY")))?;
@@ -431,19 +504,15 @@ impl Settings {
             overrides.insert(topic.trim().to_owned(), policy);
         }
         let policies = Policies {
-            default: self.policy.unwrap_or(Policy::Annotate),
+            default: v.policy,
             overrides,
-            unknown_topic: self.unknown_topic.unwrap_or_default(),
-            max_decompressed_bytes: self.max_decompressed_bytes.unwrap_or(64 << 20),
+            unknown_topic: v.unknown_topic,
+            max_decompressed_bytes: v.max_decompressed_bytes,
         };
-        let spec_dir = match self.spec_dir {
-            Some(d) if d.is_empty() => None,
-            Some(d) => Some(PathBuf::from(d)),
-            None => Some(PathBuf::from("eventgate-specs")),
-        };
-        let admin_token = self.admin_token.filter(|t| !t.is_empty());
-        let subject_prefix = self.mirror_subject_prefix.unwrap_or_else(|| "eventgate.records".to_owned());
-        let rejected_prefix = self.mirror_rejected_prefix.unwrap_or_else(|| "eventgate.rejected".to_owned());
+        let spec_dir = Some(v.spec_dir).filter(|d| !d.is_empty()).map(PathBuf::from);
+        let admin_token = v.admin_token.filter(|t| !t.is_empty());
+        let subject_prefix = v.mirror_subject_prefix;
+        let rejected_prefix = v.mirror_rejected_prefix;
         for (setting, p) in [("mirror_subject_prefix", &subject_prefix), ("mirror_rejected_prefix", &rejected_prefix)] {
             let ok = !p.is_empty()
                 && p.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>']) && !t.contains(char::is_whitespace));
@@ -454,34 +523,34 @@ impl Settings {
         if subject_prefix == rejected_prefix {
             return Err(invalid("mirror_rejected_prefix", "must differ from mirror_subject_prefix"));
         }
-        let max_event_bytes = self.mirror_max_event_bytes.unwrap_or(1_000_000);
-        let cluster = self.cluster_name.unwrap_or_else(|| "kafka".to_owned());
+        let max_event_bytes = v.mirror_max_event_bytes;
+        let cluster = v.cluster_name;
         // It is the host of every event's `source` (`kafka://<cluster>/<topic>`), which must be a URI.
         if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
             return Err(invalid("cluster_name", "use letters, digits, `-`, `.`, `_` and `~` (it is a URI host name)"));
         }
         let mirror = MirrorConfig {
             cluster,
-            default_type: self.ce_default_type.unwrap_or_else(|| "eventgate.record".to_owned()),
+            default_type: v.ce_default_type,
             subject_prefix: subject_prefix.clone(),
             rejected_prefix: rejected_prefix.clone(),
             max_event_bytes,
-            buffer_bytes: self.mirror_buffer_bytes.unwrap_or(256 << 20),
+            buffer_bytes: v.mirror_buffer_bytes,
             max_decompressed_bytes: policies.max_decompressed_bytes,
         };
-        let nats = self.nats_url.filter(|u| !u.is_empty()).map(|url| NatsConfig {
+        let nats = v.nats_url.filter(|u| !u.is_empty()).map(|url| NatsConfig {
             url,
-            stream: self.nats_stream.unwrap_or_else(|| "EVENTGATE".to_owned()),
+            stream: v.nats_stream,
             subjects: vec![format!("{subject_prefix}.>"), format!("{rejected_prefix}.>")],
-            storage: self.mirror_storage.unwrap_or_default(),
-            max_age: Duration::from_secs(self.mirror_max_age_secs.unwrap_or(7 * 24 * 3600)),
-            max_bytes: self.mirror_max_bytes.unwrap_or(1 << 30),
-            max_messages: self.mirror_max_messages.unwrap_or(-1),
+            storage: v.mirror_storage,
+            max_age: Duration::from_secs(v.mirror_max_age_secs),
+            max_bytes: v.mirror_max_bytes,
+            max_messages: v.mirror_max_messages,
             max_message_size: i32::try_from(max_event_bytes).unwrap_or(i32::MAX),
-            duplicate_window: Duration::from_secs(self.mirror_duplicate_window_secs.unwrap_or(120)),
-            discard: self.mirror_discard.unwrap_or_default(),
-            spec_bucket: self.spec_bucket.unwrap_or_else(|| "eventgate_specs".to_owned()),
-            window: self.mirror_window.unwrap_or(1024),
+            duplicate_window: Duration::from_secs(v.mirror_duplicate_window_secs),
+            discard: v.mirror_discard,
+            spec_bucket: v.spec_bucket,
+            window: v.mirror_window,
         });
         Ok(Config {
             upstream,
@@ -494,28 +563,28 @@ impl Settings {
             max_frame_bytes,
             max_in_flight,
             max_connections,
-            idle_timeout: match self.idle_timeout_ms.unwrap_or(600_000) {
+            idle_timeout: match v.idle_timeout_ms {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
             max_broker_listeners,
-            broker_forget: Duration::from_millis(self.broker_forget_ms.unwrap_or(600_000)),
-            connect_timeout: Duration::from_millis(self.connect_timeout_ms.unwrap_or(10_000)),
-            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms.unwrap_or(10_000)),
-            specs: self.spec,
+            broker_forget: Duration::from_millis(v.broker_forget_ms),
+            connect_timeout: Duration::from_millis(v.connect_timeout_ms),
+            shutdown_timeout: Duration::from_millis(v.shutdown_timeout_ms),
+            specs: v.spec,
             spec_dir,
             policies,
             admin_token,
-            max_spec_bytes: self.max_spec_bytes.unwrap_or(4 << 20),
+            max_spec_bytes: v.max_spec_bytes,
             nats,
             mirror,
-            ws_buffer: self.ws_buffer.unwrap_or(1024).max(1),
-            ws_slow: Duration::from_millis(self.ws_slow_ms.unwrap_or(5000)),
-            ws_max_buffered_bytes: self.ws_max_buffered_bytes.unwrap_or(64 << 20).max(1),
-            http_header_timeout: Duration::from_millis(self.http_header_timeout_ms.unwrap_or(10_000).max(1)),
-            http_request_timeout: Duration::from_millis(self.http_request_timeout_ms.unwrap_or(30_000).max(1)),
-            http_max_connections: self.http_max_connections.unwrap_or(256).max(1),
-            log: self.log.unwrap_or_else(|| "info".to_owned()),
+            ws_buffer: v.ws_buffer.max(1),
+            ws_slow: Duration::from_millis(v.ws_slow_ms),
+            ws_max_buffered_bytes: v.ws_max_buffered_bytes.max(1),
+            http_header_timeout: Duration::from_millis(v.http_header_timeout_ms.max(1)),
+            http_request_timeout: Duration::from_millis(v.http_request_timeout_ms.max(1)),
+            http_max_connections: v.http_max_connections.max(1),
+            log: v.log,
             log_format,
         })
     }
@@ -656,7 +725,130 @@ mod tests {
         assert_eq!(c.node_port_base, 9093);
         assert_eq!(c.fixed_node_port(111), Some(9204));
         assert_eq!(c.fixed_node_port(5000), None);
-        assert_eq!(c.max_frame_bytes, 100 * 1024 * 1024);
+        // The frame reader's own default, which the table restates as a literal for `--help`.
+        assert_eq!(c.max_frame_bytes, crate::wire::frame::DEFAULT_MAX_FRAME_BYTES);
+        assert_eq!(c.spec_dir.as_deref(), Some(Path::new("eventgate-specs")));
+        assert_eq!(c.policies.default, Policy::Annotate);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.nats.is_none() && c.admin_token.is_none());
+    }
+
+    /// Runs this module's test `name` again in a child process whose only `EVENTGATE_*` variables
+    /// are `vars`: clap reads the process environment, which a test cannot safely change while
+    /// other tests run. True in that child, where the test goes on; false once the child passed.
+    fn in_child_with_env(name: &str, vars: &[(&str, &str)]) -> bool {
+        const CHILD: &str = "CONFIG_TESTS_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let path = module_path!().split_once("::").map_or(module_path!(), |(_, p)| p);
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args([&format!("{path}::{name}"), "--exact", "--test-threads=1"]).env(CHILD, "1");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("EVENTGATE_") {
+                child.env_remove(key);
+            }
+        }
+        let out = child.envs(vars.iter().copied()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(" 1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let env = [
+            ("EVENTGATE_MAX_IN_FLIGHT", "7"),
+            ("EVENTGATE_MAX_CONNECTIONS", "70"),
+            ("EVENTGATE_TOPIC_POLICY", "a=off,b=reject"),
+        ];
+        if !in_child_with_env("flag_beats_env_beats_file_beats_default", &env) {
+            return;
+        }
+        let file: Settings = serde_saphyr::from_str(
+            "max_in_flight: 9\nmax_connections: 90\ntopic_policy: ['c=off']\nws_buffer: 33\nlog_format: json\n",
+        )
+        .unwrap();
+        let c = Cli::try_parse_from(["x", "--max-in-flight", "5"]).unwrap().s.over(file).resolve().unwrap();
+        let defaults = Settings::default().resolve().unwrap();
+        assert_eq!(c.max_in_flight, 5, "the flag beats the environment and the file");
+        assert_eq!(c.max_connections, 70, "the environment beats the file");
+        let mut topics: Vec<_> = c.policies.overrides.keys().map(String::as_str).collect();
+        topics.sort_unstable();
+        assert_eq!(topics, ["a", "b"], "a list from the environment replaces the file's");
+        assert_eq!((c.ws_buffer, c.log_format), (33, LogFormat::Json), "the file beats the default");
+        assert_eq!(c.http_max_connections, defaults.http_max_connections, "the default when nothing sets it");
+        assert_ne!(defaults.ws_buffer, 33);
+        assert_ne!(defaults.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn help_shows_every_default_and_clap_applies_none() {
+        let cmd = Settings::augment_args(clap::Command::new("x"));
+        let ids: Vec<&str> = cmd.get_arguments().map(|a| a.get_id().as_str()).collect();
+        let keys: Vec<&str> = OPTIONS.iter().map(|(key, _)| *key).collect();
+        assert_eq!(ids, keys);
+        for (arg, (key, fallback)) in cmd.get_arguments().zip(OPTIONS) {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(help.ends_with(&format!(". [default: {}]", fallback.text())), "{key}: {help}");
+            // A default applied by clap would look like a flag and hide the file's value.
+            assert!(arg.get_default_values().is_empty(), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_option_with_its_default() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        // Cells of the rows: flag, environment variable, YAML key, default, meaning.
+        let rows: Vec<Vec<String>> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| flag | environment | YAML key | default |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.replace("\\|", "/").split('|').map(|c| c.trim().to_owned()).collect())
+            .collect();
+        assert!(!rows.is_empty(), "the README's configuration table was not found");
+        let key_of = |row: &Vec<String>| row.get(3).and_then(|c| c.split('`').nth(1)).map(str::to_owned);
+        let cmd = Settings::augment_args(clap::Command::new("x"));
+        let mut wrong = Vec::new();
+        for (key, fallback) in OPTIONS {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == key).unwrap();
+            let Some(row) = rows.iter().find(|r| key_of(r).as_deref() == Some(key)) else {
+                wrong.push(format!("{key}: no row"));
+                continue;
+            };
+            let flag = format!("`--{}", arg.get_long().unwrap_or_default());
+            let env = format!("`{}`", arg.get_env().map(|e| e.to_string_lossy()).unwrap_or_default());
+            let list = matches!(arg.get_action(), clap::ArgAction::Append);
+            let expected = [
+                (1, if row[1].contains(' ') { format!("{flag} {}", row[1].split_once(' ').unwrap().1) } else { flag }),
+                (2, env),
+                (3, if list { format!("`{key}` (list)") } else { format!("`{key}`") }),
+                (
+                    4,
+                    match fallback {
+                        Fallback::Value(value) => format!("`{value}`"),
+                        _ => fallback.text().to_owned(),
+                    },
+                ),
+            ];
+            for (column, cell) in expected {
+                if row[column] != cell {
+                    wrong.push(format!("{key}: README has {}, the code {cell}", row[column]));
+                }
+            }
+        }
+        for row in &rows {
+            // `--config` names the file itself and has no key.
+            if let Some(key) = key_of(row).filter(|k| !OPTIONS.iter().any(|(o, _)| o == k)) {
+                wrong.push(format!("{key}: in the README, not in the code"));
+            }
+        }
+        assert!(wrong.is_empty(), "README.md's configuration table disagrees with the code:\n{}", wrong.join("\n"));
     }
 
     #[test]

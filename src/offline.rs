@@ -7,9 +7,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::http::specs::check_sample;
 use crate::specs::{Source, prepare};
-use crate::validate::Outcome;
+use crate::validate::{Outcome, check_sample};
 
 /// Options of `eventgate validate`.
 #[derive(Debug, Args)]

@@ -89,6 +89,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         slow_after: config.ws_slow,
         shutdown: ws_shutdown.clone(),
         memory: crate::http::ws::WsMemory::new(config.ws_max_buffered_bytes),
+        metrics: crate::http::ws::WsMetrics::new(),
     };
     let gw = Gateway::new(config, validation, Some(mirror));
     gw.listen().await?;

@@ -29,9 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use eventgate::http::specs::check_sample;
 use eventgate::specs::{Source, prepare};
-use eventgate::validate::{Catalog, Outcome};
+use eventgate::validate::{Catalog, Outcome, check_sample};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -26,8 +26,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::specs::shared::SharedError;
 use crate::specs::{Put, SpecStore, StoreError};
-use crate::validate::Outcome;
-use crate::wire::records::{records, write_record};
+use crate::validate::{Outcome, check_sample};
 
 /// An error answer.
 pub struct ApiError(pub StatusCode, pub &'static str, pub String);
@@ -173,21 +172,4 @@ pub async fn validate(
         Outcome::Unchecked(why) => answer["reason"] = json!(&**why),
     }
     Ok(Json(answer).into_response())
-}
-
-/// Checks a sample with exactly the engine the produce path uses: the sample is encoded as a
-/// Kafka record and read back.
-pub fn check_sample(
-    route: &crate::validate::Route,
-    key: Option<&str>,
-    value: Option<&[u8]>,
-    headers: &BTreeMap<String, String>,
-) -> Outcome {
-    let mut raw = Vec::new();
-    let hs: Vec<(&[u8], Option<&[u8]>)> = headers.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))).collect();
-    write_record(&mut raw, 0, 0, key.map(str::as_bytes), value, hs.into_iter());
-    match records(&raw).next() {
-        Some(Ok(rec)) => route.check(&rec),
-        _ => Outcome::Invalid(std::sync::Arc::from(["/: the sample cannot be encoded as a Kafka record".to_owned()])),
-    }
 }

@@ -67,6 +67,37 @@ pub struct WsState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Bytes buffered for all clients, against `--ws-max-buffered-bytes`.
     pub memory: Arc<WsMemory>,
+    /// Metric handles, created once for all clients.
+    pub metrics: WsMetrics,
+}
+
+/// The websocket endpoint's metric handles (besides [`WsMemory`]'s gauge of buffered bytes),
+/// created once, so a client or an event costs an atomic add, never a registry lookup.
+#[derive(Clone)]
+pub struct WsMetrics {
+    /// `eventgate_ws_clients`: clients connected now.
+    clients: metrics::Gauge,
+    /// `eventgate_ws_events_sent_total`.
+    events_sent: metrics::Counter,
+    /// `eventgate_ws_slow_disconnects_total`: clients closed as too slow (1008).
+    slow_disconnects: metrics::Counter,
+}
+
+impl WsMetrics {
+    /// Create after the metrics recorder is installed (the handles are taken here).
+    pub fn new() -> Self {
+        Self {
+            clients: metrics::gauge!("eventgate_ws_clients"),
+            events_sent: metrics::counter!("eventgate_ws_events_sent_total"),
+            slow_disconnects: metrics::counter!("eventgate_ws_slow_disconnects_total"),
+        }
+    }
+}
+
+impl Default for WsMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Why a client cut off by the memory limit is closed.
@@ -385,7 +416,7 @@ enum Ended {
 }
 
 async fn serve(socket: WebSocket, state: WsState, filter: Filter, start: Start) {
-    let clients = metrics::gauge!("eventgate_ws_clients");
+    let clients = &state.metrics.clients;
     clients.increment(1.0);
     let member = state.memory.join();
     let budget = member.0.clone();
@@ -408,7 +439,7 @@ async fn serve(socket: WebSocket, state: WsState, filter: Filter, start: Start) 
             tokio::spawn(feed_local(state.live.subscribe(), filter, out, end_tx))
         }
     };
-    pump(socket, rx, end_rx, state.shutdown.clone(), &budget).await;
+    pump(socket, rx, end_rx, state.shutdown.clone(), &budget, &state.metrics).await;
     feeder.abort();
     // Whatever the feeder still queues after this is refused: the client is released.
     drop(member);
@@ -424,8 +455,9 @@ async fn pump(
     mut end_rx: tokio::sync::oneshot::Receiver<Ended>,
     shutdown: tokio_util::sync::CancellationToken,
     budget: &Budget,
+    metrics: &WsMetrics,
 ) {
-    let sent = metrics::counter!("eventgate_ws_events_sent_total");
+    let sent = &metrics.events_sent;
     let cut_off = budget.cut_off();
     let too_much = || Ended::Close(1008, MEMORY_LIMIT_REASON.into());
     let ended = loop {
@@ -458,7 +490,7 @@ async fn pump(
     };
     match ended {
         Ended::Close(1008, reason) => {
-            metrics::counter!("eventgate_ws_slow_disconnects_total").increment(1);
+            metrics.slow_disconnects.increment(1);
             tracing::info!(reason, "closing a slow websocket client");
             // Nothing more is held for it, from now on.
             budget.release_all();

@@ -38,6 +38,7 @@ use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
+use crate::validate::content_type::{self, Family};
 use crate::validate::{CompiledMessage, Outcome};
 use crate::wire::records::Record;
 
@@ -101,7 +102,9 @@ pub struct Event {
     pub wrapped: bool,
 }
 
-/// What a content type says a payload is.
+/// What a content type says a payload is, to the mirror: whether its bytes go in `data` as JSON,
+/// as a string, or as base64. Read from the shared classifier ([`content_type`]), which says how
+/// this differs from validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `application/json`, `*/json`, `*/*+json`.
@@ -113,28 +116,15 @@ pub enum Kind {
     Bytes,
 }
 
-fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
-    s.len() >= suffix.len()
-        && s.is_char_boundary(s.len() - suffix.len())
-        && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-}
-
 impl Kind {
     /// Classifies a content type (case-insensitive, parameters allowed).
     pub fn of(content_type: &str) -> Self {
-        let mut parts = content_type.split(';');
-        let base = parts.next().unwrap_or_default().trim();
-        let (kind, sub) = base.split_once('/').unwrap_or((base, ""));
-        if sub.eq_ignore_ascii_case("json") || ends_with_ignore_case(sub, "+json") {
-            Self::Json
-        } else if kind.eq_ignore_ascii_case("text")
-            || ["xml", "yaml", "x-yaml"].iter().any(|s| sub.eq_ignore_ascii_case(s))
-            || ["+xml", "+yaml"].iter().any(|s| ends_with_ignore_case(sub, s))
-            || parts.any(|p| p.split('=').next().is_some_and(|n| n.trim().eq_ignore_ascii_case("charset")))
-        {
-            Self::Text
-        } else {
-            Self::Bytes
+        let media = content_type::classify(content_type);
+        match media.family {
+            Family::Json => Self::Json,
+            Family::Text | Family::Xml | Family::Yaml => Self::Text,
+            Family::Other if media.charset => Self::Text,
+            Family::Other => Self::Bytes,
         }
     }
 }

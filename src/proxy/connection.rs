@@ -1,71 +1,74 @@
-//! One client connection, proxied to one broker connection.
+//! One client connection, proxied to one broker connection: the driver of the stage chain.
 //!
 //! A connection is two pipelines joined by an ordered queue of [`Pending`] answers:
 //!
 //! ```text
-//!  client ──frames──▶ requests() ──original bytes──▶ broker
+//!  client ──frames──▶ requests(): chain.request() ──frames──▶ broker
 //!                        │ Pending (one per expected answer, pushed *before* the request is sent)
 //!                        ▼
-//!  client ◀──frames── responses() ◀──frames──────────── broker
+//!  client ◀──frames── responses(): the request's hooks ◀──frames── broker
 //! ```
 //!
-//! Kafka answers the requests of one connection in order, so the head of the queue always says
-//! what the next broker frame must be: its correlation id is checked, and only the responses that
-//! carry broker addresses or API versions are decoded and rewritten. Answers eventgate makes itself
-//! ([`Pending::Local`]) take their place in the same queue, so the client sees every answer in the
-//! order it asked. Requests without an answer (`acks=0` produce) push nothing.
+//! The driver knows nothing of any Kafka behaviour: every request goes through the
+//! [`Chain`](super::chain::Chain) (see that module for the stages and their contract), which says
+//! what to forward and what answer is owed. Kafka answers the requests of one connection in order,
+//! so the head of the queue always says what the next broker frame must be: its correlation id is
+//! checked, and it goes through the hooks its request collected (none for most: then it leaves as
+//! the bytes that arrived). Answers eventgate makes itself ([`Pending::Local`]) take their place in
+//! the same queue, so the client sees every answer in the order it asked. Requests without an
+//! answer (`acks=0` produce) push nothing; a broker frame nobody asked for closes the connection,
+//! after the answers before it.
 //!
 //! Both pipelines read whole frames into a [`FrameBuffer`] and write batches of frames with one
-//! vectored write; a frame that needs no change is forwarded as the very bytes that arrived.
-//! Any error closes only this connection, with one log line that names the peer and the stage.
+//! vectored write. The byte streams are boxed halves ([`Halves`]), so the transport under the chain
+//! (TCP now, TLS next, an in-memory pipe in tests) is chosen at accept and connect time. Any error
+//! closes only this connection, with one log line that names the peer and the stage.
 //!
 //! A connection costs nothing until used: the broker connection is opened when the client's first
 //! bytes arrive, and a connection with no request in flight that stays silent for
 //! `idle_timeout_ms` is closed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::ApiKey;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Gateway, Target, produce};
-use crate::mirror::Job;
+use super::chain::{self, AnswerCtx, Ctx, Failed, Pending, Session};
+use super::{Gateway, Target};
 use crate::wire::WireError;
 use crate::wire::frame::FrameBuffer;
-use crate::wire::header::{RequestMeta, response_correlation_id, response_header_len};
-use crate::wire::rewrite::{ResponseAction, RewriteError, recode_produce_response, rewrite_response};
-use crate::wire::scan;
-use crate::wire::versions;
+use crate::wire::header::{RequestMeta, response_correlation_id};
 
-/// An answer the client is owed, in request order.
-#[derive(Debug)]
-pub enum Pending {
-    /// The broker's next frame answers this request.
-    Upstream {
-        correlation_id: i32,
-        api_key: i16,
-        api_version: i16,
-        action: ResponseAction,
-        /// Partition errors eventgate merges into a Produce answer.
-        merge: Option<Box<produce::Merge>>,
-        /// Produce partitions to mirror once the broker has accepted them.
-        mirror: Option<Box<Vec<produce::Mirrored>>>,
-        /// The client expects no answer (`acks=0` sent as `acks=1` for the mirror): consume it.
-        swallow: bool,
-    },
-    /// eventgate answers this request itself with these bytes.
-    Local(Bytes),
-    /// Close the connection once every earlier answer is out (an `acks=0` produce was refused).
-    Close(String),
+/// The reading half of a byte stream, whatever the transport.
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a byte stream, whatever the transport.
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Both halves of one byte stream.
+pub struct Halves {
+    pub read: Reader,
+    pub write: Writer,
+}
+
+impl Halves {
+    /// A TCP stream's halves (split without a lock).
+    pub fn tcp(stream: TcpStream) -> Self {
+        let (read, write) = stream.into_split();
+        Self { read: Box::new(read), write: Box::new(write) }
+    }
+
+    /// Any other stream's halves (TLS, an in-memory pipe).
+    pub fn of<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Self {
+        let (read, write) = tokio::io::split(stream);
+        Self { read: Box::new(read), write: Box::new(write) }
+    }
 }
 
 /// Why a connection was closed.
@@ -91,10 +94,10 @@ pub enum ConnError {
     UnexpectedCorrelation { expected: i32, got: i32 },
     #[error("broker sent a response with correlation id {0} to no outstanding request")]
     UnsolicitedResponse(i32),
-    #[error("refused an acks=0 produce request, so closing the connection as a broker would: {0}")]
-    RefusedAcksZero(String),
-    #[error("rewriting {api:?} v{version} response: {source}")]
-    Rewrite { api: i16, version: i16, source: RewriteError },
+    #[error("{api:?} v{version}: {source}")]
+    Stage { api: i16, version: i16, source: Failed },
+    #[error("closed by stage {stage}: {reason}")]
+    Closed { stage: &'static str, reason: String },
     #[error("idle for {0:?} with no request in flight (idle_timeout_ms)")]
     Idle(std::time::Duration),
 }
@@ -158,35 +161,7 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
     // Kafka frames are latency-sensitive and already batched by clients: no Nagle delay.
     let _ = client.set_nodelay(true);
     let _ = broker.set_nodelay(true);
-    let (client_rd, client_wr) = client.into_split();
-    let (broker_rd, broker_wr) = broker.into_split();
-    let (tx, rx) = mpsc::channel(gw.config.max_in_flight);
-    let abort = CancellationToken::new();
-    let activity = Arc::new(Activity::new());
-    // The idle watchdog is a task of its own: its timer is polled only when it fires, never on the
-    // request path.
-    let watchdog = gw.config.idle_timeout.map(|t| tokio::spawn(watch_idle(t, activity.clone(), abort.clone())));
-    let on_error = |r: Result<(), ConnError>| {
-        if r.is_err() {
-            abort.cancel();
-        }
-        r
-    };
-    let (req, resp) =
-        tokio::join!(async { on_error(requests(&gw, client_rd, broker_wr, tx, &abort, &activity).await) }, async {
-            on_error(responses(&gw, broker_rd, client_wr, rx, &abort, &activity.in_flight).await)
-        },);
-    abort.cancel();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
-    let result = match (activity.idle.load(Ordering::Acquire), gw.config.idle_timeout) {
-        (true, Some(t)) => {
-            gw.metrics.idle_closed.increment(1);
-            Err(ConnError::Idle(t))
-        }
-        _ => req.and(resp),
-    };
+    let result = drive(&gw, Session { peer }, Halves::tcp(client), Halves::tcp(broker)).await;
     match result {
         Ok(()) => tracing::debug!(%peer, broker = %broker_addr, "connection closed"),
         Err(e) => {
@@ -201,6 +176,38 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
                 _ => tracing::warn!(%peer, broker = %broker_addr, error = %e, "connection closed"),
             }
         }
+    }
+}
+
+/// Runs one connection over any transport until either side closes, an error, the idle timeout,
+/// or shutdown.
+pub async fn drive(gw: &Arc<Gateway>, session: Session, client: Halves, broker: Halves) -> Result<(), ConnError> {
+    let (tx, rx) = mpsc::channel(gw.config.max_in_flight);
+    let abort = CancellationToken::new();
+    let activity = Arc::new(Activity::new());
+    // The idle watchdog is a task of its own: its timer is polled only when it fires, never on the
+    // request path.
+    let watchdog = gw.config.idle_timeout.map(|t| tokio::spawn(watch_idle(t, activity.clone(), abort.clone())));
+    let on_error = |r: Result<(), ConnError>| {
+        if r.is_err() {
+            abort.cancel();
+        }
+        r
+    };
+    let (req, resp) = tokio::join!(
+        async { on_error(requests(gw, &session, client.read, broker.write, tx, &abort, &activity).await) },
+        async { on_error(responses(gw, broker.read, client.write, rx, &abort, &activity.in_flight).await) },
+    );
+    abort.cancel();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    match (activity.idle.load(Ordering::Acquire), gw.config.idle_timeout) {
+        (true, Some(t)) => {
+            gw.metrics.idle_closed.increment(1);
+            Err(ConnError::Idle(t))
+        }
+        _ => req.and(resp),
     }
 }
 
@@ -251,95 +258,28 @@ async fn watch_idle(after: std::time::Duration, a: Arc<Activity>, abort: Cancell
     }
 }
 
-/// What to do with one request frame.
-struct Plan {
-    /// Bytes to send to the broker.
-    forward: Option<Bytes>,
-    /// The answer owed to the client, if any.
-    pending: Option<Pending>,
-    /// Stop reading requests: the connection closes after this one.
-    close: bool,
-}
-
-/// Produce requests larger than this are inspected with [`tokio::task::block_in_place`], so that
-/// checking thousands of records never holds up the other connections of the same worker thread.
-const INLINE_INSPECTION_BYTES: usize = 256 * 1024;
-
-fn plan_request(gw: &Gateway, frame: Bytes) -> Result<Plan, WireError> {
-    let meta = RequestMeta::peek(&frame)?;
-    gw.metrics.request(meta.api_key);
-    let upstream = |merge, mirror, swallow| {
-        Some(Pending::Upstream {
-            correlation_id: meta.correlation_id,
-            api_key: meta.api_key,
-            api_version: meta.api_version,
-            action: ResponseAction::for_request(meta.api_key, meta.api_version),
-            merge,
-            mirror,
-            swallow,
-        })
-    };
-    let forward = |frame, pending| Plan { forward: Some(frame), pending, close: false };
-    let plan = match meta.key() {
-        Some(ApiKey::ApiVersions) if meta.api_version > versions::API_VERSIONS_MAX => Plan {
-            forward: None,
-            pending: Some(Pending::Local(versions::unsupported_version_frame(meta.correlation_id))),
-            close: false,
-        },
-        Some(ApiKey::Produce) => {
-            let mirror_on = gw.mirror.as_ref().is_some_and(|m| m.active());
-            let inspect = || produce::inspect(&gw.validation, &gw.validation_metrics, &meta, &frame, mirror_on);
-            let multi_thread = || {
-                tokio::runtime::Handle::try_current()
-                    .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-            };
-            let inspection = if frame.len() > INLINE_INSPECTION_BYTES && multi_thread() {
-                tokio::task::block_in_place(inspect)?
-            } else {
-                inspect()?
-            };
-            if let Some(m) = &gw.mirror {
-                for job in inspection.refused {
-                    m.submit(job);
-                }
-            }
-            match inspection.plan {
-                produce::Plan::Forward { frame: new, client_acks, broker_answers, merge, mirror } => {
-                    let frame = new.unwrap_or(frame);
-                    let pending = match (client_acks, broker_answers) {
-                        (0, false) => None,
-                        (0, true) => upstream(None, mirror, true),
-                        _ => upstream(merge, mirror, false),
-                    };
-                    forward(frame, pending)
-                }
-                produce::Plan::Answer(answer) => {
-                    Plan { forward: None, pending: Some(Pending::Local(answer)), close: false }
-                }
-                produce::Plan::ForwardThenClose { frame, reason } => {
-                    Plan { forward: frame, pending: Some(Pending::Close(reason)), close: true }
-                }
-            }
-        }
-        _ => forward(frame, upstream(None, None, false)),
-    };
-    Ok(plan)
-}
-
 async fn requests(
-    gw: &Gateway,
-    mut client: OwnedReadHalf,
-    mut broker: OwnedWriteHalf,
+    gw: &Arc<Gateway>,
+    session: &Session,
+    mut client: Reader,
+    mut broker: Writer,
     tx: mpsc::Sender<Pending>,
     abort: &CancellationToken,
     activity: &Activity,
 ) -> Result<(), ConnError> {
+    let cx = Ctx { gw, session };
     let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
     let mut out = VecDeque::new();
     loop {
         while let Some(frame) = buf.next_frame().map_err(ConnError::ClientFrame)? {
             gw.metrics.bytes_from_clients.increment(frame.len() as u64);
-            let plan = plan_request(gw, frame).map_err(ConnError::ClientFrame)?;
+            let meta = RequestMeta::peek(&frame).map_err(ConnError::ClientFrame)?;
+            gw.metrics.request(meta.api_key);
+            let plan = gw.chain.request(&cx, meta, frame).map_err(|source| ConnError::Stage {
+                api: meta.api_key,
+                version: meta.api_version,
+                source,
+            })?;
             if let Some(p) = plan.pending {
                 if matches!(p, Pending::Upstream { .. }) {
                     activity.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -378,8 +318,8 @@ async fn requests(
 
 async fn responses(
     gw: &Arc<Gateway>,
-    mut broker: OwnedReadHalf,
-    mut client: OwnedWriteHalf,
+    mut broker: Reader,
+    mut client: Writer,
     mut rx: mpsc::Receiver<Pending>,
     abort: &CancellationToken,
     in_flight: &AtomicUsize,
@@ -399,27 +339,18 @@ async fn responses(
                         out.push_back(bytes);
                     }
                 }
-                Some(Pending::Close(_)) => {
+                Some(Pending::Close { .. }) => {
                     write_frames(&mut client, &mut out).await.map_err(ConnError::ClientWrite)?;
-                    let reason = match pending.pop_front() {
-                        Some(Pending::Close(reason)) => reason,
-                        _ => String::new(),
-                    };
-                    return Err(ConnError::RefusedAcksZero(reason));
+                    return Err(match pending.pop_front() {
+                        Some(Pending::Close { stage, reason }) => ConnError::Closed { stage, reason },
+                        _ => ConnError::Closed { stage: "?", reason: String::new() },
+                    });
                 }
                 Some(Pending::Upstream { .. }) => {
                     let Some(frame) = buf.next_frame().map_err(ConnError::BrokerFrame)? else {
                         break;
                     };
-                    let Some(Pending::Upstream {
-                        correlation_id,
-                        api_key,
-                        api_version,
-                        action,
-                        merge,
-                        mirror,
-                        swallow,
-                    }) = pending.pop_front()
+                    let Some(Pending::Upstream { correlation_id, api_key, api_version, hooks }) = pending.pop_front()
                     else {
                         break;
                     };
@@ -429,39 +360,20 @@ async fn responses(
                     if got != correlation_id {
                         return Err(ConnError::UnexpectedCorrelation { expected: correlation_id, got });
                     }
-                    if let Some(parts) = mirror {
-                        let refused =
-                            mirror_accepted(gw, api_version, &frame, *parts).map_err(ConnError::BrokerFrame)?;
-                        if swallow {
-                            // The client sent acks=0: no answer goes back, but a refusal closes
-                            // the connection, as the broker would have.
-                            if refused > 0 {
-                                return Err(ConnError::RefusedAcksZero(format!(
-                                    "the broker refused {refused} partition(s)"
-                                )));
-                            }
-                            continue;
-                        }
+                    if hooks.is_empty() {
+                        out.push_back(frame);
+                        continue;
                     }
-                    let mut map = |id: i32, host: &str, port: i32| gw.advertise(id, host, port);
-                    let rewritten = match merge {
-                        Some(merge) => recode_produce_response(api_version, &frame, &mut map, |resp| {
-                            produce::merge_into(resp, &merge, api_version)
-                        })
-                        .map(Some),
-                        None => rewrite_response(action, api_version, &frame, &mut map),
-                    };
-                    let answer = match rewritten {
-                        Ok(Some(rewritten)) => {
-                            gw.metrics.responses_rewritten.increment(1);
-                            rewritten
+                    let cx = AnswerCtx { gw, api_key, api_version };
+                    match chain::answer(&cx, hooks, frame) {
+                        Ok(Some(answer)) => out.push_back(answer),
+                        Ok(None) => {}
+                        Err(Failed { stage, source: chain::StageError::Close(reason) }) => {
+                            write_frames(&mut client, &mut out).await.map_err(ConnError::ClientWrite)?;
+                            return Err(ConnError::Closed { stage, reason });
                         }
-                        Ok(None) => frame,
-                        Err(source) => {
-                            return Err(ConnError::Rewrite { api: api_key, version: api_version, source });
-                        }
-                    };
-                    out.push_back(answer);
+                        Err(source) => return Err(ConnError::Stage { api: api_key, version: api_version, source }),
+                    }
                 }
                 None => {
                     if let Some(frame) = buf.next_frame().map_err(ConnError::BrokerFrame)? {
@@ -499,42 +411,6 @@ async fn responses(
             }
         }
     }
-}
-
-/// Hands the partitions the broker accepted to the mirror, with their offsets. Returns how many
-/// partitions the broker refused.
-fn mirror_accepted(
-    gw: &Gateway,
-    version: i16,
-    frame: &Bytes,
-    parts: Vec<produce::Mirrored>,
-) -> Result<usize, WireError> {
-    let Some(mirror) = &gw.mirror else { return Ok(0) };
-    let hlen = response_header_len(ApiKey::Produce, version, frame.get(4..).unwrap_or_default())?;
-    let mut accepted = HashMap::new();
-    let mut refused = 0;
-    scan::produce_response(&frame[4 + hlen..], version, |p| {
-        if p.error_code == 0 {
-            accepted.insert((p.topic, p.partition), (p.base_offset, p.log_append_time));
-        } else {
-            refused += 1;
-        }
-    })?;
-    for part in parts {
-        let Some(&(base, append)) = accepted.get(&(part.topic.as_bytes(), part.partition)) else {
-            continue;
-        };
-        mirror.submit(Job {
-            topic: part.topic,
-            partition: part.partition,
-            base_offset: Some(base),
-            log_append_time: append,
-            records: part.records,
-            outcomes: part.outcomes,
-            route: part.route,
-        });
-    }
-    Ok(refused)
 }
 
 /// Writes every frame in `out` with as few system calls as the socket allows, and empties it.

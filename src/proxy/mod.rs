@@ -10,9 +10,11 @@
 //! are forgotten), and a broker address that leads back to eventgate itself is refused, both when
 //! an answer names it and when one of eventgate's own upstream connections arrives at a listener.
 
+pub mod chain;
 pub mod connection;
 pub mod nodes;
 pub mod produce;
+pub mod stages;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -70,6 +72,8 @@ pub struct Gateway {
     pub validation_metrics: ValidationMetrics,
     /// The CloudEvents mirror, when NATS is configured or someone watches the live feed.
     pub mirror: Option<Arc<Mirror>>,
+    /// The stages every request and answer go through ([`stages::standard`]).
+    pub chain: chain::Chain,
     next_bootstrap: AtomicUsize,
 }
 
@@ -87,6 +91,7 @@ impl Gateway {
             validation,
             validation_metrics: ValidationMetrics::new(),
             mirror,
+            chain: stages::standard(),
             next_bootstrap: AtomicUsize::new(0),
         })
     }

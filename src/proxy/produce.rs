@@ -32,8 +32,7 @@ use crate::validate::batch::{Budget, Verdict, check_partition, codes, now_rfc333
 use crate::validate::{Decision, Outcome, Route, Validation};
 use crate::wire::WireError;
 use crate::wire::header::RequestMeta;
-use crate::wire::produce::{ProduceRequestView, acks};
-use crate::wire::reader::Reader;
+use crate::wire::produce::ProduceRequestView;
 
 /// A partition eventgate refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +72,6 @@ pub enum Plan {
     /// Forward `frame` (the original when `None`).
     Forward {
         frame: Option<Bytes>,
-        /// The client's `acks`: 0 means it expects no answer.
-        client_acks: i16,
-        /// The broker will answer (eventgate asked for `acks=1` to learn the offsets of an `acks=0`
-        /// request for the mirror; that answer is not forwarded).
-        broker_answers: bool,
         /// eventgate's refusals to merge into the answer.
         merge: Option<Box<Merge>>,
         /// Partitions to mirror once the broker has accepted them.
@@ -96,11 +90,8 @@ pub struct Inspection {
     pub refused: Vec<Job>,
 }
 
-fn forward(frame: Option<Bytes>, acks: i16) -> Inspection {
-    Inspection {
-        plan: Plan::Forward { frame, client_acks: acks, broker_answers: acks != 0, merge: None, mirror: None },
-        refused: Vec::new(),
-    }
+fn untouched() -> Inspection {
+    Inspection { plan: Plan::Forward { frame: None, merge: None, mirror: None }, refused: Vec::new() }
 }
 
 /// Longest topic name Kafka accepts.
@@ -124,7 +115,7 @@ enum TopicPlan<'c> {
 }
 
 /// Inspects a Produce request frame. With `mirror_on`, the partitions that go to the broker are
-/// listed for the mirror, and an `acks=0` request is sent with `acks=1` so their offsets are known.
+/// listed for the mirror (the `acks_zero` stage then makes sure the broker answers with offsets).
 ///
 /// Work is linear in the request: each topic name is held once, partitions are looked up by hash,
 /// and everything a compressed batch expands to is paid from one [`Budget`] per request.
@@ -141,7 +132,7 @@ pub fn inspect(
     let catalog = validation.catalog.load();
     let policies = &validation.policies;
     if !policies.active(&catalog) && !mirror_on {
-        return Ok(forward(None, acks(body, version)?));
+        return Ok(untouched());
     }
     let view = ProduceRequestView::parse(body, version)?;
     let plans: Vec<TopicPlan<'_>> = view
@@ -155,7 +146,7 @@ pub fn inspect(
     let all_pass = plans.iter().all(|d| matches!(d, TopicPlan::Decided(Decision::Pass)));
     if all_pass && (!mirror_on || version < 3) {
         // Message sets (v0-v2) are not mirrored: they carry no headers and no batch framing.
-        return Ok(forward(None, view.acks));
+        return Ok(untouched());
     }
     let names: Vec<Arc<str>> = view.topics.iter().map(|t| Arc::from(t.name)).collect();
     // Request order of every partition, for answers eventgate writes or merges (built only then).
@@ -301,7 +292,7 @@ pub fn inspect(
         let plan = refuse_all(meta, view.acks, Merge { refused, order: order() })?;
         return Ok(Inspection { plan, refused: refused_jobs });
     }
-    let mut out = if replaced.is_empty() && refused.is_empty() {
+    let out = if replaced.is_empty() && refused.is_empty() {
         None
     } else {
         Some(rebuild(frame, body_at, version, &replaced, &refused)?)
@@ -316,17 +307,9 @@ pub fn inspect(
             refused: refused_jobs,
         });
     }
-    let mut broker_answers = view.acks != 0;
-    if mirror_on && !broker_answers {
-        out = Some(with_acks(out.as_ref().unwrap_or(frame), body_at, version, 1)?);
-        broker_answers = true;
-    }
     let merge = (!refused.is_empty()).then(|| Box::new(Merge { refused, order: order() }));
     let mirror = (mirror_on && !mirrored.is_empty()).then(|| Box::new(mirrored));
-    Ok(Inspection {
-        plan: Plan::Forward { frame: out, client_acks: view.acks, broker_answers, merge, mirror },
-        refused: refused_jobs,
-    })
+    Ok(Inspection { plan: Plan::Forward { frame: out, merge, mirror }, refused: refused_jobs })
 }
 
 fn refused_job(
@@ -337,19 +320,6 @@ fn refused_job(
     route: Option<Arc<Route>>,
 ) -> Job {
     Job { topic: topic.clone(), partition, base_offset: None, log_append_time: -1, records, outcomes, route }
-}
-
-/// `frame` with its `acks` set to `acks`; `body_at` is where the request body starts.
-fn with_acks(frame: &Bytes, body_at: usize, version: i16, acks: i16) -> Result<Bytes, WireError> {
-    let mut r = Reader::new(&frame[body_at..]);
-    if version >= 3 {
-        r.nullable_string(version >= 9, "transactional id")?;
-    }
-    let at = body_at + r.position();
-    r.i16("acks")?;
-    let mut out = BytesMut::from(&frame[..]);
-    out[at..at + 2].copy_from_slice(&acks.to_be_bytes());
-    Ok(out.freeze())
 }
 
 fn describe(refused: &[Refused]) -> String {

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::*;
 use crate::asyncapi::load;
 use crate::wire::records::{records, write_record};

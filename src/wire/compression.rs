@@ -7,10 +7,25 @@
 //! stream format that the Java client writes; both are read, and re-encoding keeps the framing the
 //! producer used. LZ4 is the standard LZ4 frame format with independent 64 KiB blocks, which every
 //! client (Java included) reads.
+//!
+//! This module depends on nothing else in `wire`: [`records`](super::records) uses it (to read and
+//! rebuild compressed batches), never the other way round. Its failures are [`CodecError`]s, which
+//! `records` turns into the same-named [`RecordError`](super::records::RecordError) variants.
 
 use std::io::{Read, Write};
 
-use super::records::RecordError;
+/// Why a codec could not be named, or a records section could not be (de)compressed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("unknown compression codec {0}")]
+    UnknownCodec(u8),
+    #[error("cannot decompress {codec} record batch: {reason}")]
+    Decompress { codec: &'static str, reason: String },
+    #[error("cannot compress {codec} record batch: {reason}")]
+    Compress { codec: &'static str, reason: String },
+    #[error("record batch decompresses to more than {limit} bytes")]
+    TooLarge { limit: usize },
+}
 
 /// A batch's compression codec (attribute bits 0–2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,14 +39,14 @@ pub enum Codec {
 
 impl Codec {
     /// The codec named by a batch's attributes.
-    pub fn from_attributes(attributes: i16) -> Result<Self, RecordError> {
+    pub fn from_attributes(attributes: i16) -> Result<Self, CodecError> {
         Ok(match attributes & 0x07 {
             0 => Self::None,
             1 => Self::Gzip,
             2 => Self::Snappy,
             3 => Self::Lz4,
             4 => Self::Zstd,
-            n => return Err(RecordError::UnknownCodec(n as u8)),
+            n => return Err(CodecError::UnknownCodec(n as u8)),
         })
     }
 
@@ -86,14 +101,14 @@ pub fn decoder_claim(codec: Codec, input: &[u8]) -> usize {
 }
 
 /// Decompresses `input` into `out` (cleared first), failing once more than `limit` bytes come out.
-pub fn decompress(codec: Codec, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<Framing, RecordError> {
+pub fn decompress(codec: Codec, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<Framing, CodecError> {
     out.clear();
-    let codec_err = |e: std::io::Error| RecordError::Decompress { codec: codec.name(), reason: e.to_string() };
+    let codec_err = |e: std::io::Error| CodecError::Decompress { codec: codec.name(), reason: e.to_string() };
     let mut framing = Framing::Standard;
     match codec {
         Codec::None => {
             if input.len() > limit {
-                return Err(RecordError::TooLarge { limit });
+                return Err(CodecError::TooLarge { limit });
             }
             out.extend_from_slice(input);
         }
@@ -116,8 +131,8 @@ pub fn decompress(codec: Codec, input: &[u8], out: &mut Vec<u8>, limit: usize) -
 }
 
 /// Compresses `input` with `codec` and `framing`, appending to `out`.
-pub fn compress(codec: Codec, framing: Framing, input: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
-    let codec_err = |e: std::io::Error| RecordError::Compress { codec: codec.name(), reason: e.to_string() };
+pub fn compress(codec: Codec, framing: Framing, input: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let codec_err = |e: std::io::Error| CodecError::Compress { codec: codec.name(), reason: e.to_string() };
     match codec {
         Codec::None => out.extend_from_slice(input),
         Codec::Gzip => {
@@ -141,7 +156,7 @@ pub fn compress(codec: Codec, framing: Framing, input: &[u8], out: &mut Vec<u8>)
         }
         Codec::Snappy => {
             let mut enc = snap::raw::Encoder::new();
-            let snap_err = |e: snap::Error| RecordError::Compress { codec: "snappy", reason: e.to_string() };
+            let snap_err = |e: snap::Error| CodecError::Compress { codec: "snappy", reason: e.to_string() };
             match framing {
                 Framing::Standard => {
                     let start = out.len();
@@ -172,17 +187,17 @@ pub fn compress(codec: Codec, framing: Framing, input: &[u8], out: &mut Vec<u8>)
 /// Reads all of `reader` into `out`, failing once more than `limit` bytes come out. `out` grows by
 /// doubling but never past `limit + 1`, so a bomb stopped at the limit has made eventgate hold the
 /// limit, not twice it.
-fn read_bounded(codec: Codec, mut reader: impl Read, out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
+fn read_bounded(codec: Codec, mut reader: impl Read, out: &mut Vec<u8>, limit: usize) -> Result<(), CodecError> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         let n = match reader.read(&mut chunk) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(RecordError::Decompress { codec: codec.name(), reason: e.to_string() }),
+            Err(e) => return Err(CodecError::Decompress { codec: codec.name(), reason: e.to_string() }),
         };
         if out.len() + n > limit {
-            return Err(RecordError::TooLarge { limit });
+            return Err(CodecError::TooLarge { limit });
         }
         if out.capacity() - out.len() < n {
             let target = (out.len() * 2).max(out.len() + n).max(64 * 1024).min(limit);
@@ -192,17 +207,17 @@ fn read_bounded(codec: Codec, mut reader: impl Read, out: &mut Vec<u8>, limit: u
     }
 }
 
-fn snappy_block(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
-    let err = |e: snap::Error| RecordError::Decompress { codec: "snappy", reason: e.to_string() };
+fn snappy_block(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), CodecError> {
+    let err = |e: snap::Error| CodecError::Decompress { codec: "snappy", reason: e.to_string() };
     let len = snap::raw::decompress_len(input).map_err(err)?;
     if out.len() + len > limit {
-        return Err(RecordError::TooLarge { limit });
+        return Err(CodecError::TooLarge { limit });
     }
     // The length is the block's own claim, and the output is zeroed before decoding: a few bytes
     // claiming 64 MiB would cost 64 MiB of memset each. Snappy expands at most 64 bytes from a
     // 3-byte copy (21.3x), so a larger claim is a lie.
     if len > input.len().saturating_mul(SNAPPY_MAX_RATIO).saturating_add(64) {
-        return Err(RecordError::Decompress {
+        return Err(CodecError::Decompress {
             codec: "snappy",
             reason: format!("a {}-byte block claims {len} bytes, more than snappy can expand to", input.len()),
         });
@@ -217,8 +232,8 @@ fn snappy_block(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), Rec
 /// Snappy's largest expansion: a 3-byte copy element yields at most 64 bytes.
 const SNAPPY_MAX_RATIO: usize = 22;
 
-fn xerial_decompress(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordError> {
-    let bad = |why: &str| RecordError::Decompress { codec: "snappy", reason: format!("xerial stream: {why}") };
+fn xerial_decompress(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), CodecError> {
+    let bad = |why: &str| CodecError::Decompress { codec: "snappy", reason: format!("xerial stream: {why}") };
     let mut rest = input.get(16..).ok_or_else(|| bad("truncated header"))?;
     while !rest.is_empty() {
         let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(|| bad("truncated block length"))?;
@@ -295,7 +310,7 @@ mod tests {
             let mut out = Vec::new();
             let err = decompress(codec, &packed, &mut out, 1024 * 1024).unwrap_err();
             assert!(
-                err.to_string().contains("exceeds") || matches!(err, RecordError::TooLarge { .. }),
+                err.to_string().contains("exceeds") || matches!(err, CodecError::TooLarge { .. }),
                 "{codec:?}: {err}"
             );
         }

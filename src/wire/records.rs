@@ -17,11 +17,14 @@
 //! base sequence, other headers in their order, duplicates included) is kept as it was. eventgate
 //! has its own codec rather than the `kafka-protocol` crate's because that one keeps headers in a map
 //! (losing duplicate keys) and sizes vectors from wire counts before checking them.
+//!
+//! Compressed sections go through [`compression`]: this module depends on it, it does not depend on
+//! this one. A [`CodecError`] becomes the [`RecordError`] variant of the same name.
 
 use bytes::{BufMut, BytesMut};
 
 use super::WireError;
-use super::compression::{self, Codec, Framing};
+use super::compression::{self, Codec, CodecError, Framing};
 use super::reader::Reader;
 
 /// Bytes before the first record: the batch header up to and including `recordCount`.
@@ -50,6 +53,17 @@ pub enum RecordError {
     TooLarge { limit: usize },
     #[error("record batch says {declared} records but holds {found}")]
     RecordCount { declared: i32, found: usize },
+}
+
+impl From<CodecError> for RecordError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::UnknownCodec(n) => Self::UnknownCodec(n),
+            CodecError::Decompress { codec, reason } => Self::Decompress { codec, reason },
+            CodecError::Compress { codec, reason } => Self::Compress { codec, reason },
+            CodecError::TooLarge { limit } => Self::TooLarge { limit },
+        }
+    }
 }
 
 /// The fixed fields of a batch.
@@ -91,7 +105,7 @@ impl BatchHeader {
     }
 
     pub fn codec(&self) -> Result<Codec, RecordError> {
-        Codec::from_attributes(self.attributes)
+        Ok(Codec::from_attributes(self.attributes)?)
     }
 
     /// Control batches (transaction markers) carry no user records.

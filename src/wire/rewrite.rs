@@ -185,7 +185,7 @@ fn addresses(
                 s.swap(b.broker_id.0, &mut b.host, &mut b.port);
             }
         })?,
-        ApiKey::Produce => return recode_produce_response(version, frame, s.map, |_| {}).map(Some),
+        ApiKey::Produce => endpoints!(ProduceResponse, "Produce"),
         ApiKey::Fetch => endpoints!(FetchResponse, "Fetch"),
         ApiKey::ShareFetch => endpoints!(ShareFetchResponse, "ShareFetch"),
         ApiKey::ShareAcknowledge => endpoints!(ShareAcknowledgeResponse, "ShareAcknowledge"),
@@ -194,22 +194,15 @@ fn addresses(
     s.finish(out).map(Some)
 }
 
-/// Decodes a Produce response (v3+), rewrites its `node_endpoints`, lets `edit` change it, and
-/// encodes it again. Used when eventgate merges its own partition errors into a broker's answer.
+/// Decodes a Produce response (v3+), lets `edit` change it, and encodes it again. Used when
+/// eventgate merges its own partition errors into a broker's answer (addresses in it are the
+/// addresses stage's, which sees the answer afterwards).
 pub fn recode_produce_response(
     version: i16,
     frame: &Bytes,
-    map: &mut impl AddressMap,
     edit: impl FnOnce(&mut ProduceResponse),
 ) -> Result<Bytes, RewriteError> {
-    let mut s = Swapper { map, err: None };
-    let out = recode::<ProduceResponse>("Produce", ApiKey::Produce, version, frame, |m| {
-        for n in &mut m.node_endpoints {
-            s.swap(n.node_id.0, &mut n.host, &mut n.port);
-        }
-        edit(m);
-    })?;
-    s.finish(out)
+    Ok(recode::<ProduceResponse>("Produce", ApiKey::Produce, version, frame, edit)?)
 }
 
 fn api_versions(version: i16, frame: &Bytes) -> Result<Option<Bytes>, RewriteError> {

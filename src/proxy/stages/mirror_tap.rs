@@ -1,0 +1,125 @@
+//! The mirror tap: once the broker has answered a Produce request, the partitions it accepted go
+//! to the CloudEvents mirror with the offsets it assigned ([`crate::mirror::Mirror::submit`], which
+//! never waits). What goes is what the produce stage listed in the request's notes ([`ToMirror`]):
+//! the very bytes forwarded, with their validation outcomes. Partitions the broker refused are not
+//! mirrored: nothing is mirrored that Kafka did not store.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+
+use super::produce::ToMirror;
+use crate::mirror::Job;
+use crate::proxy::chain::{AnswerCtx, AnswerHook, Ctx, Flow, Request, Stage, StageError};
+use crate::proxy::produce::Mirrored;
+use crate::wire::header::response_header_len;
+use crate::wire::scan;
+
+pub struct MirrorTap;
+
+impl Stage for MirrorTap {
+    fn name(&self) -> &'static str {
+        "mirror_tap"
+    }
+
+    fn wants(&self, api_key: i16, api_version: i16) -> bool {
+        // Message sets (v0–v2) carry no headers and no batch framing: they are not mirrored.
+        api_key == ApiKey::Produce as i16 && api_version >= 3
+    }
+
+    fn on_request(&self, _: &Ctx<'_>, req: &mut Request) -> Result<Flow, StageError> {
+        if let Some(ToMirror(parts)) = req.notes.remove::<ToMirror>() {
+            req.on_answer(Tap(parts));
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Hands the accepted partitions of one answer to the mirror.
+struct Tap(Vec<Mirrored>);
+
+impl AnswerHook for Tap {
+    fn stage(&self) -> &'static str {
+        "mirror_tap"
+    }
+
+    fn on_answer(self: Box<Self>, cx: &AnswerCtx<'_>, answer: Bytes) -> Result<Option<Bytes>, StageError> {
+        let Some(mirror) = &cx.gw.mirror else { return Ok(Some(answer)) };
+        for job in accepted(cx.api_version, &answer, self.0)? {
+            mirror.submit(job);
+        }
+        Ok(Some(answer))
+    }
+}
+
+/// The jobs of the partitions the broker accepted, with their offsets; the answer is scanned in
+/// place, not decoded.
+fn accepted(version: i16, answer: &Bytes, parts: Vec<Mirrored>) -> Result<Vec<Job>, crate::wire::WireError> {
+    let hlen = response_header_len(ApiKey::Produce, version, answer.get(4..).unwrap_or_default())?;
+    let mut offsets = HashMap::new();
+    scan::produce_response(&answer[4 + hlen..], version, |p| {
+        if p.error_code == 0 {
+            offsets.insert((p.topic, p.partition), (p.base_offset, p.log_append_time));
+        }
+    })?;
+    Ok(parts
+        .into_iter()
+        .filter_map(|part| {
+            let &(base, append) = offsets.get(&(part.topic.as_bytes(), part.partition))?;
+            Some(Job {
+                topic: part.topic,
+                partition: part.partition,
+                base_offset: Some(base),
+                log_append_time: append,
+                records: part.records,
+                outcomes: part.outcomes,
+                route: part.route,
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::ProduceResponse;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+    use crate::proxy::stages::testing::response_frame;
+
+    fn part(topic: &str, partition: i32) -> Mirrored {
+        Mirrored { topic: topic.into(), partition, records: Bytes::from_static(b"r"), outcomes: None, route: None }
+    }
+
+    #[test]
+    fn only_what_the_broker_accepted_is_mirrored_with_its_offset() {
+        let mut resp = ProduceResponse::default();
+        resp.responses.push(
+            TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_responses(vec![
+                    PartitionProduceResponse::default().with_index(0).with_base_offset(40).with_log_append_time_ms(-1),
+                    PartitionProduceResponse::default().with_index(1).with_error_code(6).with_base_offset(-1),
+                ]),
+        );
+        let answer = response_frame(ApiKey::Produce, 9, 1, &resp);
+        let jobs = accepted(9, &answer, vec![part("t", 0), part("t", 1), part("u", 0)]).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!((&*jobs[0].topic, jobs[0].partition, jobs[0].base_offset), ("t", 0, Some(40)));
+    }
+
+    #[test]
+    fn requests_without_parts_to_mirror_get_no_hook() {
+        let frame = crate::proxy::stages::testing::request(
+            ApiKey::Produce,
+            9,
+            1,
+            &kafka_protocol::messages::ProduceRequest::default().with_acks(-1),
+        );
+        let (_, req) = crate::proxy::stages::testing::request_through(&MirrorTap, frame);
+        assert!(req.into_hooks().is_empty());
+    }
+}
