@@ -474,4 +474,4 @@ fn local_answer(meta: &RequestMeta, merge: &Merge) -> Result<Bytes, WireError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

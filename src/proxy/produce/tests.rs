@@ -11,11 +11,11 @@ use crate::validate::{Catalog, Policies, UnknownTopic, compile};
 use crate::wire::compression::{Codec, Framing};
 use crate::wire::records::{BatchHeader, RawBatch, records, write_batch, write_record};
 
-const GOOD: &str = r#"{"lumens":1,"sentAt":"2026-01-01T00:00:00Z"}"#;
-const BAD: &str = r#"{"lumens":-1,"sentAt":"2026-01-01T00:00:00Z"}"#;
-const TOPIC: &str = "event-gateway-demo";
+pub(crate) const GOOD: &str = r#"{"lumens":1,"sentAt":"2026-01-01T00:00:00Z"}"#;
+pub(crate) const BAD: &str = r#"{"lumens":-1,"sentAt":"2026-01-01T00:00:00Z"}"#;
+pub(crate) const TOPIC: &str = "event-gateway-demo";
 
-fn validation(policies: Policies) -> Validation {
+pub(crate) fn validation(policies: Policies) -> Validation {
     let v = Validation::new(policies);
     let doc = compile("demo", load(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/asyncapi/demo.yaml"))).unwrap())
         .unwrap();
@@ -24,7 +24,7 @@ fn validation(policies: Policies) -> Validation {
 }
 
 /// The demo channel says `annotate`; a configured override makes it `reject`.
-fn reject() -> Policies {
+pub(crate) fn reject() -> Policies {
     let mut p = Policies::default();
     p.overrides.insert(TOPIC.into(), Policy::Reject);
     p
@@ -42,7 +42,7 @@ fn batch(values: &[&str]) -> Bytes {
 }
 
 /// A Produce request frame: (topic, partition, values) triples.
-fn request(version: i16, acks: i16, parts: &[(&str, i32, &[&str])]) -> (RequestMeta, Bytes) {
+pub(crate) fn request(version: i16, acks: i16, parts: &[(&str, i32, &[&str])]) -> (RequestMeta, Bytes) {
     let mut topics: Vec<TopicProduceData> = Vec::new();
     for (topic, p, values) in parts {
         let data = PartitionProduceData::default().with_index(*p).with_records(Some(batch(values)));
@@ -61,7 +61,7 @@ fn request(version: i16, acks: i16, parts: &[(&str, i32, &[&str])]) -> (RequestM
     (RequestMeta::peek(&frame).unwrap(), frame)
 }
 
-fn decode_request(frame: &Bytes, meta: &RequestMeta) -> ProduceRequest {
+pub(crate) fn decode_request(frame: &Bytes, meta: &RequestMeta) -> ProduceRequest {
     let mut body = frame.slice(meta.body_offset(frame).unwrap()..);
     ProduceRequest::decode(&mut body, meta.api_version).unwrap()
 }
