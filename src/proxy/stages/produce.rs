@@ -91,3 +91,66 @@ impl AnswerHook for MergeRefusals {
         Ok(Some(merged))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kafka_protocol::messages::ProduceResponse;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+    use crate::proxy::Gateway;
+    use crate::proxy::chain::{Session, answer};
+    use crate::proxy::produce::tests::{BAD, GOOD, TOPIC, reject, request, validation};
+    use crate::proxy::stages::testing::{decode_response, response_frame};
+    use crate::validate::batch::codes;
+
+    fn run(frame: Bytes) -> (Flow, Request, Arc<Gateway>) {
+        let config = crate::config::Settings::default().resolve().expect("default settings resolve");
+        let gw = Gateway::new(config, Arc::new(validation(reject())), None);
+        let session = Session { peer: "127.0.0.1:1".parse().expect("address") };
+        let meta = crate::wire::header::RequestMeta::peek(&frame).expect("header");
+        let mut req = Request::new(meta, frame);
+        let flow = Validate.on_request(&Ctx { gw: &gw, session: &session }, &mut req).expect("inspected");
+        (flow, req, gw)
+    }
+
+    #[test]
+    fn valid_records_pass_as_they_came_with_no_hook() {
+        let (_, frame) = request(9, -1, &[(TOPIC, 0, &[GOOD])]);
+        let (flow, req, _) = run(frame.clone());
+        assert!(matches!(flow, Flow::Next));
+        assert_eq!(req.frame, frame);
+        assert!(req.into_hooks().is_empty());
+    }
+
+    #[test]
+    fn a_refused_partition_is_merged_into_the_broker_s_answer() {
+        let (_, frame) = request(9, -1, &[(TOPIC, 0, &[GOOD]), (TOPIC, 1, &[BAD])]);
+        let (flow, req, gw) = run(frame);
+        assert!(matches!(flow, Flow::Next));
+        let mut resp = ProduceResponse::default();
+        resp.responses.push(
+            TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partition_responses(vec![PartitionProduceResponse::default().with_index(0)]),
+        );
+        let cx = AnswerCtx { gw: &gw, api_key: req.meta.api_key, api_version: 9 };
+        let out = answer(&cx, req.into_hooks(), response_frame(ApiKey::Produce, 9, 9, &resp)).unwrap().unwrap();
+        let merged: ProduceResponse = decode_response(ApiKey::Produce, 9, &out);
+        let codes: Vec<(i32, i16)> =
+            merged.responses[0].partition_responses.iter().map(|p| (p.index, p.error_code)).collect();
+        assert_eq!(codes, vec![(0, 0), (1, codes::INVALID_RECORD)]);
+    }
+
+    #[test]
+    fn all_refused_is_answered_locally_and_acks_zero_closes() {
+        let (_, frame) = request(9, -1, &[(TOPIC, 0, &[BAD])]);
+        assert!(matches!(run(frame).0, Flow::Answer(_)));
+        let (_, frame) = request(9, 0, &[(TOPIC, 0, &[BAD])]);
+        assert!(matches!(run(frame).0, Flow::Close { forward: false, .. }));
+    }
+}
