@@ -80,7 +80,7 @@ run_target() {
       case $name in baseline*) bin=${BASELINE_BIN:?set BASELINE_BIN for the baseline targets} ;; esac
       case $name in
         eventgate-valid|eventgate-annotate|baseline-valid|baseline-annotate) mode_args="--spec benches/bench-asyncapi.yaml" ;;
-        eventgate-mirror|eventgate-ws)
+        *-mirror|*-ws)
           local nport ndir
           nport=$(free_port); ndir=$(mktemp -d)
           nice -n "$NATS_NICE" "$(nats_server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
@@ -114,7 +114,7 @@ run_target() {
   after=$(proc_cpu "$name" "$proxy_pid")
   # The mirror publishes asynchronously: let it catch up before the latency run, and time it.
   local drained=0
-  if [ "$name" = eventgate-mirror ]; then
+  if [[ $name == *-mirror ]]; then
     local t0 q
     t0=$(date +%s.%N)
     for _ in $(seq 1 1200); do

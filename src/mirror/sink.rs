@@ -246,6 +246,8 @@ struct SinkMetrics {
     refused_retry: Counter,
     send_failed: Counter,
     confirmed: Counter,
+    /// `eventgate_mirror_refused_events_total`, by the reasons [`refusal_reason`] gives.
+    refused: [(&'static str, Counter); 3],
 }
 
 /// Publishes to JetStream as a pipeline (see the module doc): every event is a plain publish
@@ -320,6 +322,8 @@ impl JetStreamSink {
                 refused_retry: retries("refused"),
                 send_failed: retries("send_failed"),
                 confirmed: counter!("eventgate_mirror_unanswered_found_stored_total"),
+                refused: ["stream_full", "subject_full", "message_too_large"]
+                    .map(|r| (r, counter!("eventgate_mirror_refused_events_total", "reason" => r))),
             },
             degraded: false,
         }
@@ -480,7 +484,9 @@ impl JetStreamSink {
             }
             Answer::Refused { reason, description } => {
                 self.pending[i].state = State::Done;
-                counter!("eventgate_mirror_refused_events_total", "reason" => reason).increment(1);
+                if let Some((_, c)) = self.metrics.refused.iter().find(|(r, _)| *r == reason) {
+                    c.increment(1);
+                }
                 if let Some(n) = refused_log().note() {
                     tracing::warn!(
                         id = self.pending[i].event.id,
