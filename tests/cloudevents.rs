@@ -8,10 +8,8 @@ mod conformance;
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
 use serde_json::Value;
 use support::*;
 
@@ -43,40 +41,6 @@ channels:
           properties:
             email: {type: string}
 ";
-
-/// Every event in the stream, once `expect` have arrived and no more come.
-async fn read_all(url: &str, expect: usize, deadline: Duration) -> Vec<Value> {
-    let client = async_nats::connect(url).await.expect("connect to NATS");
-    let js = jetstream::new(client);
-    let start = Instant::now();
-    let stream = loop {
-        match js.get_stream("EVENTGATE").await {
-            Ok(s) => break s,
-            Err(e) if start.elapsed() > deadline => panic!("no stream: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    let mut out = Vec::new();
-    while start.elapsed() < deadline {
-        // No filter: accepted and refused records alike, whatever the subjects look like.
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        out.clear();
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(700), messages.next()).await {
-            out.push(serde_json::from_slice(&m.payload).expect("every event is JSON"));
-        }
-        if out.len() >= expect {
-            break;
-        }
-    }
-    out
-}
 
 fn produce(eg: &Eventgate, topic: &str, values: &[&str], prefix: &str, extra: &[&str]) -> Value {
     let mut args = vec!["--prefix", prefix];
@@ -150,7 +114,12 @@ async fn every_mirrored_event_is_a_valid_cloudevent_and_forged_verdicts_do_not_s
     let refused = produce(&eg, USERS, &["{}"], "ur", &FORGED);
     assert_eq!(refused["delivered"], 0, "{refused}");
 
-    let events = read_all(&nats.url(), delivered + 1, Duration::from_secs(60)).await;
+    // No filter: accepted and refused records alike, whatever the subjects look like.
+    let events: Vec<Value> = support::stream::read_stream(&nats.url(), "", delivered + 1, Duration::from_secs(60))
+        .await
+        .into_iter()
+        .map(|s| s.event)
+        .collect();
     assert!(events.len() > delivered, "{} events for {delivered} records and a refused one", events.len());
     conformance::assert_all_conform(&conformance::validator(), &events);
 

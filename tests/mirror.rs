@@ -3,12 +3,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use support::stream::{Stored, read_stream};
 use support::websocket::{next_events, ws};
 use support::*;
 use tokio_tungstenite::tungstenite;
@@ -26,58 +27,6 @@ fn start_gateway(tansu: &Tansu, nats: Option<&Nats>, extra: &[&str]) -> Eventgat
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     Eventgate::start(&tansu.addr(), &refs)
-}
-
-/// One stored event: its stream sequence, its NATS headers and its JSON.
-struct Stored {
-    headers: BTreeMap<String, String>,
-    event: Value,
-}
-
-/// Reads every event under `filter` from the stream until `expect` arrived and no more come.
-async fn read_stream(url: &str, filter: &str, expect: usize, deadline: Duration) -> Vec<Stored> {
-    let client = async_nats::connect(url).await.expect("connect to NATS");
-    let js = jetstream::new(client);
-    let start = Instant::now();
-    let stream = loop {
-        match js.get_stream("EVENTGATE").await {
-            Ok(s) => break s,
-            Err(e) if start.elapsed() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("no stream: {e}"),
-        }
-    };
-    let mut out: Vec<Stored> = Vec::new();
-    while start.elapsed() < deadline {
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        out.clear();
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(700), messages.next()).await {
-            let headers = m
-                .headers
-                .as_ref()
-                .map(|h| {
-                    h.iter()
-                        .map(|(k, v)| (k.to_string(), v.first().map(|x| x.as_str().to_owned()).unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Stored { headers, event: serde_json::from_slice(&m.payload).expect("event is JSON") });
-        }
-        if out.len() >= expect {
-            break;
-        }
-    }
-    out
 }
 
 /// `topic-partition-offset` of every record a producer had acknowledged.

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{ANNOTATION_HEADER, Outcome, Route};
 use crate::asyncapi::Policy;
-use crate::wire::compression::{Codec, decoder_claim};
+use crate::wire::compression::{Codec, CodecError, decoder_claim};
 use crate::wire::records::{self, RecordError, put_varint, write_batch, write_record_with_header};
 
 /// Kafka error codes eventgate answers with.
@@ -130,7 +130,7 @@ fn over_budget(budget: &Budget) -> PartitionResult {
 
 fn unreadable(e: RecordError, budget: &Budget) -> PartitionResult {
     let code = match e {
-        RecordError::TooLarge { .. } => return over_budget(budget),
+        RecordError::Codec(CodecError::TooLarge { .. }) => return over_budget(budget),
         RecordError::Magic(_) => codes::UNSUPPORTED_FOR_MESSAGE_FORMAT,
         _ => codes::CORRUPT_MESSAGE,
     };

@@ -19,7 +19,7 @@
 //! (losing duplicate keys) and sizes vectors from wire counts before checking them.
 //!
 //! Compressed sections go through [`compression`]: this module depends on it, it does not depend on
-//! this one. A [`CodecError`] becomes the [`RecordError`] variant of the same name.
+//! this one. A [`CodecError`] is carried as [`RecordError::Codec`].
 
 use bytes::{BufMut, BytesMut};
 
@@ -43,27 +43,11 @@ pub enum RecordError {
     Magic(i8),
     #[error("record batch CRC mismatch: header says {expected:#010x}, content has {actual:#010x}")]
     Crc { expected: u32, actual: u32 },
-    #[error("unknown compression codec {0}")]
-    UnknownCodec(u8),
-    #[error("cannot decompress {codec} record batch: {reason}")]
-    Decompress { codec: &'static str, reason: String },
-    #[error("cannot compress {codec} record batch: {reason}")]
-    Compress { codec: &'static str, reason: String },
-    #[error("record batch decompresses to more than {limit} bytes")]
-    TooLarge { limit: usize },
+    /// The codec is unknown, or (de)compression failed or went past its limit.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
     #[error("record batch says {declared} records but holds {found}")]
     RecordCount { declared: i32, found: usize },
-}
-
-impl From<CodecError> for RecordError {
-    fn from(e: CodecError) -> Self {
-        match e {
-            CodecError::UnknownCodec(n) => Self::UnknownCodec(n),
-            CodecError::Decompress { codec, reason } => Self::Decompress { codec, reason },
-            CodecError::Compress { codec, reason } => Self::Compress { codec, reason },
-            CodecError::TooLarge { limit } => Self::TooLarge { limit },
-        }
-    }
 }
 
 /// The fixed fields of a batch.

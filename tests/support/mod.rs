@@ -386,6 +386,68 @@ impl Nats {
     }
 }
 
+pub mod stream {
+    //! Reading the mirror's JetStream stream back.
+    use std::time::{Duration, Instant};
+
+    use async_nats::jetstream::{self, consumer};
+    use futures_util::StreamExt;
+    use serde_json::Value;
+
+    /// One stored event: its stream sequence, its NATS headers and its JSON.
+    pub struct Stored {
+        pub headers: std::collections::BTreeMap<String, String>,
+        pub event: Value,
+    }
+
+    /// Reads every event under `filter` (empty: all) from the `EVENTGATE` stream until `expect`
+    /// arrived and no more come.
+    pub async fn read_stream(url: &str, filter: &str, expect: usize, deadline: Duration) -> Vec<Stored> {
+        let client = async_nats::connect(url).await.expect("connect to NATS");
+        let js = jetstream::new(client);
+        let start = Instant::now();
+        let stream = loop {
+            match js.get_stream("EVENTGATE").await {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no stream: {e}"),
+            }
+        };
+        let mut out: Vec<Stored> = Vec::new();
+        while start.elapsed() < deadline {
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: filter.to_owned(),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .expect("consumer");
+            let mut messages = consumer.messages().await.expect("messages");
+            out.clear();
+            while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(700), messages.next()).await {
+                let headers = m
+                    .headers
+                    .as_ref()
+                    .map(|h| {
+                        h.iter()
+                            .map(|(k, v)| (k.to_string(), v.first().map(|x| x.as_str().to_owned()).unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Stored { headers, event: serde_json::from_slice(&m.payload).expect("event is JSON") });
+            }
+            if out.len() >= expect {
+                break;
+            }
+        }
+        out
+    }
+}
+
 /// `count` records of `topic` (partitions 0..`partitions`), read with librdkafka from `bootstrap`.
 pub fn consume(bootstrap: &str, topic: &str, count: usize, partitions: u32) -> Vec<Value> {
     let v = client(
