@@ -136,6 +136,20 @@ pub struct AnswerCtx<'a> {
     pub api_version: i16,
 }
 
+impl AnswerCtx<'_> {
+    /// What goes on after a hook that may have rewritten `answer`: the new frame (counted in
+    /// `eventgate_kafka_responses_rewritten_total`), or the original when nothing changed.
+    pub fn rewritten(&self, answer: Bytes, new: Option<Bytes>) -> Option<Bytes> {
+        match new {
+            Some(new) => {
+                self.gw.metrics.responses_rewritten.increment(1);
+                Some(new)
+            }
+            None => Some(answer),
+        }
+    }
+}
+
 /// A behaviour of one stage: sees the requests it wants.
 pub trait Stage: Send + Sync {
     /// Names the stage in errors and logs.

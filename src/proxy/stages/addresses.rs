@@ -45,13 +45,8 @@ impl AnswerHook for Rewrite {
 
     fn on_answer(self: Box<Self>, cx: &AnswerCtx<'_>, answer: Bytes) -> Result<Option<Bytes>, StageError> {
         let mut map = |id: i32, host: &str, port: i32| cx.gw.advertise(id, host, port);
-        match rewrite_response(action(cx.api_key, cx.api_version), cx.api_version, &answer, &mut map)? {
-            Some(rewritten) => {
-                cx.gw.metrics.responses_rewritten.increment(1);
-                Ok(Some(rewritten))
-            }
-            None => Ok(Some(answer)),
-        }
+        let new = rewrite_response(action(cx.api_key, cx.api_version), cx.api_version, &answer, &mut map)?;
+        Ok(cx.rewritten(answer, new))
     }
 }
 

@@ -47,13 +47,8 @@ impl AnswerHook for Trim {
                 reason: "ApiVersions answers carry no addresses".into(),
             })
         };
-        match rewrite_response(ResponseAction::ApiVersions, cx.api_version, &answer, &mut no_addresses)? {
-            Some(trimmed) => {
-                cx.gw.metrics.responses_rewritten.increment(1);
-                Ok(Some(trimmed))
-            }
-            None => Ok(Some(answer)),
-        }
+        let new = rewrite_response(ResponseAction::ApiVersions, cx.api_version, &answer, &mut no_addresses)?;
+        Ok(cx.rewritten(answer, new))
     }
 }
 

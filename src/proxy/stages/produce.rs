@@ -87,8 +87,7 @@ impl AnswerHook for MergeRefusals {
         let version = cx.api_version;
         let merge = self.0;
         let merged = recode_produce_response(version, &answer, |resp| produce::merge_into(resp, &merge, version))?;
-        cx.gw.metrics.responses_rewritten.increment(1);
-        Ok(Some(merged))
+        Ok(cx.rewritten(answer, Some(merged)))
     }
 }
 
