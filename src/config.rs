@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::asyncapi::Policy;
 use crate::mirror::MirrorConfig;
 use crate::nats::{Discard, NatsConfig, Storage};
+use crate::tls::ClientAuth;
 use crate::validate::{Policies, UnknownTopic};
 
 /// Why a configuration could not be used.
@@ -239,6 +240,52 @@ settings! {
         #[arg(long, env = "EVENTGATE_CONNECT_TIMEOUT_MS")]
         connect_timeout_ms: Option<u64> = "10000",
 
+        /// PEM certificate (chain) of the Kafka listeners: with `--tls-key`, clients must speak TLS (1.2 or 1.3).
+        #[arg(long, env = "EVENTGATE_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
+
+        /// PEM private key of `--tls-cert`.
+        #[arg(long, env = "EVENTGATE_TLS_KEY")]
+        tls_key: Option<PathBuf>,
+
+        /// PEM CA certificates that sign the clients' certificates (mutual TLS).
+        #[arg(long, env = "EVENTGATE_TLS_CLIENT_CA")]
+        tls_client_ca: Option<PathBuf>,
+
+        /// Client certificates: none, requested (a client without one is let in, one with an invalid one is not) or
+        /// required.
+        #[arg(long, env = "EVENTGATE_TLS_CLIENT_AUTH")]
+        tls_client_auth: Option<ClientAuth> = computed("required with --tls-client-ca, else none"),
+
+        /// How often the TLS certificate, key and client CA files are checked for changes and reloaded, in
+        /// milliseconds.
+        #[arg(long, env = "EVENTGATE_TLS_RELOAD_MS")]
+        tls_reload_ms: Option<u64> = "10000",
+
+        /// Connect to the brokers over TLS.
+        #[arg(long, env = "EVENTGATE_UPSTREAM_TLS", num_args = 0..=1, default_missing_value = "true")]
+        upstream_tls: Option<bool> = "false",
+
+        /// PEM CA certificates that sign the brokers' certificates (default: the platform's roots).
+        #[arg(long, env = "EVENTGATE_UPSTREAM_CA")]
+        upstream_ca: Option<PathBuf>,
+
+        /// PEM client certificate eventgate presents to the brokers (mutual TLS), with `--upstream-key`.
+        #[arg(long, env = "EVENTGATE_UPSTREAM_CERT")]
+        upstream_cert: Option<PathBuf>,
+
+        /// PEM private key of `--upstream-cert`.
+        #[arg(long, env = "EVENTGATE_UPSTREAM_KEY")]
+        upstream_key: Option<PathBuf>,
+
+        /// Name to verify in every broker's certificate instead of the host it is reached at.
+        #[arg(long, env = "EVENTGATE_UPSTREAM_TLS_SERVER_NAME")]
+        upstream_tls_server_name: Option<String>,
+
+        /// Do not verify the brokers' certificates (a lab only: logged as a warning).
+        #[arg(long, env = "EVENTGATE_UPSTREAM_TLS_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+        upstream_tls_insecure: Option<bool> = "false",
+
         /// On SIGTERM/SIGINT, time allowed for in-flight requests to finish, in milliseconds.
         #[arg(long, env = "EVENTGATE_SHUTDOWN_TIMEOUT_MS")]
         shutdown_timeout_ms: Option<u64> = "10000",
@@ -405,6 +452,10 @@ pub struct Config {
     pub max_broker_listeners: usize,
     pub broker_forget: Duration,
     pub connect_timeout: Duration,
+    /// TLS on the Kafka listeners.
+    pub tls: Option<crate::tls::ServerSettings>,
+    /// TLS toward the brokers.
+    pub upstream_tls: Option<crate::tls::UpstreamSettings>,
     pub shutdown_timeout: Duration,
     pub specs: Vec<PathBuf>,
     pub spec_dir: Option<PathBuf>,
@@ -538,6 +589,46 @@ impl Settings {
             buffer_bytes: v.mirror_buffer_bytes,
             max_decompressed_bytes: policies.max_decompressed_bytes,
         };
+        let tls = match (v.tls_cert, v.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::ServerSettings {
+                cert,
+                key,
+                client_auth: v.tls_client_auth.unwrap_or(match v.tls_client_ca {
+                    Some(_) => ClientAuth::Required,
+                    None => ClientAuth::None,
+                }),
+                client_ca: v.tls_client_ca,
+                reload: Duration::from_millis(v.tls_reload_ms.max(10)),
+            }),
+            (None, None) => {
+                if v.tls_client_ca.is_some() || v.tls_client_auth.is_some_and(|a| a != ClientAuth::None) {
+                    return Err(invalid("tls_client_ca", "client certificates need --tls-cert and --tls-key"));
+                }
+                None
+            }
+            _ => return Err(invalid("tls_cert", "--tls-cert and --tls-key go together")),
+        };
+        if tls.as_ref().is_some_and(|t| t.client_auth != ClientAuth::None && t.client_ca.is_none()) {
+            return Err(invalid("tls_client_auth", "requested or required client certificates need --tls-client-ca"));
+        }
+        let upstream_settings = crate::tls::UpstreamSettings {
+            ca: v.upstream_ca,
+            cert: v.upstream_cert,
+            key: v.upstream_key,
+            server_name: v.upstream_tls_server_name,
+            insecure: v.upstream_tls_insecure,
+        };
+        let upstream_tls = if v.upstream_tls {
+            if upstream_settings.cert.is_some() != upstream_settings.key.is_some() {
+                return Err(invalid("upstream_cert", "--upstream-cert and --upstream-key go together"));
+            }
+            Some(upstream_settings)
+        } else {
+            if upstream_settings != crate::tls::UpstreamSettings::default() {
+                return Err(invalid("upstream_tls", "the --upstream-ca/-cert/-key/-tls-* options need --upstream-tls"));
+            }
+            None
+        };
         let nats = v.nats_url.filter(|u| !u.is_empty()).map(|url| NatsConfig {
             url,
             stream: v.nats_stream,
@@ -570,6 +661,8 @@ impl Settings {
             max_broker_listeners,
             broker_forget: Duration::from_millis(v.broker_forget_ms),
             connect_timeout: Duration::from_millis(v.connect_timeout_ms),
+            tls,
+            upstream_tls,
             shutdown_timeout: Duration::from_millis(v.shutdown_timeout_ms),
             specs: v.spec,
             spec_dir,
@@ -825,7 +918,15 @@ mod tests {
             let env = format!("`{}`", arg.get_env().map(|e| e.to_string_lossy()).unwrap_or_default());
             let list = matches!(arg.get_action(), clap::ArgAction::Append);
             let expected = [
-                (1, if row[1].contains(' ') { format!("{flag} {}", row[1].split_once(' ').unwrap().1) } else { flag }),
+                // A flag with a value shows it (`--listen ADDR`); a switch shows none (`--upstream-tls`).
+                (
+                    1,
+                    if row[1].contains(' ') {
+                        format!("{flag} {}", row[1].split_once(' ').unwrap().1)
+                    } else {
+                        format!("{flag}`")
+                    },
+                ),
                 (2, env),
                 (3, if list { format!("`{key}` (list)") } else { format!("`{key}`") }),
                 (

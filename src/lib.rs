@@ -17,5 +17,6 @@ pub mod proxy;
 pub mod server;
 pub mod specs;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 pub mod wire;

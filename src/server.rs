@@ -30,12 +30,16 @@ pub enum ServeError {
     Nats(#[from] NatsError),
     #[error("cannot start the mirror: {0}")]
     Mirror(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
 /// (for at most `shutdown_timeout`), lets the mirror catch up (bounded too) and returns.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     crate::telemetry::prometheus();
+    // Unreadable certificates fail the start, before anything listens.
+    let tls = crate::proxy::Tls::load(&config)?;
     let validation = Arc::new(Validation::new(config.policies.clone()));
     let background = tokio_util::sync::CancellationToken::new();
     let stop = Stop::default();
@@ -91,7 +95,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         memory: crate::http::ws::WsMemory::new(config.ws_max_buffered_bytes),
         metrics: crate::http::ws::WsMetrics::new(),
     };
-    let gw = Gateway::new(config, validation, Some(mirror));
+    let gw = Gateway::with_tls(config, validation, Some(mirror), tls);
     gw.listen().await?;
     let addr = gw.config.http_listen;
     crate::http::start(gw.clone(), store, ws).await.map_err(|source| ServeError::HttpListen { addr, source })?;

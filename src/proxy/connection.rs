@@ -150,6 +150,24 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
         );
         return;
     }
+    // Kafka frames are latency-sensitive and already batched by clients: no Nagle delay.
+    let _ = client.set_nodelay(true);
+    let client = match &gw.tls.server {
+        None => Halves::tcp(client),
+        Some(tls) => match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.acceptor().accept(client)).await {
+            Ok(Ok(stream)) => Halves::of(stream),
+            Ok(Err(e)) => {
+                gw.metrics.connection_errors.increment(1);
+                tracing::info!(%peer, error = %e, "connection closed: TLS handshake with the client failed");
+                return;
+            }
+            Err(_) => {
+                gw.metrics.connection_errors.increment(1);
+                tracing::info!(%peer, "connection closed: the client did not finish its TLS handshake in time");
+                return;
+            }
+        },
+    };
     let (broker, broker_addr, _outgoing) = match gw.connect(target).await {
         Ok(c) => c,
         Err(e) => {
@@ -158,10 +176,22 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
             return;
         }
     };
-    // Kafka frames are latency-sensitive and already batched by clients: no Nagle delay.
-    let _ = client.set_nodelay(true);
     let _ = broker.set_nodelay(true);
-    let result = drive(&gw, Session { peer }, Halves::tcp(client), Halves::tcp(broker)).await;
+    let broker = match &gw.tls.upstream {
+        None => Halves::tcp(broker),
+        Some(tls) => {
+            let host = crate::config::split_host_port(&broker_addr).map(|(h, _)| h.to_owned()).unwrap_or_default();
+            match tls.connect(&host, broker).await {
+                Ok(stream) => Halves::of(stream),
+                Err(e) => {
+                    gw.metrics.connection_errors.increment(1);
+                    tracing::warn!(%peer, broker = %broker_addr, error = %e, "closing client connection: broker unreachable");
+                    return;
+                }
+            }
+        }
+    };
+    let result = drive(&gw, Session { peer }, client, broker).await;
     match result {
         Ok(()) => tracing::debug!(%peer, broker = %broker_addr, "connection closed"),
         Err(e) => {

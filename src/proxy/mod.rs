@@ -74,11 +74,37 @@ pub struct Gateway {
     pub mirror: Option<Arc<Mirror>>,
     /// The stages every request and answer go through ([`stages::standard`]).
     pub chain: chain::Chain,
+    /// TLS toward the clients and toward the brokers, when configured.
+    pub tls: Tls,
     next_bootstrap: AtomicUsize,
 }
 
+/// The TLS sides of a gateway (see [`crate::tls`]).
+#[derive(Default)]
+pub struct Tls {
+    /// The Kafka listeners speak TLS.
+    pub server: Option<Arc<crate::tls::Server>>,
+    /// eventgate connects to the brokers over TLS.
+    pub upstream: Option<crate::tls::Upstream>,
+}
+
+impl Tls {
+    /// Loads what `config` asks for; any unreadable file fails the start.
+    pub fn load(config: &Config) -> Result<Self, crate::tls::TlsError> {
+        Ok(Self {
+            server: config.tls.clone().map(crate::tls::Server::load).transpose()?,
+            upstream: config.upstream_tls.as_ref().map(crate::tls::Upstream::load).transpose()?,
+        })
+    }
+}
+
 impl Gateway {
+    /// A gateway without TLS.
     pub fn new(config: Config, validation: Arc<Validation>, mirror: Option<Arc<Mirror>>) -> Arc<Self> {
+        Self::with_tls(config, validation, mirror, Tls::default())
+    }
+
+    pub fn with_tls(config: Config, validation: Arc<Validation>, mirror: Option<Arc<Mirror>>, tls: Tls) -> Arc<Self> {
         Arc::new(Self {
             nodes: NodeRegistry::new(config.max_broker_listeners),
             connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -92,6 +118,7 @@ impl Gateway {
             validation_metrics: ValidationMetrics::new(),
             mirror,
             chain: stages::standard(),
+            tls,
             next_bootstrap: AtomicUsize::new(0),
         })
     }
@@ -113,6 +140,9 @@ impl Gateway {
             self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id), self.shutdown.clone()));
         }
         self.tasks.spawn(forget_brokers(self.clone()));
+        if let Some(server) = &self.tls.server {
+            self.tasks.spawn(server.clone().watch(self.shutdown.clone()));
+        }
         Ok(addr)
     }
 
