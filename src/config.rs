@@ -286,6 +286,15 @@ settings! {
         #[arg(long, env = "EVENTGATE_UPSTREAM_TLS_INSECURE", num_args = 0..=1, default_missing_value = "true")]
         upstream_tls_insecure: Option<bool> = "false",
 
+        /// PEM certificate (chain) of the admin listener: with `--http-tls-key`, it speaks HTTPS only (the spec API
+        /// and `/ws` carry the admin token).
+        #[arg(long, env = "EVENTGATE_HTTP_TLS_CERT")]
+        http_tls_cert: Option<PathBuf>,
+
+        /// PEM private key of `--http-tls-cert`.
+        #[arg(long, env = "EVENTGATE_HTTP_TLS_KEY")]
+        http_tls_key: Option<PathBuf>,
+
         /// On SIGTERM/SIGINT, time allowed for in-flight requests to finish, in milliseconds.
         #[arg(long, env = "EVENTGATE_SHUTDOWN_TIMEOUT_MS")]
         shutdown_timeout_ms: Option<u64> = "10000",
@@ -456,6 +465,8 @@ pub struct Config {
     pub tls: Option<crate::tls::ServerSettings>,
     /// TLS toward the brokers.
     pub upstream_tls: Option<crate::tls::UpstreamSettings>,
+    /// HTTPS on the admin listener.
+    pub http_tls: Option<crate::tls::ServerSettings>,
     pub shutdown_timeout: Duration,
     pub specs: Vec<PathBuf>,
     pub spec_dir: Option<PathBuf>,
@@ -611,6 +622,17 @@ impl Settings {
         if tls.as_ref().is_some_and(|t| t.client_auth != ClientAuth::None && t.client_ca.is_none()) {
             return Err(invalid("tls_client_auth", "requested or required client certificates need --tls-client-ca"));
         }
+        let http_tls = match (v.http_tls_cert, v.http_tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::ServerSettings {
+                cert,
+                key,
+                client_ca: None,
+                client_auth: ClientAuth::None,
+                reload: Duration::from_millis(v.tls_reload_ms.max(10)),
+            }),
+            (None, None) => None,
+            _ => return Err(invalid("http_tls_cert", "--http-tls-cert and --http-tls-key go together")),
+        };
         let upstream_settings = crate::tls::UpstreamSettings {
             ca: v.upstream_ca,
             cert: v.upstream_cert,
@@ -663,6 +685,7 @@ impl Settings {
             connect_timeout: Duration::from_millis(v.connect_timeout_ms),
             tls,
             upstream_tls,
+            http_tls,
             shutdown_timeout: Duration::from_millis(v.shutdown_timeout_ms),
             specs: v.spec,
             spec_dir,

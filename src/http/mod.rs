@@ -26,7 +26,7 @@ use axum::routing::{get, post, put};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -58,7 +58,12 @@ pub async fn start(gw: Arc<Gateway>, store: Arc<SpecStore>, ws: ws::WsState) -> 
     };
     let app = router(state, gw.config.max_spec_bytes);
     gw.tasks.spawn(accept_loop(gw.clone(), listener, app));
-    tracing::info!(%addr, max_connections = gw.config.http_max_connections, "admin HTTP listener ready");
+    tracing::info!(
+        %addr,
+        tls = gw.tls.http.is_some(),
+        max_connections = gw.config.http_max_connections,
+        "admin HTTP listener ready"
+    );
     Ok(addr)
 }
 
@@ -114,21 +119,38 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, app: Router) {
             continue;
         };
         let slot = ConnSlot { _held: Arc::new(Held { _permit: permit, _task: gw.tasks.token() }) };
-        gw.tasks.spawn(serve_connection(builder.clone(), stream, app.clone(), slot, gw.shutdown.clone()));
+        let _ = stream.set_nodelay(true);
+        let (builder, app, shutdown) = (builder.clone(), app.clone(), gw.shutdown.clone());
+        match &gw.tls.http {
+            None => gw.tasks.spawn(serve_connection(builder, stream, app, slot, shutdown)),
+            Some(tls) => {
+                let (acceptor, deadline) = (tls.acceptor(), gw.config.http_header_timeout);
+                gw.tasks.spawn(async move {
+                    // The handshake counts against the header deadline: a client that stalls in it
+                    // holds its slot no longer than one that stalls in its headers.
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(builder, tls, app, slot, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "admin HTTPS handshake failed"),
+                        Err(_) => tracing::debug!("admin HTTPS handshake took longer than the header timeout"),
+                    }
+                })
+            }
+        };
     }
 }
 
 /// Serves one admin connection (and hands it over when it upgrades to a websocket). On shutdown,
 /// a request in progress is finished and the connection closed; one that never got as far as a
 /// whole request head is closed at once (hyper would wait for that request).
-async fn serve_connection(
+async fn serve_connection<S>(
     builder: http1::Builder,
-    stream: TcpStream,
+    stream: S,
     app: Router,
     slot: ConnSlot,
     shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let app = TowerToHyperService::new(app);
     let held = slot.clone();
     let started = Arc::new(AtomicBool::new(false));

@@ -86,6 +86,8 @@ pub struct Tls {
     pub server: Option<Arc<crate::tls::Server>>,
     /// eventgate connects to the brokers over TLS.
     pub upstream: Option<crate::tls::Upstream>,
+    /// The admin listener speaks HTTPS.
+    pub http: Option<Arc<crate::tls::Server>>,
 }
 
 impl Tls {
@@ -94,6 +96,7 @@ impl Tls {
         Ok(Self {
             server: config.tls.clone().map(crate::tls::Server::load).transpose()?,
             upstream: config.upstream_tls.as_ref().map(crate::tls::Upstream::load).transpose()?,
+            http: config.http_tls.clone().map(crate::tls::Server::load).transpose()?,
         })
     }
 }
@@ -140,7 +143,7 @@ impl Gateway {
             self.tasks.spawn(accept_loop(self.clone(), listener, Target::Node(node_id), self.shutdown.clone()));
         }
         self.tasks.spawn(forget_brokers(self.clone()));
-        if let Some(server) = &self.tls.server {
+        for server in self.tls.server.iter().chain(&self.tls.http) {
             self.tasks.spawn(server.clone().watch(self.shutdown.clone()));
         }
         Ok(addr)
