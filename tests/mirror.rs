@@ -64,6 +64,9 @@ async fn every_acknowledged_record_appears_once_as_a_cloudevent() {
         assert_eq!(s.headers.get("Nats-Msg-Id").map(String::as_str), Some(id));
         assert_eq!(e["specversion"], "1.0");
         assert!(e["time"].as_str().unwrap().ends_with('Z'));
+        // Who produced it: librdkafka's default client.id (no SASL here, so no principal).
+        assert_eq!(e["clientid"], "rdkafka", "{e}");
+        assert!(e.get("principal").is_none(), "{e}");
         assert_eq!(
             id,
             format!(

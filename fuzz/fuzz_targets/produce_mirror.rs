@@ -120,6 +120,7 @@ fuzz_target!(|data: &[u8]| {
                 records: p.records,
                 outcomes: p.outcomes,
                 route: p.route,
+                producer: Default::default(),
             };
             check(&job);
         }

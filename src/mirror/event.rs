@@ -10,6 +10,7 @@
 //! | `datacontenttype` | the message's content type, else the record's `content-type` header, else inferred (below) |
 //! | `dataschema` | `urn:eventgate:spec:<doc>#<message pointer>`, the pointer percent-encoded |
 //! | `partition`, `offset`, `validation`, `validationerrors` | extensions; `offset` is a string (Kafka offsets are 64-bit) |
+//! | `principal`, `clientid` | extensions: who produced the record (SASL principal, Kafka `client.id`), when known |
 //! | `dataomitted`, `datasize` | extensions, when the event went out without its data |
 //! | `overridden` | extension: eventgate's extension names the producer had set itself (comma-separated) |
 //! | `wrapped` | extension: why a record that looked like a CloudEvent was mirrored like any other record |
@@ -43,7 +44,7 @@ use crate::validate::{CompiledMessage, Outcome};
 use crate::wire::records::Record;
 
 /// Extension attributes that only eventgate sets; a producer's values for them are dropped.
-/// `principal` and `clientid` are held for coming features.
+/// `principal` and `clientid` say who produced the record (see [`Context`]).
 pub const RESERVED: [&str; 10] = [
     "partition",
     "offset",
@@ -82,6 +83,9 @@ pub struct Context<'a> {
     pub timestamp_ms: i64,
     /// Largest event accepted downstream.
     pub max_bytes: usize,
+    /// The principal the producer authenticated as (`principal`), and its `client.id` (`clientid`).
+    pub principal: Option<&'a str>,
+    pub client_id: Option<&'a str>,
 }
 
 /// A built event.
@@ -572,6 +576,12 @@ impl Serialize for Out<'_> {
         m.serialize_entry("validation", ctx.outcome.label())?;
         if let Some(e) = self.errors {
             m.serialize_entry("validationerrors", e)?;
+        }
+        if let Some(p) = ctx.principal {
+            m.serialize_entry("principal", p)?;
+        }
+        if let Some(c) = ctx.client_id {
+            m.serialize_entry("clientid", c)?;
         }
         if ce.overridden.0 != 0 {
             m.serialize_entry("overridden", &Displayed(ce.overridden))?;

@@ -53,6 +53,14 @@ pub struct MirrorConfig {
     pub max_decompressed_bytes: usize,
 }
 
+/// Who sent a connection's records: the Kafka `client.id`, and the principal that authenticated
+/// (SASL; never the secret), once known. Every event carries them (`clientid`, `principal`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Producer {
+    pub client_id: Option<Arc<str>>,
+    pub principal: Option<Arc<str>>,
+}
+
 /// One partition's records, ready to be mirrored.
 #[derive(Debug)]
 pub struct Job {
@@ -66,6 +74,8 @@ pub struct Job {
     /// Each record's validation outcome (absent: the topic is not validated).
     pub outcomes: Option<Arc<Vec<Outcome>>>,
     pub route: Option<Arc<Route>>,
+    /// Who produced them.
+    pub producer: Producer,
 }
 
 struct MirrorMetrics {
@@ -353,6 +363,8 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 outcome,
                 timestamp_ms,
                 max_bytes: config.max_event_bytes,
+                principal: job.producer.principal.as_deref(),
+                client_id: job.producer.client_id.as_deref(),
             };
             let event = event::build(&rec, &ctx);
             out_bytes += event.json.len();

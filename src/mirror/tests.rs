@@ -48,6 +48,7 @@ async fn events_get_broker_offsets_and_deterministic_ids() {
         records: batch(3),
         outcomes: None,
         route: None,
+        producer: Default::default(),
     };
     let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id).collect();
     assert_eq!(ids, vec!["orders-3-100", "orders-3-101", "orders-3-102"]);
@@ -63,6 +64,7 @@ async fn refused_records_get_unique_ids_without_offsets() {
         records: batch(2),
         outcomes: None,
         route: None,
+        producer: Default::default(),
     };
     let events = events_of(&config(), &job).await;
     assert_eq!(events.len(), 2);
@@ -88,6 +90,7 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
         records: batch(n),
         outcomes: None,
         route: None,
+        producer: Default::default(),
     };
     assert!(!mirror.submit(job(50)));
     assert_eq!(mirror.queued_bytes.load(Ordering::Acquire), 0);
@@ -106,6 +109,7 @@ async fn a_batch_is_charged_for_every_record_it_claims() {
         records: batch(1_000),
         outcomes: None,
         route: None,
+        producer: Default::default(),
     };
     // lz4 makes the thousand records a few kilobytes; they are charged as a thousand records.
     assert!(job.records.len() < 20_000, "{}", job.records.len());
@@ -218,6 +222,8 @@ async fn every_event_of_a_mixed_workload_is_a_valid_cloudevent() {
         records: mixed_batch(&records),
         outcomes: Some(Arc::new(outcomes.clone())),
         route: Some(route.clone()),
+        // Who produced them goes on every event, and must keep it a valid CloudEvent.
+        producer: crate::mirror::Producer { client_id: Some("app-1".into()), principal: Some("alice".into()) },
     };
     // Refused by policy: no offset; and a topic no document describes.
     let refused = Job { base_offset: None, ..accepted_clone(&accepted) };
@@ -265,6 +271,7 @@ fn accepted_clone(job: &Job) -> Job {
         records: job.records.clone(),
         outcomes: job.outcomes.clone(),
         route: job.route.clone(),
+        producer: job.producer.clone(),
     }
 }
 

@@ -4,10 +4,10 @@
 //! through the hooks the stages left on it, in reverse order (an onion):
 //!
 //! ```text
-//!            ┌───────────── request ───────────────────────────────────────────────┐
-//!  client ──▶│ api_versions ─▶ addresses ─▶ produce ─▶ acks_zero ─▶ mirror_tap │──▶ broker
-//!  client ◀──│ api_versions ◀─ addresses ◀─ produce ◀─ acks_zero ◀─ mirror_tap │◀── broker
-//!            └───────────── answer (only the hooks a request registered) ─────────┘
+//!            ┌───────────── request ──────────────────────────────────────────────────────────┐
+//!  client ──▶│ api_versions ─▶ identity ─▶ addresses ─▶ produce ─▶ acks_zero ─▶ mirror_tap │──▶ broker
+//!  client ◀──│ api_versions ◀─ identity ◀─ addresses ◀─ produce ◀─ acks_zero ◀─ mirror_tap │◀── broker
+//!            └───────────── answer (only the hooks a request registered) ────────────────────┘
 //! ```
 //!
 //! The contract of a stage ([`Stage`]):
@@ -27,7 +27,8 @@
 //!   connection's answer side, after the correlation id was checked, in the reverse order of
 //!   registration; a hook that returns `None` ends the answer's way.
 //! - A stage is shared by every connection (`Send + Sync`, no `&mut self`): state of one request
-//!   travels in the request's notes and hooks, state of a connection in [`Session`].
+//!   travels in the request's notes and hooks, state of a connection in [`Session`] (`producer`,
+//!   and [`Session::with_state`] for a stage's own).
 //! - A stage never panics on peer input and never blocks for long (a large Produce request is
 //!   inspected in `block_in_place` by the stage that walks it). Its errors name it ([`StageError`]),
 //!   and close only this connection.
@@ -56,10 +57,10 @@ pub struct Request {
     pub notes: Notes,
 }
 
-/// Notes stages leave for later stages of the same request, one per type (like
-/// `http::Extensions`). Nothing is allocated until a stage inserts one; a request carries a few at
+/// Notes stages leave for later stages of the same request (or, in [`Session`], for later requests
+/// of the connection), one per type (like `http::Extensions`). Nothing is allocated until a stage inserts one; a request carries a few at
 /// most, so they are found by a scan.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Notes(Vec<Box<dyn std::any::Any + Send>>);
 
 impl Notes {
@@ -71,6 +72,10 @@ impl Notes {
 
     pub fn get<T: 'static>(&self) -> Option<&T> {
         self.0.iter().find_map(|n| n.downcast_ref::<T>())
+    }
+
+    pub fn get_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.0.iter_mut().find_map(|n| n.downcast_mut::<T>())
     }
 
     pub fn remove<T: 'static>(&mut self) -> Option<T> {
@@ -123,15 +128,51 @@ pub struct Ctx<'a> {
     pub session: &'a Session,
 }
 
-/// What is known of one client connection.
+/// What is known of one client connection. Both halves of the connection see it: the request
+/// side (stages) and the answer side (hooks).
 #[derive(Debug)]
 pub struct Session {
     pub peer: SocketAddr,
+    /// Who produces on this connection, as the `identity` stage learns it.
+    pub producer: std::sync::Mutex<Producer>,
+    /// Stages' own per-connection state, one value per type; gone with the connection.
+    state: std::sync::Mutex<Notes>,
 }
+
+impl Session {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self { peer, producer: std::sync::Mutex::default(), state: std::sync::Mutex::default() }
+    }
+
+    /// Runs `f` on this connection's value of type `T` (created with `T::default()` on first use).
+    pub fn with_state<T: Default + Send + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut notes = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if notes.get::<T>().is_none() {
+            notes.insert(T::default());
+        }
+        match notes.get_mut::<T>() {
+            Some(value) => f(value),
+            None => f(&mut T::default()),
+        }
+    }
+
+    /// Who produces on this connection now (a copy: two reference counts).
+    pub fn producer(&self) -> Producer {
+        self.producer.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes what is known of the producer.
+    pub fn update_producer(&self, f: impl FnOnce(&mut Producer)) {
+        f(&mut self.producer.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+pub use crate::mirror::Producer;
 
 /// What an answer hook may use.
 pub struct AnswerCtx<'a> {
     pub gw: &'a Arc<Gateway>,
+    pub session: &'a Session,
     pub api_key: i16,
     pub api_version: i16,
 }

@@ -191,9 +191,12 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
             }
         }
     };
-    let result = drive(&gw, Session { peer }, client, broker).await;
+    let session = Session::new(peer);
+    let result = drive(&gw, &session, client, broker).await;
+    let who = session.producer();
+    let (client_id, principal) = (who.client_id.as_deref().unwrap_or("-"), who.principal.as_deref().unwrap_or("-"));
     match result {
-        Ok(()) => tracing::debug!(%peer, broker = %broker_addr, "connection closed"),
+        Ok(()) => tracing::debug!(%peer, client_id, principal, broker = %broker_addr, "connection closed"),
         Err(e) => {
             gw.metrics.connection_errors.increment(1);
             match &e {
@@ -201,9 +204,11 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
                 | ConnError::ClientWrite(_)
                 | ConnError::ClientClosedMidFrame(_)
                 | ConnError::Idle(_) => {
-                    tracing::info!(%peer, broker = %broker_addr, error = %e, "connection closed")
+                    tracing::info!(%peer, client_id, principal, broker = %broker_addr, error = %e, "connection closed")
                 }
-                _ => tracing::warn!(%peer, broker = %broker_addr, error = %e, "connection closed"),
+                _ => {
+                    tracing::warn!(%peer, client_id, principal, broker = %broker_addr, error = %e, "connection closed")
+                }
             }
         }
     }
@@ -211,7 +216,7 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
 
 /// Runs one connection over any transport until either side closes, an error, the idle timeout,
 /// or shutdown.
-pub async fn drive(gw: &Arc<Gateway>, session: Session, client: Halves, broker: Halves) -> Result<(), ConnError> {
+pub async fn drive(gw: &Arc<Gateway>, session: &Session, client: Halves, broker: Halves) -> Result<(), ConnError> {
     let (tx, rx) = mpsc::channel(gw.config.max_in_flight);
     let abort = CancellationToken::new();
     let activity = Arc::new(Activity::new());
@@ -225,8 +230,8 @@ pub async fn drive(gw: &Arc<Gateway>, session: Session, client: Halves, broker: 
         r
     };
     let (req, resp) = tokio::join!(
-        async { on_error(requests(gw, &session, client.read, broker.write, tx, &abort, &activity).await) },
-        async { on_error(responses(gw, broker.read, client.write, rx, &abort, &activity.in_flight).await) },
+        async { on_error(requests(gw, session, client.read, broker.write, tx, &abort, &activity).await) },
+        async { on_error(responses(gw, session, broker.read, client.write, rx, &abort, &activity.in_flight).await) },
     );
     abort.cancel();
     if let Some(w) = watchdog {
@@ -348,6 +353,7 @@ async fn requests(
 
 async fn responses(
     gw: &Arc<Gateway>,
+    session: &Session,
     mut broker: Reader,
     mut client: Writer,
     mut rx: mpsc::Receiver<Pending>,
@@ -394,7 +400,7 @@ async fn responses(
                         out.push_back(frame);
                         continue;
                     }
-                    let cx = AnswerCtx { gw, api_key, api_version };
+                    let cx = AnswerCtx { gw, session, api_key, api_version };
                     match chain::answer(&cx, hooks, frame) {
                         Ok(Some(answer)) => out.push_back(answer),
                         Ok(None) => {}

@@ -319,7 +319,16 @@ fn refused_job(
     outcomes: Option<Arc<Vec<Outcome>>>,
     route: Option<Arc<Route>>,
 ) -> Job {
-    Job { topic: topic.clone(), partition, base_offset: None, log_append_time: -1, records, outcomes, route }
+    Job {
+        topic: topic.clone(),
+        partition,
+        base_offset: None,
+        log_append_time: -1,
+        records,
+        outcomes,
+        route,
+        producer: Default::default(),
+    }
 }
 
 fn describe(refused: &[Refused]) -> String {

@@ -52,6 +52,18 @@ impl RequestMeta {
     }
 }
 
+/// The `client_id` of a request frame's header (size prefix included); `None` when the header has
+/// none (a null client id, or request header v0).
+pub fn client_id(meta: &RequestMeta, frame: &[u8]) -> Result<Option<String>, WireError> {
+    let Some(key) = meta.key() else { return Ok(None) };
+    if key.request_header_version(meta.api_version) < 1 {
+        return Ok(None);
+    }
+    let mut r = Reader::new(frame.get(4..).unwrap_or_default());
+    r.skip(8, "request header")?;
+    Ok(r.nullable_str16("client id")?.map(|s| String::from_utf8_lossy(s).into_owned()))
+}
+
 /// Encodes a whole request frame (size prefix, header, body), as a client sends it.
 pub fn request_frame(
     key: ApiKey,

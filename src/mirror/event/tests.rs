@@ -24,6 +24,8 @@ fn context<'a>(outcome: &'a Outcome, max: usize) -> Context<'a> {
         outcome,
         timestamp_ms: 1_767_225_600_000,
         max_bytes: max,
+        principal: None,
+        client_id: None,
     }
 }
 
@@ -438,4 +440,31 @@ fn attribute_checks_are_no_looser_than_the_schema_formats() {
         assert!(!is_rfc3339(s) || date_time.is_valid(&v), "date-time {s:?}");
     }
     assert!(is_uri_reference("/a/b") && is_absolute_uri("urn:x#/a/%7Bb%7D") && is_rfc3339("2026-01-01T00:00:00Z"));
+}
+
+#[test]
+fn the_producer_s_principal_and_client_id_are_eventgate_s_own() {
+    let outcome = Outcome::Unchecked("no document".into());
+    let mut ctx = context(&outcome, 1 << 20);
+    ctx.principal = Some("alice");
+    ctx.client_id = Some("billing-app");
+    // The producer claims to be someone else in binary-mode headers: eventgate's values win.
+    let raw = record_bytes(
+        Some("k"),
+        Some(b"{}"),
+        &[
+            ("ce_specversion", "1.0"),
+            ("ce_id", "x"),
+            ("ce_source", "/s"),
+            ("ce_type", "t"),
+            ("ce_principal", "mallory"),
+        ],
+    );
+    let (_, v) = built(&raw, &ctx);
+    assert_eq!(v["principal"], "alice");
+    assert_eq!(v["clientid"], "billing-app");
+    assert_eq!(v["overridden"], "principal");
+    // Unknown: absent, not empty.
+    let (_, v) = built(&raw, &context(&outcome, 1 << 20));
+    assert!(v.get("principal").is_none() && v.get("clientid").is_none(), "{v}");
 }

@@ -57,9 +57,9 @@ mod driver {
         let (client, client_side) = tokio::io::duplex(1 << 20);
         let (broker_side, broker) = tokio::io::duplex(1 << 20);
         let gw = gw.clone();
-        let session = Session { peer: "127.0.0.1:1".parse().expect("address") };
+        let session = Session::new("127.0.0.1:1".parse().expect("address"));
         let task =
-            tokio::spawn(async move { drive(&gw, session, Halves::of(client_side), Halves::of(broker_side)).await });
+            tokio::spawn(async move { drive(&gw, &session, Halves::of(client_side), Halves::of(broker_side)).await });
         (client, broker, task)
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 
 use super::produce::ToMirror;
-use crate::mirror::Job;
+use crate::mirror::{Job, Producer};
 use crate::proxy::chain::{AnswerCtx, AnswerHook, Ctx, Flow, Request, Stage, StageError};
 use crate::proxy::produce::Mirrored;
 use crate::wire::header::response_header_len;
@@ -46,7 +46,7 @@ impl AnswerHook for Tap {
 
     fn on_answer(self: Box<Self>, cx: &AnswerCtx<'_>, answer: Bytes) -> Result<Option<Bytes>, StageError> {
         let Some(mirror) = &cx.gw.mirror else { return Ok(Some(answer)) };
-        for job in accepted(cx.api_version, &answer, self.0)? {
+        for job in accepted(cx.api_version, &answer, self.0, &cx.session.producer())? {
             mirror.submit(job);
         }
         Ok(Some(answer))
@@ -55,7 +55,12 @@ impl AnswerHook for Tap {
 
 /// The jobs of the partitions the broker accepted, with their offsets; the answer is scanned in
 /// place, not decoded.
-fn accepted(version: i16, answer: &Bytes, parts: Vec<Mirrored>) -> Result<Vec<Job>, crate::wire::WireError> {
+fn accepted(
+    version: i16,
+    answer: &Bytes,
+    parts: Vec<Mirrored>,
+    producer: &Producer,
+) -> Result<Vec<Job>, crate::wire::WireError> {
     let hlen = response_header_len(ApiKey::Produce, version, answer.get(4..).unwrap_or_default())?;
     let mut offsets = HashMap::new();
     scan::produce_response(&answer[4 + hlen..], version, |p| {
@@ -75,6 +80,7 @@ fn accepted(version: i16, answer: &Bytes, parts: Vec<Mirrored>) -> Result<Vec<Jo
                 records: part.records,
                 outcomes: part.outcomes,
                 route: part.route,
+                producer: producer.clone(),
             })
         })
         .collect())
@@ -106,7 +112,9 @@ mod tests {
                 ]),
         );
         let answer = response_frame(ApiKey::Produce, 9, 1, &resp);
-        let jobs = accepted(9, &answer, vec![part("t", 0), part("t", 1), part("u", 0)]).unwrap();
+        let who = Producer { client_id: Some("app".into()), principal: Some("alice".into()) };
+        let jobs = accepted(9, &answer, vec![part("t", 0), part("t", 1), part("u", 0)], &who).unwrap();
+        assert_eq!(jobs[0].producer, who);
         assert_eq!(jobs.len(), 1);
         assert_eq!((&*jobs[0].topic, jobs[0].partition, jobs[0].base_offset), ("t", 0, Some(40)));
     }

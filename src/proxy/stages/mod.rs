@@ -4,6 +4,7 @@
 pub mod acks_zero;
 pub mod addresses;
 pub mod api_versions;
+pub mod identity;
 pub mod mirror_tap;
 pub mod produce;
 
@@ -16,6 +17,8 @@ pub fn standard() -> Chain {
         // Outermost: the answers a client sees last are trimmed and rewritten after every inner
         // stage has had its say.
         Box::new(api_versions::ApiVersions),
+        // Who is producing is known before any inner stage sees the request.
+        Box::new(identity::Identity),
         Box::new(addresses::Addresses),
         Box::new(produce::Validate),
         Box::new(acks_zero::AcksZero),
@@ -105,7 +108,7 @@ pub mod testing {
         prepare: impl FnOnce(&mut Request),
     ) -> (Flow, Request) {
         let gw = gateway();
-        let session = Session { peer: "127.0.0.1:1".parse().expect("address") };
+        let session = Session::new("127.0.0.1:1".parse().expect("address"));
         let cx = Ctx { gw: &gw, session: &session };
         let meta = RequestMeta::peek(&frame).expect("header");
         assert!(stage.wants(meta.api_key, meta.api_version), "{} does not want this request", stage.name());
@@ -122,7 +125,8 @@ pub mod testing {
     /// Runs a scripted broker answer through the hooks the request collected.
     pub fn answer_through(req: Request, answer: Bytes) -> Result<Option<Bytes>, Failed> {
         let gw = gateway();
-        let cx = AnswerCtx { gw: &gw, api_key: req.meta.api_key, api_version: req.meta.api_version };
+        let session = Session::new("127.0.0.1:1".parse().expect("address"));
+        let cx = AnswerCtx { gw: &gw, session: &session, api_key: req.meta.api_key, api_version: req.meta.api_version };
         crate::proxy::chain::answer(&cx, req.into_hooks(), answer)
     }
 }

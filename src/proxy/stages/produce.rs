@@ -46,7 +46,9 @@ impl Stage for Validate {
             inspect()?
         };
         if let Some(m) = &gw.mirror {
-            for job in inspection.refused {
+            let producer = cx.session.producer();
+            for mut job in inspection.refused {
+                job.producer = producer.clone();
                 m.submit(job);
             }
         }
@@ -110,7 +112,7 @@ mod tests {
     fn run(frame: Bytes) -> (Flow, Request, Arc<Gateway>) {
         let config = crate::config::Settings::default().resolve().expect("default settings resolve");
         let gw = Gateway::new(config, Arc::new(validation(reject())), None);
-        let session = Session { peer: "127.0.0.1:1".parse().expect("address") };
+        let session = Session::new("127.0.0.1:1".parse().expect("address"));
         let meta = crate::wire::header::RequestMeta::peek(&frame).expect("header");
         let mut req = Request::new(meta, frame);
         let flow = Validate.on_request(&Ctx { gw: &gw, session: &session }, &mut req).expect("inspected");
@@ -137,7 +139,8 @@ mod tests {
                 .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
                 .with_partition_responses(vec![PartitionProduceResponse::default().with_index(0)]),
         );
-        let cx = AnswerCtx { gw: &gw, api_key: req.meta.api_key, api_version: 9 };
+        let session = Session::new("127.0.0.1:1".parse().expect("address"));
+        let cx = AnswerCtx { gw: &gw, session: &session, api_key: req.meta.api_key, api_version: 9 };
         let out = answer(&cx, req.into_hooks(), response_frame(ApiKey::Produce, 9, 9, &resp)).unwrap().unwrap();
         let merged: ProduceResponse = decode_response(ApiKey::Produce, 9, &out);
         let codes: Vec<(i32, i16)> =
