@@ -8,6 +8,8 @@
 #   eventgate-annotate  the same, with every record invalid, so every batch is rebuilt with annotations
 #   eventgate-mirror    eventgate (no documents) mirroring every record into a local nats-server
 #   eventgate-ws        eventgate-mirror with WS_CLIENTS websocket clients watching (events/s delivered)
+#   socat-tls   a bare TLS-terminating relay (socat OPENSSL-LISTEN) in front of tansu; the client speaks TLS
+#   eventgate-tls       eventgate terminating TLS (--tls-cert/--tls-key), passthrough; the client speaks TLS
 #   baseline, baseline-valid, baseline-annotate, baseline-mirror
 #                       the eventgate modes with BASELINE_BIN (an earlier build), for before/after
 # Each round starts a fresh in-memory tansu per target, so no run inherits another's log. Rounds
@@ -53,6 +55,17 @@ source scripts/lib.sh
 cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 
+# A CA and a certificate for 127.0.0.1, for the *-tls targets (made once per run with openssl).
+tls_dir=""
+if [[ $TARGETS == *-tls* ]]; then
+  tls_dir=$(mktemp -d)
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem" -days 2 -subj /CN=bench-ca 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$tls_dir/server.key" -out "$tls_dir/server.csr" -subj /CN=127.0.0.1 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls_dir/ext.cnf"
+  openssl x509 -req -in "$tls_dir/server.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" -CAcreateserial \
+    -out "$tls_dir/server.pem" -days 2 -extfile "$tls_dir/ext.cnf" 2>/dev/null
+fi
+
 # run_target NAME MODE: starts tansu (+ the proxy), runs throughput and latency, prints JSON lines.
 run_target() {
   local name=$1 tport pport proxy_pid="" addr
@@ -69,6 +82,10 @@ run_target() {
     socat)
       socat "TCP-LISTEN:$pport,bind=127.0.0.1,reuseaddr,fork,nodelay" "TCP:127.0.0.1:$tport,nodelay" &
       proxy_pid=$!; addr="127.0.0.1:$pport" ;;
+    socat-tls)
+      socat "OPENSSL-LISTEN:$pport,bind=127.0.0.1,reuseaddr,fork,nodelay,cert=$tls_dir/server.pem,key=$tls_dir/server.key,verify=0" \
+        "TCP:127.0.0.1:$tport,nodelay" &
+      proxy_pid=$!; addr="127.0.0.1:$pport" ;;
     tansu-proxy)
       tansu proxy --listener-url "tcp://127.0.0.1:$pport" --advertised-listener-url "tcp://127.0.0.1:$pport" \
         --origin-url "tcp://127.0.0.1:$tport" >/dev/null 2>&1 &
@@ -80,6 +97,7 @@ run_target() {
       case $name in baseline*) bin=${BASELINE_BIN:?set BASELINE_BIN for the baseline targets} ;; esac
       case $name in
         eventgate-valid|eventgate-annotate|baseline-valid|baseline-annotate) mode_args="--spec benches/bench-asyncapi.yaml" ;;
+        *-tls) mode_args="--tls-cert $tls_dir/server.pem --tls-key $tls_dir/server.key" ;;
         *-mirror|*-ws)
           local nport ndir
           nport=$(free_port); ndir=$(mktemp -d)
@@ -96,8 +114,9 @@ run_target() {
 
   pids+=(${proxy_pid:+$proxy_pid})
   wait_port "${addr##*:}"
-  local invalid=0
+  local invalid=0 client_tls=()
   case $name in eventgate-annotate|baseline-annotate) invalid=1 ;; esac
+  case $name in *-tls) client_tls=(--tls-ca "$tls_dir/ca.pem") ;; esac
   if [ "$name" = eventgate-ws ]; then
     wait_port "$hport"
     "$BIN" bench --bootstrap "$addr" --topic tput --records "$WS_RECORDS" --record-size "$RECORD_SIZE" \
@@ -110,7 +129,7 @@ run_target() {
   before=$(proc_cpu "$name" "$proxy_pid")
   "$BIN" bench --bootstrap "$addr" --topic tput --records "$RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --consume-records "$CONSUME_RECORDS" \
-    --invalid-every "$invalid" --label "$name" >"$OUT_DIR/.tput.json"
+    --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.tput.json"
   after=$(proc_cpu "$name" "$proxy_pid")
   # The mirror publishes asynchronously: let it catch up before the latency run, and time it.
   local drained=0
@@ -127,7 +146,7 @@ run_target() {
   fi
   "$BIN" bench --bootstrap "$addr" --topic lat --records "$LAT_RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume \
-    --invalid-every "$invalid" --label "$name" >"$OUT_DIR/.lat.json"
+    --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.lat.json"
   python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" "$drained" >>"$RESULTS" <<'PY'
 import json, sys
 t, l = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))

@@ -84,6 +84,21 @@ pub struct BenchArgs {
     /// Label copied into the JSON result.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Speak TLS to `--bootstrap`, trusting the CA certificates in this PEM file.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// A connection to `--bootstrap`, over TLS with `--tls-ca`.
+async fn open(args: &BenchArgs) -> Result<crate::proxy::connection::Halves, BenchError> {
+    let stream = TcpStream::connect(&args.bootstrap).await?;
+    stream.set_nodelay(true)?;
+    let Some(ca) = &args.tls_ca else { return Ok(crate::proxy::connection::Halves::tcp(stream)) };
+    let settings = crate::tls::UpstreamSettings { ca: Some(ca.clone()), ..Default::default() };
+    let tls = crate::tls::Upstream::load(&settings).map_err(|e| BenchError::Option(e.to_string()))?;
+    let host = crate::config::split_host_port(&args.bootstrap).map_err(BenchError::Option)?.0.to_owned();
+    let stream = tls.connect(&host, stream).await.map_err(BenchError::Protocol)?;
+    Ok(crate::proxy::connection::Halves::of(stream))
 }
 
 /// Why a bench run failed.
@@ -269,9 +284,7 @@ fn produce_templates(args: &BenchArgs, codec: Codec, n: usize, first: u64) -> Re
 }
 
 async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchError> {
-    let stream = TcpStream::connect(&args.bootstrap).await?;
-    stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
+    let crate::proxy::connection::Halves { read: mut rd, write: mut wr } = open(args).await?;
     let requests = args.records.div_ceil(args.batch_records as u64);
     let templates = produce_templates(args, codec, args.batch_records, 0)?;
     let permits = Arc::new(Semaphore::new(args.in_flight));
@@ -338,8 +351,7 @@ async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchErr
 }
 
 async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
-    let mut stream = TcpStream::connect(&args.bootstrap).await?;
-    stream.set_nodelay(true)?;
+    let crate::proxy::connection::Halves { read: mut rd, write: mut wr } = open(args).await?;
     let produced = args.records.div_ceil(args.batch_records as u64) * args.batch_records as u64;
     let wanted = args.consume_records.unwrap_or(produced).min(produced);
     let mut offsets = vec![0i64; args.partitions as usize];
@@ -375,12 +387,12 @@ async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
         let mut frame = request_frame(ApiKey::Fetch, FETCH_VERSION, 0, "eventgate-bench", &req).map_err(protocol)?;
         cid += 1;
         set_correlation_id(&mut frame, cid);
-        stream.write_all(&frame).await?;
+        wr.write_all(&frame).await?;
         let resp = loop {
             if let Some(f) = buf.next_frame().map_err(protocol)? {
                 break f;
             }
-            if buf.fill(&mut stream).await? == 0 {
+            if buf.fill(&mut rd).await? == 0 {
                 return Err(BenchError::Protocol("connection closed while fetching".into()));
             }
         };
