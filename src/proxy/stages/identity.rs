@@ -9,7 +9,9 @@
 //! are never kept or logged. Re-authentication (KIP-368) goes the same way and may change the
 //! principal. Both end up on every mirrored event (`clientid`, `principal`) and in the
 //! connection's log lines; `eventgate_kafka_authentications_total{mechanism, outcome}` counts the
-//! exchanges (mechanisms outside the known set count as `other`).
+//! exchanges (mechanisms outside the known set count as `other`), and
+//! `eventgate_kafka_produce_requests_total{principal}` the Produce requests of each principal (the
+//! first 64 principals by name, later ones as `other`; `-` before authentication).
 //!
 //! SaslHandshake v0 (SASL tokens sent raw, outside Kafka framing; Kafka clients before 1.0) is not
 //! followed: eventgate reads frames, so a raw token closes the connection with a frame error.
@@ -65,6 +67,23 @@ struct Sasl {
     mechanism: Option<Mechanism>,
     /// The user name the client claimed, until the broker confirms it.
     claimed: Option<Arc<str>>,
+}
+
+/// Distinct principals given their own label in `/metrics`; later ones count as `other`, so no
+/// client can grow the label set (and Prometheus's memory) without bound.
+const MAX_PRINCIPAL_LABELS: usize = 64;
+
+fn principal_label(principal: &str) -> String {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if seen.contains(principal) {
+        return principal.to_owned();
+    }
+    if seen.len() < MAX_PRINCIPAL_LABELS {
+        seen.insert(principal.to_owned());
+        return principal.to_owned();
+    }
+    "other".to_owned()
 }
 
 fn decode<T: Decodable>(api: &'static str, frame: &Bytes, body_at: usize, version: i16) -> Result<T, WireError> {
@@ -131,6 +150,11 @@ impl Stage for Identity {
             }
         }
         match req.meta.key() {
+            Some(ApiKey::Produce) => {
+                let principal = cx.session.producer().principal;
+                let label = principal_label(principal.as_deref().unwrap_or("-"));
+                metrics::counter!("eventgate_kafka_produce_requests_total", "principal" => label).increment(1);
+            }
             Some(ApiKey::SaslHandshake) => {
                 let body_at = req.meta.body_offset(&req.frame)?;
                 let hs: SaslHandshakeRequest = decode("SaslHandshake", &req.frame, body_at, req.meta.api_version)?;
@@ -301,6 +325,14 @@ mod tests {
         exchange(&s, handshake("PLAIN"), None);
         exchange(&s, authenticate(b"\0alice\0right"), Some(verdict(0, b"")));
         assert_eq!(s.producer().principal.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn principal_labels_are_bounded() {
+        let labels: std::collections::HashSet<String> =
+            (0..MAX_PRINCIPAL_LABELS * 3).map(|i| principal_label(&format!("user-{i}"))).collect();
+        assert!(labels.len() <= MAX_PRINCIPAL_LABELS + 1, "{}", labels.len());
+        assert!(labels.contains("other"));
     }
 
     #[test]
