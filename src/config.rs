@@ -262,6 +262,13 @@ settings! {
         #[arg(long, env = "EVENTGATE_TLS_RELOAD_MS")]
         tls_reload_ms: Option<u64> = "10000",
 
+        /// Serve every broker on the bootstrap port, told apart by the TLS server name (SNI) the client asks for:
+        /// broker NODE_ID is advertised as this pattern with `$(nodeId)` replaced, e.g.
+        /// `broker-$(nodeId).gateway.example.com` (needs --tls-cert, a certificate for those names, and DNS
+        /// that sends them to eventgate). Instead of port-per-broker.
+        #[arg(long, env = "EVENTGATE_SNI_HOST_PATTERN")]
+        sni_host_pattern: Option<String>,
+
         /// Connect to the brokers over TLS.
         #[arg(long, env = "EVENTGATE_UPSTREAM_TLS", num_args = 0..=1, default_missing_value = "true")]
         upstream_tls: Option<bool> = "false",
@@ -467,6 +474,8 @@ pub struct Config {
     pub upstream_tls: Option<crate::tls::UpstreamSettings>,
     /// HTTPS on the admin listener.
     pub http_tls: Option<crate::tls::ServerSettings>,
+    /// SNI routing instead of port-per-broker.
+    pub sni: Option<crate::tls::SniPattern>,
     pub shutdown_timeout: Duration,
     pub specs: Vec<PathBuf>,
     pub spec_dir: Option<PathBuf>,
@@ -622,6 +631,13 @@ impl Settings {
         if tls.as_ref().is_some_and(|t| t.client_auth != ClientAuth::None && t.client_ca.is_none()) {
             return Err(invalid("tls_client_auth", "requested or required client certificates need --tls-client-ca"));
         }
+        let sni = match v.sni_host_pattern.filter(|p| !p.is_empty()) {
+            None => None,
+            Some(_) if tls.is_none() => {
+                return Err(invalid("sni_host_pattern", "SNI routing needs TLS: give --tls-cert and --tls-key"));
+            }
+            Some(p) => Some(crate::tls::SniPattern::parse(&p).map_err(|m| invalid("sni_host_pattern", m))?),
+        };
         let http_tls = match (v.http_tls_cert, v.http_tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::ServerSettings {
                 cert,
@@ -686,6 +702,7 @@ impl Settings {
             tls,
             upstream_tls,
             http_tls,
+            sni,
             shutdown_timeout: Duration::from_millis(v.shutdown_timeout_ms),
             specs: v.spec,
             spec_dir,

@@ -188,6 +188,51 @@ impl Server {
     }
 }
 
+/// SNI routing: every broker is served on the bootstrap port under a host name of its own, made
+/// from a pattern such as `broker-$(nodeId).gateway.example.com`; the name a client asks for in
+/// its TLS handshake says which broker it wants (any other name is the bootstrap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniPattern {
+    prefix: String,
+    suffix: String,
+}
+
+/// The placeholder for the broker's node id in `--sni-host-pattern`.
+pub const NODE_ID_PLACEHOLDER: &str = "$(nodeId)";
+
+impl SniPattern {
+    /// Reads a pattern: exactly one `$(nodeId)`, and a valid DNS name around it.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let (prefix, suffix) = pattern
+            .split_once(NODE_ID_PLACEHOLDER)
+            .ok_or_else(|| format!("`{pattern}` has no {NODE_ID_PLACEHOLDER}"))?;
+        if suffix.contains(NODE_ID_PLACEHOLDER) {
+            return Err(format!("`{pattern}` has {NODE_ID_PLACEHOLDER} more than once"));
+        }
+        let sample = format!("{prefix}0{suffix}");
+        match ServerName::try_from(sample.as_str()) {
+            Ok(ServerName::DnsName(_)) => {}
+            _ => return Err(format!("`{pattern}` does not make DNS names (e.g. `{sample}`)")),
+        }
+        Ok(Self { prefix: prefix.to_ascii_lowercase(), suffix: suffix.to_ascii_lowercase() })
+    }
+
+    /// The host name of broker `node_id`.
+    pub fn host(&self, node_id: i32) -> String {
+        format!("{}{node_id}{}", self.prefix, self.suffix)
+    }
+
+    /// The broker a TLS server name asks for, if it is one of the pattern's names.
+    pub fn node(&self, server_name: &str) -> Option<i32> {
+        let name = server_name.to_ascii_lowercase();
+        let id = name.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        id.parse().ok()
+    }
+}
+
 /// The TLS client side toward the brokers.
 pub struct Upstream {
     connector: tokio_rustls::TlsConnector,
@@ -398,6 +443,20 @@ mod tests {
         bump(&key);
         assert!(server.reload_if_changed().is_err());
         assert!(Arc::ptr_eq(&in_force, &server.current.load_full()));
+    }
+
+    #[test]
+    fn sni_names_map_to_brokers_and_back() {
+        let p = SniPattern::parse("broker-$(nodeId).Gateway.example.com").unwrap();
+        assert_eq!(p.host(7), "broker-7.gateway.example.com");
+        assert_eq!(p.node("BROKER-7.gateway.example.com"), Some(7));
+        assert_eq!(p.node("broker-.gateway.example.com"), None);
+        assert_eq!(p.node("broker-1x.gateway.example.com"), None);
+        assert_eq!(p.node("broker-99999999999.gateway.example.com"), None, "not an i32");
+        assert_eq!(p.node("gateway.example.com"), None);
+        assert!(SniPattern::parse("no-placeholder.example.com").is_err());
+        assert!(SniPattern::parse("$(nodeId).$(nodeId).example.com").is_err());
+        assert!(SniPattern::parse("bad name $(nodeId)").is_err());
     }
 
     #[test]

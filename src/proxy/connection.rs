@@ -152,10 +152,19 @@ pub async fn serve(gw: Arc<Gateway>, client: TcpStream, peer: SocketAddr, target
     }
     // Kafka frames are latency-sensitive and already batched by clients: no Nagle delay.
     let _ = client.set_nodelay(true);
+    let mut target = target;
     let client = match &gw.tls.server {
         None => Halves::tcp(client),
         Some(tls) => match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.acceptor().accept(client)).await {
-            Ok(Ok(stream)) => Halves::of(stream),
+            Ok(Ok(stream)) => {
+                // SNI routing: the name the client asked for says which broker it wants.
+                if let (Some(sni), Some(name)) = (&gw.config.sni, stream.get_ref().1.server_name())
+                    && let Some(node_id) = sni.node(name)
+                {
+                    target = Target::Node(node_id);
+                }
+                Halves::of(stream)
+            }
             Ok(Err(e)) => {
                 gw.metrics.connection_errors.increment(1);
                 tracing::info!(%peer, error = %e, "connection closed: TLS handshake with the client failed");
@@ -339,7 +348,7 @@ async fn requests(
             biased;
             _ = abort.cancelled() => return Ok(()),
             _ = gw.shutdown.cancelled() => return Ok(()),
-            n = buf.fill(&mut client) => n.map_err(ConnError::ClientRead)?,
+            n = buf.fill(&mut client) => eof_is_end(n).map_err(ConnError::ClientRead)?,
         };
         activity.touch();
         if n == 0 {
@@ -435,7 +444,7 @@ async fn responses(
                 None => requests_done = true,
             },
             n = buf.fill(&mut broker) => {
-                if n.map_err(ConnError::BrokerRead)? == 0 {
+                if eof_is_end(n).map_err(ConnError::BrokerRead)? == 0 {
                     return match pending.len() {
                         0 => {
                             tracing::debug!("broker closed an idle connection");
@@ -446,6 +455,15 @@ async fn responses(
                 }
             }
         }
+    }
+}
+
+/// A TLS peer that closes without `close_notify` is an ordinary end here: Kafka frames carry their
+/// own length, so a cut frame is still noticed (as a partial frame), and many clients close so.
+fn eof_is_end(n: std::io::Result<usize>) -> std::io::Result<usize> {
+    match n {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
     }
 }
 

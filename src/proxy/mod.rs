@@ -186,6 +186,15 @@ impl Gateway {
         }
         let upstream = Upstream { host: host.to_owned(), port: upstream_port };
         let cfg = &self.config;
+        if let Some(sni) = &cfg.sni {
+            // Every broker is served on the bootstrap port under a name of its own: nothing to
+            // open, only where the broker lives to remember (bounded like the listeners).
+            let port = cfg.listen.port();
+            if let Observed::New(_) = self.nodes.observe(node_id, upstream.clone(), Some(port), port).map_err(fail)? {
+                self.nodes.confirm(node_id, upstream, port, CancellationToken::new());
+            }
+            return Ok((StrBytes::from_string(sni.host(node_id)), i32::from(port)));
+        }
         let overflow_base = self.overflow_base();
         let port = match self
             .nodes
