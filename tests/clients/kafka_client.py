@@ -53,11 +53,24 @@ def rec_summary(key, value, headers, partition, offset, topic=None):
 
 # ---------------------------------------------------------------- confluent-kafka (librdkafka)
 
+def parse_config(a):
+    """`--config KEY=VALUE` options, in order (librdkafka names)."""
+    conf = {}
+    for item in a.config or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"--config {item!r}: expected KEY=VALUE")
+        conf[key.strip()] = value
+    return conf
+
+
 def ck_conf(a, **extra):
     conf = {"bootstrap.servers": a.bootstrap, "broker.address.family": "v4"}
     if a.debug:
         conf["debug"] = a.debug
     conf.update(extra)
+    # --config comes last: the test has the final word on every setting.
+    conf.update(parse_config(a))
     return conf
 
 
@@ -170,6 +183,40 @@ def ck_metadata(a):
 
 # ---------------------------------------------------------------- kafka-python
 
+# librdkafka setting -> kafka-python keyword, where the names differ.
+KP_NAMES = {
+    "security.protocol": "security_protocol",
+    "ssl.ca.location": "ssl_cafile",
+    "ssl.certificate.location": "ssl_certfile",
+    "ssl.key.location": "ssl_keyfile",
+    "ssl.key.password": "ssl_password",
+    "ssl.crl.location": "ssl_crlfile",
+    "ssl.cipher.suites": "ssl_ciphers",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "client.id": "client_id",
+    "request.timeout.ms": "request_timeout_ms",
+}
+
+
+def kp_value(key, value):
+    if key == "ssl.endpoint.identification.algorithm":
+        return "ssl_check_hostname", value.lower() == "https"
+    name = KP_NAMES.get(key, key.replace(".", "_"))
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    if value.lstrip("-").isdigit():
+        return name, int(value)
+    return name, value
+
+
+def kp_conf(a):
+    """The `--config` settings as kafka-python keywords (an unknown one fails the client loudly)."""
+    return dict(kp_value(k, v) for k, v in parse_config(a).items())
+
+
 def kp_produce(a):
     from kafka import KafkaProducer
 
@@ -177,6 +224,7 @@ def kp_produce(a):
           "linger_ms": a.linger_ms, "max_request_size": max(1_048_576, a.size * 2 + 10_000)}
     if a.compression != "none":
         kw["compression_type"] = a.compression
+    kw.update(kp_conf(a))
     p = KafkaProducer(**kw)
     values = [line.rstrip("\n").encode() for line in open(a.values_file)] if a.values_file else None
     futures = []
@@ -200,7 +248,7 @@ def kp_consume_group(a):
 
     c = KafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=a.group,
                       auto_offset_reset="earliest", enable_auto_commit=False,
-                      consumer_timeout_ms=int(a.timeout * 1000))
+                      consumer_timeout_ms=int(a.timeout * 1000), **kp_conf(a))
     got = []
     deadline = time.time() + a.timeout
     while len(got) < a.count and time.time() < deadline:
@@ -219,7 +267,9 @@ def kp_consume_group(a):
 def kp_admin(a):
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=a.bootstrap, request_timeout_ms=int(a.timeout * 1000))
+    kw = {"request_timeout_ms": int(a.timeout * 1000)}
+    kw.update(kp_conf(a))
+    admin = KafkaAdminClient(bootstrap_servers=a.bootstrap, **kw)
     result = {}
     if a.create:
         admin.create_topics([NewTopic(name=t, num_partitions=a.partitions, replication_factor=1) for t in a.create])
@@ -235,6 +285,117 @@ def kp_admin(a):
                          for b in cluster["brokers"]]
     admin.close()
     out(result)
+
+
+# ---------------------------------------------------------------- raw TLS (python's ssl module)
+#
+# Handshakes and one hand-built ApiVersions v0 exchange, to see exactly what a TLS listener accepts.
+# The same --config names as the Kafka clients: ssl.ca.location (absent: no verification at all),
+# ssl.certificate.location and ssl.key.location (a client certificate),
+# ssl.endpoint.identification.algorithm (none: no host name check).
+
+def tls_context(a):
+    import ssl
+
+    conf = parse_config(a)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca = conf.get("ssl.ca.location")
+    if ca:
+        ctx.load_verify_locations(ca)
+        ctx.check_hostname = conf.get("ssl.endpoint.identification.algorithm", "https").lower() == "https"
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    cert = conf.get("ssl.certificate.location")
+    if cert:
+        ctx.load_cert_chain(cert, conf.get("ssl.key.location"))
+    if a.tls_version:
+        v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[a.tls_version]
+        ctx.minimum_version = ctx.maximum_version = v
+    return ctx
+
+
+def tls_connect(a):
+    """Connects and handshakes: (the TLS socket or None, a report)."""
+    import socket
+
+    host, port = a.bootstrap.rsplit(":", 1)
+    report = {"handshake": False}
+    raw = None
+    try:
+        raw = socket.create_connection((host, int(port)), timeout=a.timeout)
+        s = tls_context(a).wrap_socket(raw, server_hostname=host)
+    except OSError as e:  # ssl.SSLError is an OSError
+        if raw is not None:
+            raw.close()
+        report["error"] = f"{type(e).__name__}: {e}"
+        return None, report
+    der = s.getpeercert(binary_form=True)
+    report.update(handshake=True, version=s.version(), cipher=s.cipher()[0],
+                  peer_sha256=hashlib.sha256(der).hexdigest() if der else None)
+    return s, report
+
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+def api_versions_v0(s, correlation_id):
+    """One ApiVersions v0 request built by hand (size, key 18, version 0, correlation id, client
+    id, empty body) and its answer: correlation id, error code, number of API keys."""
+    import struct
+
+    client_id = b"tls-probe"
+    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    s.sendall(struct.pack(">i", len(body)) + body)
+    (size,) = struct.unpack(">i", recv_exact(s, 4))
+    resp = recv_exact(s, size)
+    cid, err, n = struct.unpack(">ihi", resp[:10])
+    return {"correlation_id": cid, "error_code": err, "api_keys": n}
+
+
+def exchange(s, correlation_id):
+    try:
+        r = api_versions_v0(s, correlation_id)
+        r["ok"] = r["correlation_id"] == correlation_id and r["error_code"] == 0
+    except (OSError, EOFError, ValueError) as e:
+        r = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return r
+
+
+def tls_probe(a):
+    """Handshake, then one ApiVersions exchange (with TLS 1.3 a refused client certificate only
+    shows at the first read). `ok`: both worked."""
+    s, report = tls_connect(a)
+    if s is not None:
+        report["exchange"] = exchange(s, 1)
+        s.close()
+    report["ok"] = report["handshake"] and report["exchange"]["ok"]
+    out(report)
+
+
+def tls_hold(a):
+    """Handshakes, prints the report, then keeps the connection: each `api-versions` line on stdin
+    makes one exchange on it (one JSON line each); `close` or end of input ends."""
+    s, report = tls_connect(a)
+    out(report)
+    if s is None:
+        return
+    n = 0
+    while True:
+        line = sys.stdin.readline()
+        if not line or line.strip() == "close":
+            break
+        if line.strip() == "api-versions":
+            n += 1
+            out(exchange(s, n))
+    s.close()
 
 
 def main():
@@ -261,6 +422,9 @@ def main():
     ap.add_argument("--delete", action="append")
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--debug")
+    ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                    help="a librdkafka setting (repeatable); mapped to kafka-python's names for kp-*")
+    ap.add_argument("--tls-version", choices=["1.2", "1.3"], help="tls-*: only this TLS version")
     a = ap.parse_args()
     {
         "ck-produce": ck_produce,
@@ -270,6 +434,8 @@ def main():
         "kp-produce": kp_produce,
         "kp-consume-group": kp_consume_group,
         "kp-admin": kp_admin,
+        "tls-probe": tls_probe,
+        "tls-hold": tls_hold,
     }[a.command](a)
 
 

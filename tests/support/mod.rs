@@ -528,3 +528,283 @@ pub mod websocket {
         out
     }
 }
+
+/// Runs `tests/clients/kafka_client.py COMMAND ARGS...`: its JSON output, or why there is none
+/// (for clients expected to fail).
+pub fn try_client(command: &str, args: &[&str]) -> Result<Value, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/kafka_client.py");
+    let out = Command::new(python_bin()).arg(script).arg(command).args(args).output().expect("run python client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("client {command} failed ({}):\n{stderr}\n{stdout}", out.status));
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).map_err(|e| format!("client {command} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+/// A `kafka_client.py` command that stays up (e.g. `tls-hold`): it prints one JSON line per
+/// answer and takes commands on stdin. Killed on drop.
+pub struct ClientSession {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ClientSession {
+    pub fn spawn(command: &str, args: &[&str]) -> ClientSession {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/kafka_client.py");
+        let mut child = Command::new(python_bin())
+            .arg(script)
+            .arg(command)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run python client");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        ClientSession { child, stdin, stdout }
+    }
+
+    /// The next JSON line the client prints (the client bounds its own waits).
+    pub fn read(&mut self) -> Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).expect("read client output");
+        assert!(n > 0, "the client exited without answering");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("client printed no JSON ({e}): {line}"))
+    }
+
+    /// Sends one command line and reads the answer.
+    pub fn send(&mut self, line: &str) -> Value {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").and_then(|()| self.stdin.flush()).expect("write to client");
+        self.read()
+    }
+}
+
+impl Drop for ClientSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Certificates made with the `openssl` command line (Debian's), in a directory the test owns:
+/// EC P-256 keys (PKCS#8 PEM), X.509 v3 with explicit extensions, valid for 30 days.
+pub mod pki {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The names eventgate's (or a terminator's) server certificate carries for loopback clients.
+    pub const LOOPBACK: &[&str] = &["IP:127.0.0.1", "DNS:localhost"];
+
+    /// A certificate authority: a root, or an intermediate that a root signed.
+    pub struct Ca {
+        pub cert: PathBuf,
+        pub key: PathBuf,
+        dir: PathBuf,
+        /// The certificates a leaf of this CA sends after its own: intermediates up to the root
+        /// (excluded).
+        chain: Vec<PathBuf>,
+    }
+
+    /// An end-entity certificate (usable as server and as client certificate).
+    pub struct Leaf {
+        /// The certificate alone.
+        pub cert: PathBuf,
+        pub key: PathBuf,
+        /// The certificate followed by the intermediates of its issuer (PEM chain).
+        pub chain: PathBuf,
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl ({e}): `scripts/deps.sh test` installs it"));
+        assert!(out.status.success(), "openssl {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// An OpenSSL configuration whose section `ext` holds the extensions to put in the certificate.
+    fn config(dir: &Path, name: &str, extensions: &str) -> PathBuf {
+        let path = dir.join(format!("{name}.cnf"));
+        let text = format!(
+            "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = {name}\n[ext]\n{extensions}\nsubjectKeyIdentifier = hash\n"
+        );
+        std::fs::write(&path, text).expect("write openssl config");
+        path
+    }
+
+    fn serial() -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+        format!("0x{:x}{:04x}", nanos, NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff)
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().expect("utf-8 path")
+    }
+
+    const EC: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+    impl Ca {
+        /// A self-signed root `name` (`name.pem`, `name.key` in `dir`).
+        pub fn root(dir: &Path, name: &str) -> Ca {
+            let cnf = config(dir, name, "basicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign");
+            let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+            let mut args = vec!["req", "-x509", "-new", "-config", s(&cnf), "-extensions", "ext", "-nodes"];
+            args.extend(EC);
+            args.extend(["-keyout", s(&key), "-out", s(&cert), "-days", "30"]);
+            openssl(dir, &args);
+            Ca { cert, key, dir: dir.to_owned(), chain: Vec::new() }
+        }
+
+        /// An intermediate CA `name` signed by this one.
+        pub fn intermediate(&self, name: &str) -> Ca {
+            let (cert, key) =
+                self.sign(name, "basicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign");
+            let mut chain = vec![cert.clone()];
+            chain.extend(self.chain.iter().cloned());
+            Ca { cert, key, dir: self.dir.clone(), chain }
+        }
+
+        /// A leaf `name` with the subject alternative names `sans` (`IP:…`, `DNS:…`), for server
+        /// and client authentication.
+        pub fn issue(&self, name: &str, sans: &[&str]) -> Leaf {
+            let mut ext = String::from(
+                "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = serverAuth,clientAuth",
+            );
+            if !sans.is_empty() {
+                ext.push_str(&format!("\nsubjectAltName = {}", sans.join(",")));
+            }
+            let (cert, key) = self.sign(name, &ext);
+            let chain = self.dir.join(format!("{name}-chain.pem"));
+            let mut pem = std::fs::read_to_string(&cert).expect("read certificate");
+            for c in &self.chain {
+                pem.push_str(&std::fs::read_to_string(c).expect("read certificate"));
+            }
+            std::fs::write(&chain, pem).expect("write chain");
+            Leaf { cert, key, chain }
+        }
+
+        fn sign(&self, name: &str, extensions: &str) -> (PathBuf, PathBuf) {
+            let dir = &self.dir;
+            let cnf = config(dir, name, &format!("{extensions}\nauthorityKeyIdentifier = keyid"));
+            let (cert, key, csr) =
+                (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")), dir.join(format!("{name}.csr")));
+            let mut args = vec!["req", "-new", "-config", s(&cnf), "-nodes"];
+            args.extend(EC);
+            args.extend(["-keyout", s(&key), "-out", s(&csr)]);
+            openssl(dir, &args);
+            let serial = serial();
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    s(&csr),
+                    "-CA",
+                    s(&self.cert),
+                    "-CAkey",
+                    s(&self.key),
+                    "-set_serial",
+                    &serial,
+                    "-days",
+                    "30",
+                    "-extfile",
+                    s(&cnf),
+                    "-extensions",
+                    "ext",
+                    "-out",
+                    s(&cert),
+                ],
+            );
+            (cert, key)
+        }
+    }
+
+    /// The SHA-256 of a PEM certificate's DER, lowercase hex (what `tls-probe` reports as `peer_sha256`).
+    pub fn sha256(cert: &Path) -> String {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in", s(cert)])
+            .output()
+            .expect("openssl x509 -fingerprint");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text.trim().rsplit_once('=').map(|(_, h)| h).unwrap_or_default();
+        hex.replace(':', "").to_ascii_lowercase()
+    }
+}
+
+/// A TLS terminator nobody here wrote: socat `OPENSSL-LISTEN` on `port` with a server certificate,
+/// forwarding each connection to a plaintext port (one process per connection).
+pub struct TlsTerminator {
+    pub port: u16,
+    pub proc: Proc,
+    _conf: tempfile::TempDir,
+}
+
+/// OpenSSL settings for socat when it asks for client certificates: socat sets no session id
+/// context, so OpenSSL refuses every resumption attempt with a fatal `internal_error` alert
+/// ("session id context uninitialized"). With no tickets, and a session cache that lives in
+/// each connection's own forked process, a returning client simply gets a full handshake.
+const SOCAT_NO_RESUMPTION: &str = "openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Options = -SessionTicket
+NumTickets = 0
+";
+
+impl TlsTerminator {
+    /// Client certificates are not asked for.
+    pub fn start(port: u16, cert: &Path, key: &Path, target: u16) -> TlsTerminator {
+        Self::spawn(port, cert, key, target, "verify=0", None)
+    }
+
+    /// Requires a client certificate signed by `client_ca`.
+    pub fn start_requiring_client_cert(
+        port: u16,
+        cert: &Path,
+        key: &Path,
+        target: u16,
+        client_ca: &Path,
+    ) -> TlsTerminator {
+        let options = format!("verify=1,cafile={}", client_ca.display());
+        Self::spawn(port, cert, key, target, &options, Some(SOCAT_NO_RESUMPTION))
+    }
+
+    fn spawn(port: u16, cert: &Path, key: &Path, target: u16, options: &str, conf: Option<&str>) -> TlsTerminator {
+        let listen = format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},{options}",
+            cert.display(),
+            key.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(find_binary("SOCAT", "socat"));
+        cmd.args(["-d", "-d", &listen, &format!("TCP:127.0.0.1:{target}")]);
+        if let Some(text) = conf {
+            let path = dir.path().join("openssl.cnf");
+            std::fs::write(&path, text).expect("write openssl.cnf");
+            cmd.env("OPENSSL_CONF", path);
+        }
+        let mut proc = Proc::spawn("socat", &mut cmd);
+        wait_until("socat to listen", Duration::from_secs(30), || {
+            assert!(proc.is_running(), "socat exited: {}", proc.log_text());
+            port_open(port)
+        });
+        TlsTerminator { port, proc, _conf: dir }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
