@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Command;
@@ -14,19 +13,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 use serde_json::Value;
 use support::*;
-
-/// Records keyed by their key.
-fn by_key(records: &[Value]) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for r in records {
-        let key = r["key"].as_str().expect("key").to_owned();
-        let mut r = r.clone();
-        // Offsets are assigned by the broker; everything the producer sent must match.
-        r.as_object_mut().expect("record").remove("offset");
-        assert!(out.insert(key.clone(), r).is_none(), "record {key} seen twice");
-    }
-    out
-}
 
 fn assert_delivered(v: &Value, n: u64) {
     assert_eq!(v["errors"], Value::Array(vec![]), "producer errors: {v}");

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -67,18 +66,6 @@ fn produce_fails(addr: &str, topic: &str, config: &[String]) {
     );
     assert_eq!(p["delivered"].as_u64(), Some(0), "{p}");
     assert_eq!(p["errors"].as_array().map(Vec::len), Some(5), "{p}");
-}
-
-/// Records by key, without the offsets the broker assigned.
-fn by_key(records: &[Value]) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for r in records {
-        let key = r["key"].as_str().expect("key").to_owned();
-        let mut r = r.clone();
-        r.as_object_mut().expect("record").remove("offset");
-        assert!(out.insert(key.clone(), r).is_none(), "record {key} seen twice");
-    }
-    out
 }
 
 /// `count` records of `topic` (partitions 0..`partitions`) read with librdkafka.

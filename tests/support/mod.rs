@@ -306,6 +306,19 @@ pub fn header(record: &Value, name: &str) -> Option<String> {
     headers.iter().rev().find(|h| h[0] == name).and_then(|h| h[1].as_str()).map(str::to_owned)
 }
 
+/// Consumed records by key, without the offsets the broker assigned: everything the producer sent
+/// must match. A key seen twice fails the test.
+pub fn by_key(records: &[Value]) -> std::collections::BTreeMap<String, Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in records {
+        let key = r["key"].as_str().expect("key").to_owned();
+        let mut r = r.clone();
+        r.as_object_mut().expect("record").remove("offset");
+        assert!(out.insert(key.clone(), r).is_none(), "record {key} seen twice");
+    }
+    out
+}
+
 /// A nats-server with JetStream, its store in a temporary directory that survives restarts.
 pub struct Nats {
     pub port: u16,
