@@ -42,6 +42,12 @@ def metadata(server_name):
     return out
 
 result = {"bootstrap": metadata("gw.test"), "by_broker_name": metadata("broker-111.gw.test")}
+# A broker no answer has named: eventgate has nowhere to send it, and closes the connection.
+try:
+    metadata("broker-5.gw.test")
+    result["unknown_broker"] = "answered"
+except Exception as e:
+    result["unknown_broker"] = type(e).__name__
 from kafka import KafkaConsumer, KafkaProducer
 common = dict(bootstrap_servers=f"gw.test:{port}", security_protocol="SSL", ssl_cafile=ca)
 p = KafkaProducer(**common)
@@ -89,6 +95,8 @@ fn every_broker_is_served_on_the_bootstrap_port_by_server_name() {
     let advertised = serde_json::json!([[TANSU_NODE_ID, format!("broker-{TANSU_NODE_ID}.gw.test"), eg.port]]);
     assert_eq!(r["bootstrap"], advertised, "{r}");
     assert_eq!(r["by_broker_name"], advertised, "{r}");
+    assert_ne!(r["unknown_broker"], "answered", "{r}");
+    assert!(eg.proc.log_text().contains("broker 5 is not known yet"), "{}", eg.proc.log_text());
     let consumed: Vec<&str> = r["consumed"].as_array().expect("list").iter().filter_map(Value::as_str).collect();
     assert_eq!(consumed, vec!["sni-0", "sni-1", "sni-2", "sni-3", "sni-4"], "{r}");
 }

@@ -418,3 +418,25 @@ fn certificate_rotation_keeps_open_connections() {
     let p = probe(&format!("127.0.0.1:{}", eg.node_port), &ssl(&ca2.cert, None));
     assert_eq!(p["ok"], true, "broker listener after the rotation: {p}");
 }
+
+/// `--http-tls-cert`: the admin API speaks HTTPS only.
+#[test]
+fn the_admin_listener_speaks_https() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki::Ca::root(dir.path(), "admin-ca");
+    let leaf = ca.issue("admin", pki::LOOPBACK);
+    let eg = Eventgate::start(
+        &tansu.addr(),
+        &["--http-tls-cert", leaf.chain.to_str().expect("utf-8"), "--http-tls-key", leaf.key.to_str().expect("utf-8")],
+    );
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl").args(["-s", "-m", "5"]).args(args).output().expect("curl runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let https = format!("https://127.0.0.1:{}/healthz", eg.http_port);
+    let (ok, body) = curl(&["--cacert", ca.cert.to_str().expect("utf-8"), &https]);
+    assert!(ok && body.contains("ok"), "{body}");
+    let (ok, body) = curl(&[&format!("http://127.0.0.1:{}/healthz", eg.http_port)]);
+    assert!(!ok || !body.contains("ok"), "plain HTTP must not be served: {body}");
+}
