@@ -137,21 +137,32 @@ async fn scram_through_eventgate_produce_consume_in_a_group_and_the_principal_is
     assert!(eg.metric("eventgate_kafka_produce_requests_total{principal=\"alice\"}") >= 1.0);
 }
 
+/// A wrong password fails through eventgate exactly as it fails without it, and as fast: tansu
+/// ends a failed SCRAM exchange by closing the connection (no SaslAuthenticate error answer), so
+/// the client sees a transport failure either way; eventgate neither hides nor delays it, and
+/// records no principal.
 #[test]
-fn a_wrong_password_gets_the_broker_s_error_promptly() {
+fn a_wrong_password_fails_as_it_does_without_eventgate() {
     let broker = SaslBroker::start("orders", None);
     let eg = Eventgate::start(&broker.addr(), &[]);
-    let started = Instant::now();
-    let mut args: Vec<String> =
-        ["--bootstrap", &eg.addr(), "--topic", "orders", "--count", "1"].into_iter().map(str::to_owned).collect();
-    args.extend(sasl("SCRAM-SHA-512", "alice", "wrong", "SASL_PLAINTEXT"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = try_client("kp-produce", &refs).expect_err("authentication must fail");
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
-    assert!(err.to_lowercase().contains("authentication"), "{err}");
-    wait_until("the failure counted", Duration::from_secs(10), || {
-        eg.metric("eventgate_kafka_authentications_total{mechanism=\"SCRAM\",outcome=\"failed\"}") >= 1.0
-    });
+    let attempt = |bootstrap: &str| {
+        let mut args: Vec<String> =
+            ["--bootstrap", bootstrap, "--topic", "orders", "--timeout", "10"].into_iter().map(str::to_owned).collect();
+        args.extend(sasl("SCRAM-SHA-512", "alice", "n0t-alices-p4ssword", "SASL_PLAINTEXT"));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let result = try_client("ck-metadata", &refs);
+        (result, started.elapsed())
+    };
+    let (direct, direct_took) = attempt(&broker.addr());
+    let (through, through_took) = attempt(&eg.addr());
+    let direct = direct.expect_err("the broker refuses the password");
+    let through = through.expect_err("and so does it through eventgate");
+    assert!(direct.contains("Failed to get metadata") && through.contains("Failed to get metadata"), "{through}");
+    assert!(through_took <= direct_took + Duration::from_secs(5), "{through_took:?} against {direct_took:?} direct");
+    let log = eg.proc.log_text();
+    assert!(!log.contains("client authenticated"), "{log}");
+    assert!(!log.contains("n0t-alices-p4ssword"), "the password never reaches a log");
 }
 
 #[test]
