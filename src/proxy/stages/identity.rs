@@ -1,7 +1,7 @@
 //! Who produces: the Kafka `client.id` of a connection, and the principal it authenticated as.
 //!
 //! The client id is read from the header of the requests every client sends early (ApiVersions,
-//! Metadata, SaslHandshake) and of Produce requests. The principal comes from SASL, which passes
+//! Metadata, SaslHandshake, SaslAuthenticate); Produce requests, the hot ones, are only counted. The principal comes from SASL, which passes
 //! through unchanged (the broker authenticates; eventgate never answers for it): the mechanism from
 //! SaslHandshake, the user name from the first SaslAuthenticate message (PLAIN: the authorization
 //! id, else the user name; SCRAM: `n=`; OAUTHBEARER: the token's `sub` claim, read without
@@ -67,6 +67,24 @@ struct Sasl {
     mechanism: Option<Mechanism>,
     /// The user name the client claimed, until the broker confirms it.
     claimed: Option<Arc<str>>,
+}
+
+/// A connection's `eventgate_kafka_produce_requests_total` handle, for the principal it was made for.
+#[derive(Default)]
+struct ProduceCounter {
+    principal: Option<Arc<str>>,
+    counter: Option<metrics::Counter>,
+}
+
+impl ProduceCounter {
+    fn for_principal(&mut self, principal: Option<Arc<str>>) -> &metrics::Counter {
+        if self.counter.is_none() || self.principal != principal {
+            let label = principal_label(principal.as_deref().unwrap_or("-"));
+            self.counter = Some(metrics::counter!("eventgate_kafka_produce_requests_total", "principal" => label));
+            self.principal = principal;
+        }
+        self.counter.get_or_insert_with(metrics::Counter::noop)
+    }
 }
 
 /// Distinct principals given their own label in `/metrics`; later ones count as `other`, so no
@@ -143,6 +161,14 @@ impl Stage for Identity {
     }
 
     fn on_request(&self, cx: &Ctx<'_>, req: &mut Request) -> Result<Flow, StageError> {
+        if req.meta.key() == Some(ApiKey::Produce) {
+            // The hot one: no header walk, no allocation; the counter handle is kept per
+            // connection and looked up again only when the principal changes.
+            let principal = cx.session.producer().principal;
+            cx.session.with_state(|c: &mut ProduceCounter| c.for_principal(principal).increment(1));
+            return Ok(Flow::Next);
+        }
+        // Clients send their client.id with every request; the early ones are enough.
         if let Some(id) = client_id(&req.meta, &req.frame)? {
             let known = cx.session.producer().client_id;
             if known.as_deref() != Some(id.as_str()) {
@@ -150,11 +176,6 @@ impl Stage for Identity {
             }
         }
         match req.meta.key() {
-            Some(ApiKey::Produce) => {
-                let principal = cx.session.producer().principal;
-                let label = principal_label(principal.as_deref().unwrap_or("-"));
-                metrics::counter!("eventgate_kafka_produce_requests_total", "principal" => label).increment(1);
-            }
             Some(ApiKey::SaslHandshake) => {
                 let body_at = req.meta.body_offset(&req.frame)?;
                 let hs: SaslHandshakeRequest = decode("SaslHandshake", &req.frame, body_at, req.meta.api_version)?;
