@@ -675,7 +675,8 @@ impl Settings {
             max_age: Duration::from_secs(v.mirror_max_age_secs),
             max_bytes: v.mirror_max_bytes,
             max_messages: v.mirror_max_messages,
-            max_message_size: i32::try_from(max_event_bytes).unwrap_or(i32::MAX),
+            // The stream counts the NATS headers too (id, type, validation: a few hundred bytes).
+            max_message_size: i32::try_from(max_event_bytes.saturating_add(4096)).unwrap_or(i32::MAX),
             duplicate_window: Duration::from_secs(v.mirror_duplicate_window_secs),
             discard: v.mirror_discard,
             spec_bucket: v.spec_bucket,

@@ -163,10 +163,10 @@ impl Server {
         if *seen == now {
             return Ok(false);
         }
-        // Remember the new stamps even when loading fails, so a broken file is reported once,
-        // not at every check; fixing it changes the stamps again.
-        *seen = now;
+        // A file caught half-written fails to load: the old configuration stays, and the next
+        // check tries again (the stamps are kept only once a load succeeds).
         self.current.store(server_config(&self.settings)?);
+        *seen = now;
         Ok(true)
     }
 

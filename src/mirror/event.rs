@@ -88,6 +88,9 @@ pub struct Context<'a> {
     pub client_id: Option<&'a str>,
 }
 
+/// Longest `type` taken from a producer's own CloudEvent (a longer one is wrapped).
+pub const MAX_TYPE_BYTES: usize = 256;
+
 /// A built event.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -351,6 +354,11 @@ impl<'a> Own<'a> {
         };
         if specversion != "1.0" {
             return Err(format!("{mode}: specversion {} is not 1.0", quoted(specversion.as_bytes())));
+        }
+        // The type also travels as a NATS header, where line breaks cannot go, and watchers
+        // filter on it: a printable name of reasonable length.
+        if ce_type.len() > MAX_TYPE_BYTES || ce_type.chars().any(char::is_control) {
+            return Err(format!("{mode}: type is longer than {MAX_TYPE_BYTES} bytes or holds control characters"));
         }
         if !is_uri_reference(source) {
             return Err(format!("{mode}: source is not a URI reference"));

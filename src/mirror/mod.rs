@@ -210,7 +210,8 @@ impl Mirror {
         true
     }
 
-    fn drop_job(&self, job: &Job, why: &str) {
+    /// Leaves a job out of the mirror for `why`, counted and logged like a full buffer's drops.
+    pub fn drop_job(&self, job: &Job, why: &str) {
         let n = batch_record_count(&job.records);
         self.metrics.dropped.increment(n as u64);
         tracing::warn!(topic = &*job.topic, partition = job.partition, records = n, "records not mirrored: {why}");
@@ -338,6 +339,9 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
         let Ok((data, _)) = batch.records_data(&mut scratch, config.max_decompressed_bytes) else { break };
         let log_append = batch.header.attributes & 0x08 != 0 && job.log_append_time >= 0;
         let batch_base = next_offset;
+        // The broker gives a batch's records consecutive offsets from its base, whatever offset
+        // deltas the producer wrote: an offset (and so an event id) is never the producer's choice.
+        let mut position = 0i64;
         for rec in records::records(data) {
             let Ok(rec) = rec else { break };
             let outcome = job.outcomes.as_ref().and_then(|o| o.get(index)).unwrap_or(&unvalidated);
@@ -345,7 +349,8 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 (Outcome::Valid(m), Some(route)) => route.messages.get(*m).cloned(),
                 _ => single.clone(),
             };
-            let offset = batch_base.map(|b| b + i64::from(rec.offset_delta));
+            let offset = batch_base.map(|b| b + position);
+            position += 1;
             let id = match offset {
                 Some(o) => format!("{}-{}-{o}", job.topic, job.partition),
                 None => format!("{}-{}-rejected-{unix_nanos}-{index}", job.topic, job.partition),
@@ -375,7 +380,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 out_bytes = 0;
             }
         }
-        next_offset = batch_base.map(|b| b + i64::from(batch.header.last_offset_delta) + 1);
+        next_offset = batch_base.map(|b| b + i64::from(batch.header.record_count.max(0)));
     }
     if !out.is_empty() {
         emit(out).await;

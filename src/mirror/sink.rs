@@ -275,12 +275,23 @@ pub struct JetStreamSink {
     degraded: bool,
 }
 
+/// The NATS headers of an event. A value NATS cannot carry (a line break, say, in a `type` from an
+/// AsyncAPI document) is left out rather than sent: the header is a convenience for watchers, the
+/// event itself is complete. The id is built by eventgate from a Kafka topic name and numbers, so
+/// it always fits.
 fn headers(e: &Event) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", e.id.as_str());
-    h.insert("Content-Type", "application/cloudevents+json");
-    h.insert(TYPE_HEADER, e.ce_type.as_str());
-    h.insert(VALIDATION_HEADER, e.validation);
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(v) = value.parse::<async_nats::HeaderValue>() {
+            h.insert(name, v);
+        }
+    };
+    put("Nats-Msg-Id", &e.id);
+    put("Content-Type", "application/cloudevents+json");
+    if e.ce_type.len() <= super::event::MAX_TYPE_BYTES {
+        put(TYPE_HEADER, &e.ce_type);
+    }
+    put(VALIDATION_HEADER, e.validation);
     h
 }
 
@@ -349,20 +360,29 @@ impl JetStreamSink {
         }
     }
 
-    /// Reads every answer that has already arrived, without waiting.
+    /// Reads every answer that has already arrived, without waiting, and moves the window on.
     fn take_ready_answers(&mut self) {
         loop {
-            let Some(acks) = self.acks.as_mut() else { return };
+            let Some(acks) = self.acks.as_mut() else { break };
             match acks.next().now_or_never() {
                 Some(Some(m)) => self.on_answer(m),
                 // Ended: `wake` notices and subscribes again.
-                Some(None) | None => return,
+                Some(None) | None => break,
             }
         }
+        self.trim();
     }
 
     /// Sends one event, retrying until the client takes it; false only on shutdown.
     async fn send(&mut self, subject: Arc<str>, event: Event, shutdown: &CancellationToken) -> bool {
+        let floor = self.last_seq;
+        self.send_from(subject, event, floor, shutdown).await
+    }
+
+    /// [`send`](Self::send) for an event first sent when the stream's known sequence was `floor`:
+    /// a resend keeps the floor of the first send, so a later look into the stream still covers
+    /// an original stored after all.
+    async fn send_from(&mut self, subject: Arc<str>, event: Event, floor: u64, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.acks.is_none() {
@@ -392,9 +412,17 @@ impl JetStreamSink {
                         subject,
                         event,
                         sent: Instant::now(),
-                        floor: self.last_seq,
+                        floor,
                         state: State::Sent,
                     });
+                    return true;
+                }
+                Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
+                    // The server would refuse it every time: drop it from the mirror, counted.
+                    if let Some((_, c)) = self.metrics.refused.iter().find(|(r, _)| *r == "message_too_large") {
+                        c.increment(1);
+                    }
+                    tracing::warn!(id = event.id, error = %e, "event larger than the NATS server takes; not mirrored");
                     return true;
                 }
                 Err(e) => {
@@ -594,11 +622,17 @@ impl JetStreamSink {
             self.pending = keep;
             again.into()
         };
+        let resent = !again.is_empty();
         for f in again {
             self.pending_bytes -= f.event.json.len();
-            if !self.send(f.subject, f.event, shutdown).await {
+            if !self.send_from(f.subject, f.event, f.floor, shutdown).await {
                 return;
             }
+        }
+        if resent {
+            // Refused again soon after means NATS is not ready: wait longer each time (a stored
+            // answer brings the pause back to its start).
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
         }
         self.trim();
     }
@@ -682,6 +716,24 @@ async fn pause(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
 #[cfg(test)]
 mod answer_tests {
     use super::*;
+
+    #[test]
+    fn a_type_nats_cannot_carry_leaves_its_header_out_instead_of_panicking() {
+        let event = |ce_type: &str| Event {
+            id: "t-0-1".into(),
+            ce_type: ce_type.into(),
+            validation: "valid",
+            json: Bytes::from_static(b"{}"),
+            data_omitted: false,
+            overridden: 0,
+            wrapped: false,
+        };
+        let h = headers(&event("a\r\nInjected: yes"));
+        assert!(h.get(TYPE_HEADER).is_none());
+        assert!(h.get("Injected").is_none());
+        assert_eq!(h.get("Nats-Msg-Id").map(|v| v.as_str()), Some("t-0-1"));
+        assert_eq!(headers(&event("com.example.ok")).get(TYPE_HEADER).map(|v| v.as_str()), Some("com.example.ok"));
+    }
 
     #[test]
     fn a_puback_is_stored_and_a_duplicate_too() {

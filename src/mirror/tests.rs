@@ -308,3 +308,33 @@ fn the_conformance_check_catches_what_eventgate_used_to_emit() {
         assert!(!conformance::problems(&validator, &e).is_empty(), "{e}");
     }
 }
+
+/// Offset deltas are the producer's bytes: a batch whose records all claim delta 0 (or 100000)
+/// still gets the offsets the broker gives, base + position, so no event id is the producer's
+/// choice and none can take a later record's id.
+#[tokio::test]
+async fn offsets_come_from_the_broker_s_base_not_the_producer_s_deltas() {
+    let forged = |delta: i32, n: usize| {
+        let mut section = Vec::new();
+        for i in 0..n {
+            write_record(&mut section, i as i64, delta, None, Some(br#"{"i":1}"#), std::iter::empty());
+        }
+        let mut out = BytesMut::new();
+        write_batch(&mut out, &BatchHeader::new(n as i32, Codec::None, 1000), &section, Framing::Standard).unwrap();
+        out
+    };
+    let mut records = forged(0, 3);
+    records.extend_from_slice(&forged(100_000, 2));
+    let job = Job {
+        topic: "orders".into(),
+        partition: 0,
+        base_offset: Some(100),
+        log_append_time: -1,
+        records: records.freeze(),
+        outcomes: None,
+        route: None,
+        producer: Default::default(),
+    };
+    let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, ["orders-0-100", "orders-0-101", "orders-0-102", "orders-0-103", "orders-0-104"]);
+}

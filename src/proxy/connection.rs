@@ -373,8 +373,14 @@ async fn responses(
     let mut pending = VecDeque::new();
     let mut out = VecDeque::new();
     let mut requests_done = false;
+    // Answers owed are held here and in the channel: taking from the channel only while fewer
+    // than `max_in_flight` are held keeps the request side waiting (bounded) when a broker stops
+    // answering, instead of piling up requests.
+    let most = gw.config.max_in_flight.max(1);
     loop {
-        while let Ok(p) = rx.try_recv() {
+        while pending.len() < most
+            && let Ok(p) = rx.try_recv()
+        {
             pending.push_back(p);
         }
         loop {
@@ -439,7 +445,7 @@ async fn responses(
         tokio::select! {
             biased;
             _ = abort.cancelled() => return Ok(()),
-            p = rx.recv(), if !requests_done => match p {
+            p = rx.recv(), if !requests_done && pending.len() < most => match p {
                 Some(p) => pending.push_back(p),
                 None => requests_done = true,
             },

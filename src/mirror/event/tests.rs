@@ -468,3 +468,21 @@ fn the_producer_s_principal_and_client_id_are_eventgate_s_own() {
     let (_, v) = built(&raw, &context(&outcome, 1 << 20));
     assert!(v.get("principal").is_none() && v.get("clientid").is_none(), "{v}");
 }
+
+#[test]
+fn a_type_with_line_breaks_or_too_long_is_wrapped() {
+    let outcome = Outcome::Unchecked("no document".into());
+    let ctx = context(&outcome, 1 << 20);
+    let long = "t".repeat(MAX_TYPE_BYTES + 1);
+    for bad in ["a\nb", long.as_str()] {
+        let raw = record_bytes(
+            Some("k"),
+            Some(b"{}"),
+            &[("ce_specversion", "1.0"), ("ce_id", "x"), ("ce_source", "/s"), ("ce_type", bad)],
+        );
+        let (e, v) = built(&raw, &ctx);
+        assert!(e.wrapped, "{v}");
+        assert_ne!(v["type"], bad);
+        assert!(v["wrapped"].as_str().unwrap().contains("type"), "{v}");
+    }
+}

@@ -46,8 +46,12 @@ impl AnswerHook for Tap {
 
     fn on_answer(self: Box<Self>, cx: &AnswerCtx<'_>, answer: Bytes) -> Result<Option<Bytes>, StageError> {
         let Some(mirror) = &cx.gw.mirror else { return Ok(Some(answer)) };
-        for job in accepted(cx.api_version, &answer, self.0, &cx.session.producer())? {
+        let (jobs, ambiguous) = accepted(cx.api_version, &answer, self.0, &cx.session.producer())?;
+        for job in jobs {
             mirror.submit(job);
+        }
+        for job in &ambiguous {
+            mirror.drop_job(job, "the request named this partition more than once: which offsets are whose is unknown");
         }
         Ok(Some(answer))
     }
@@ -55,12 +59,14 @@ impl AnswerHook for Tap {
 
 /// The jobs of the partitions the broker accepted, with their offsets; the answer is scanned in
 /// place, not decoded.
+/// A partition named twice in one request gets one answer for both: which offsets belong to which
+/// batch is unknown, so such partitions are returned apart (second), to be left out of the mirror.
 fn accepted(
     version: i16,
     answer: &Bytes,
     parts: Vec<Mirrored>,
     producer: &Producer,
-) -> Result<Vec<Job>, crate::wire::WireError> {
+) -> Result<(Vec<Job>, Vec<Job>), crate::wire::WireError> {
     let hlen = response_header_len(ApiKey::Produce, version, answer.get(4..).unwrap_or_default())?;
     let mut offsets = HashMap::new();
     scan::produce_response(&answer[4 + hlen..], version, |p| {
@@ -68,22 +74,29 @@ fn accepted(
             offsets.insert((p.topic, p.partition), (p.base_offset, p.log_append_time));
         }
     })?;
-    Ok(parts
-        .into_iter()
-        .filter_map(|part| {
-            let &(base, append) = offsets.get(&(part.topic.as_bytes(), part.partition))?;
-            Some(Job {
-                topic: part.topic,
-                partition: part.partition,
-                base_offset: Some(base),
-                log_append_time: append,
-                records: part.records,
-                outcomes: part.outcomes,
-                route: part.route,
-                producer: producer.clone(),
-            })
-        })
-        .collect())
+    let mut named: HashMap<(&str, i32), usize> = HashMap::new();
+    for part in &parts {
+        *named.entry((&*part.topic, part.partition)).or_default() += 1;
+    }
+    let twice: std::collections::HashSet<(String, i32)> =
+        named.into_iter().filter(|(_, n)| *n > 1).map(|((t, p), _)| (t.to_owned(), p)).collect();
+    let (mut jobs, mut ambiguous) = (Vec::new(), Vec::new());
+    for part in parts {
+        let Some(&(base, append)) = offsets.get(&(part.topic.as_bytes(), part.partition)) else { continue };
+        let repeated = twice.contains(&(part.topic.to_string(), part.partition));
+        let job = Job {
+            topic: part.topic,
+            partition: part.partition,
+            base_offset: Some(base),
+            log_append_time: append,
+            records: part.records,
+            outcomes: part.outcomes,
+            route: part.route,
+            producer: producer.clone(),
+        };
+        if repeated { ambiguous.push(job) } else { jobs.push(job) }
+    }
+    Ok((jobs, ambiguous))
 }
 
 #[cfg(test)]
@@ -113,10 +126,25 @@ mod tests {
         );
         let answer = response_frame(ApiKey::Produce, 9, 1, &resp);
         let who = Producer { client_id: Some("app".into()), principal: Some("alice".into()) };
-        let jobs = accepted(9, &answer, vec![part("t", 0), part("t", 1), part("u", 0)], &who).unwrap();
+        let (jobs, ambiguous) = accepted(9, &answer, vec![part("t", 0), part("t", 1), part("u", 0)], &who).unwrap();
+        assert!(ambiguous.is_empty());
         assert_eq!(jobs[0].producer, who);
         assert_eq!(jobs.len(), 1);
         assert_eq!((&*jobs[0].topic, jobs[0].partition, jobs[0].base_offset), ("t", 0, Some(40)));
+    }
+
+    #[test]
+    fn a_partition_named_twice_is_left_out_of_the_mirror() {
+        let mut resp = ProduceResponse::default();
+        resp.responses.push(
+            TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_responses(vec![PartitionProduceResponse::default().with_index(0).with_base_offset(5)]),
+        );
+        let answer = response_frame(ApiKey::Produce, 9, 1, &resp);
+        let (jobs, ambiguous) = accepted(9, &answer, vec![part("t", 0), part("t", 0)], &Producer::default()).unwrap();
+        assert!(jobs.is_empty());
+        assert_eq!(ambiguous.len(), 2);
     }
 
     #[test]
