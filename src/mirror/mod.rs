@@ -341,8 +341,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
         let batch_base = next_offset;
         // The broker gives a batch's records consecutive offsets from its base, whatever offset
         // deltas the producer wrote: an offset (and so an event id) is never the producer's choice.
-        let mut position = 0i64;
-        for rec in records::records(data) {
+        for (position, rec) in (0i64..).zip(records::records(data)) {
             let Ok(rec) = rec else { break };
             let outcome = job.outcomes.as_ref().and_then(|o| o.get(index)).unwrap_or(&unvalidated);
             let message = match (outcome, &job.route) {
@@ -350,7 +349,6 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 _ => single.clone(),
             };
             let offset = batch_base.map(|b| b + position);
-            position += 1;
             let id = match offset {
                 Some(o) => format!("{}-{}-{o}", job.topic, job.partition),
                 None => format!("{}-{}-rejected-{unix_nanos}-{index}", job.topic, job.partition),

@@ -362,13 +362,9 @@ impl JetStreamSink {
 
     /// Reads every answer that has already arrived, without waiting, and moves the window on.
     fn take_ready_answers(&mut self) {
-        loop {
-            let Some(acks) = self.acks.as_mut() else { break };
-            match acks.next().now_or_never() {
-                Some(Some(m)) => self.on_answer(m),
-                // Ended: `wake` notices and subscribes again.
-                Some(None) | None => break,
-            }
+        // `None` (nothing ready) or `Some(None)` (ended: `wake` notices and subscribes again) stop.
+        while let Some(Some(m)) = self.acks.as_mut().and_then(|acks| acks.next().now_or_never()) {
+            self.on_answer(m);
         }
         self.trim();
     }
