@@ -34,6 +34,8 @@ pub enum Command {
     Hostile(crate::hostile::HostileArgs),
     /// Read the mirror stream back: messages, distinct ids, duplicates, gaps per partition.
     Audit(crate::mirror::audit::AuditArgs),
+    /// Apply subscription resources (Variables, Channels, Subscriptions) to a running eventgate.
+    Apply(crate::subscriptions::apply::ApplyArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -78,6 +80,13 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             print_json(runtime.block_on(crate::mirror::audit::run(args)))
+        }
+        Command::Apply(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            runtime.block_on(crate::subscriptions::apply::run(args))
         }
     }
 }

@@ -407,6 +407,31 @@ settings! {
         #[arg(long, env = "EVENTGATE_SPEC_BUCKET")]
         spec_bucket: Option<String> = "eventgate_specs",
 
+        /// Subscription resources (YAML or JSON files, or directories of them) applied at start; every `{{name}}` they
+        /// use must be declared in them. Needs `--nats-url`.
+        #[arg(long = "resources", env = "EVENTGATE_RESOURCES", value_delimiter = ',')]
+        resources: Vec<PathBuf>,
+
+        /// JetStream key-value bucket of subscription resources (Variables, Channels, Subscriptions).
+        #[arg(long, env = "EVENTGATE_RESOURCE_BUCKET")]
+        resource_bucket: Option<String> = "eventgate_resources",
+
+        /// JetStream stream keeping dead-lettered events.
+        #[arg(long, env = "EVENTGATE_DEADLETTER_STREAM")]
+        deadletter_stream: Option<String> = "EVENTGATE_DEADLETTER",
+
+        /// Subject prefix of dead letters: `<prefix>.<subscription>`.
+        #[arg(long, env = "EVENTGATE_DEADLETTER_PREFIX")]
+        deadletter_prefix: Option<String> = "eventgate.deadletter",
+
+        /// Networks (CIDR) or addresses subscriptions never deliver to, checked at apply time and at connect time.
+        #[arg(long, env = "EVENTGATE_SINK_DENY_NETWORKS")]
+        sink_deny_networks: Option<String> = "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32,0.0.0.0/8",
+
+        /// `WebHook-Request-Origin` eventgate sends in the CloudEvents webhook handshake.
+        #[arg(long, env = "EVENTGATE_WEBHOOK_ORIGIN")]
+        webhook_origin: Option<String> = "eventgate",
+
         /// Events buffered per websocket client before a slow client is disconnected.
         #[arg(long, env = "EVENTGATE_WS_BUFFER")]
         ws_buffer: Option<usize> = "1024",
@@ -484,6 +509,8 @@ pub struct Config {
     pub max_spec_bytes: usize,
     pub nats: Option<NatsConfig>,
     pub mirror: MirrorConfig,
+    /// Subscriptions (with NATS).
+    pub subscriptions: Option<crate::subscriptions::SubsConfig>,
     pub ws_buffer: usize,
     pub ws_slow: Duration,
     pub ws_max_buffered_bytes: usize,
@@ -682,6 +709,34 @@ impl Settings {
             spec_bucket: v.spec_bucket,
             window: v.mirror_window,
         });
+        let deny = crate::subscriptions::sink::DenyList::parse(&v.sink_deny_networks)
+            .map_err(|m| invalid("sink_deny_networks", m))?;
+        for (setting, p) in [("deadletter_prefix", &v.deadletter_prefix)] {
+            crate::subscriptions::resource::check_subject(p).map_err(|m| invalid(setting, m))?;
+        }
+        if v.deadletter_prefix.starts_with(&format!("{subject_prefix}."))
+            || v.deadletter_prefix.starts_with(&format!("{rejected_prefix}."))
+            || v.deadletter_prefix == subject_prefix
+            || v.deadletter_prefix == rejected_prefix
+        {
+            return Err(invalid("deadletter_prefix", "must not overlap the mirror's subject prefixes"));
+        }
+        if !v.resources.is_empty() && nats.is_none() {
+            return Err(invalid("resources", "subscriptions need NATS: give --nats-url"));
+        }
+        let subscriptions = nats.as_ref().map(|n| crate::subscriptions::SubsConfig {
+            stream: n.stream.clone(),
+            subject_prefix: subject_prefix.clone(),
+            rejected_prefix: rejected_prefix.clone(),
+            bucket: v.resource_bucket.clone(),
+            deadletter_stream: v.deadletter_stream.clone(),
+            deadletter_prefix: v.deadletter_prefix.clone(),
+            storage: n.storage,
+            max_age: n.max_age,
+            deny: deny.clone(),
+            origin: v.webhook_origin.clone(),
+            files: v.resources.clone(),
+        });
         Ok(Config {
             upstream,
             listen,
@@ -712,6 +767,7 @@ impl Settings {
             max_spec_bytes: v.max_spec_bytes,
             nats,
             mirror,
+            subscriptions,
             ws_buffer: v.ws_buffer.max(1),
             ws_slow: Duration::from_millis(v.ws_slow_ms),
             ws_max_buffered_bytes: v.ws_max_buffered_bytes.max(1),

@@ -16,6 +16,7 @@ pub mod offline;
 pub mod proxy;
 pub mod server;
 pub mod specs;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;

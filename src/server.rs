@@ -32,6 +32,10 @@ pub enum ServeError {
     Mirror(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("--resources: {0}")]
+    Resources(String),
+    #[error(transparent)]
+    SubscriptionsClient(#[from] crate::subscriptions::sink::ClientError),
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
@@ -82,6 +86,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tracing::warn!(id = summary.id, "{w}");
         }
     }
+    // Subscriptions: resource files are checked now (a broken file stops the start), applied once
+    // the bucket is reachable.
+    let subs = match (&config.subscriptions, &config.nats, &js) {
+        (Some(sc), Some(nc), Some(js)) => {
+            let startup = crate::subscriptions::load_files(&sc.files).map_err(ServeError::Resources)?;
+            let subs = crate::subscriptions::Subscriptions::new(sc.clone(), js.clone())?;
+            tokio::spawn(subs.clone().run(nc.clone(), startup, background.clone()));
+            Some(subs)
+        }
+        _ => None,
+    };
     let ws_shutdown = tokio_util::sync::CancellationToken::new();
     let ws = WsState {
         js,
@@ -98,7 +113,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let gw = Gateway::with_tls(config, validation, Some(mirror), tls);
     gw.listen().await?;
     let addr = gw.config.http_listen;
-    crate::http::start(gw.clone(), store, ws).await.map_err(|source| ServeError::HttpListen { addr, source })?;
+    crate::http::start(gw.clone(), store, subs, ws).await.map_err(|source| ServeError::HttpListen { addr, source })?;
 
     wait_for_signal().await?;
     tracing::info!(timeout = ?gw.config.shutdown_timeout, "shutting down: no new connections, finishing in-flight requests");

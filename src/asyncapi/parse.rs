@@ -65,18 +65,43 @@ fn read_yaml(text: &str) -> Result<Value, SpecError> {
     })
 }
 
-/// YAML text to a value, with the YAML 1.2 core schema (see the module docs).
-fn parse_yaml(text: &str) -> Result<Value, SpecError> {
-    let options = serde_saphyr::options! {
+/// Parses YAML text holding one or more documents (`---` between them), each read like [`parse`]
+/// reads one. An empty document is `null`.
+pub fn parse_multi(text: &str) -> Result<Vec<Value>, SpecError> {
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("yaml-reader".into())
+            .stack_size(YAML_STACK)
+            .spawn_scoped(scope, || {
+                let nodes: Vec<Spanned<Node>> = serde_saphyr::from_str_multiple_with_options(text, yaml_options())
+                    .map_err(|e| SpecError::Syntax(yaml_error(&e)))?;
+                let values = nodes.into_iter().map(|n| to_value(text, n)).collect::<Result<Vec<_>, _>>()?;
+                if values.iter().any(|v| depth(v) > MAX_DEPTH) {
+                    return Err(SpecError::Syntax(format!("a document nests deeper than {MAX_DEPTH} levels")));
+                }
+                Ok(values)
+            })
+            .map_err(|e| SpecError::Syntax(format!("cannot start the YAML reader: {e}")))?;
+        reader.join().unwrap_or_else(|_| Err(SpecError::Syntax("the YAML reader failed".into())))
+    })
+}
+
+/// The YAML 1.2 core schema, as serde-saphyr's options.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
         // Only `true`/`false` (and their capitalised spellings) are booleans.
         strict_booleans: true,
         // `1_000` is a string in YAML 1.2.
         underscored_numbers_as_strings: true,
         // Infinities and NaN reach `resolve_number`, which refuses them with their location.
         non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
-    };
+    }
+}
+
+/// YAML text to a value, with the YAML 1.2 core schema (see the module docs).
+fn parse_yaml(text: &str) -> Result<Value, SpecError> {
     let node: Spanned<Node> =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| SpecError::Syntax(yaml_error(&e)))?;
+        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| SpecError::Syntax(yaml_error(&e)))?;
     to_value(text, node)
 }
 

@@ -9,6 +9,7 @@
 //! open at once, websockets included; further ones are closed as soon as they are accepted and
 //! counted in `eventgate_http_connections_refused_total`.
 
+pub mod resources;
 pub mod specs;
 pub mod ws;
 
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::proxy::Gateway;
+use crate::subscriptions::resource::Kind;
 use crate::specs::SpecStore;
 use crate::telemetry;
 
@@ -39,6 +41,8 @@ use crate::telemetry;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<SpecStore>,
+    /// Subscriptions (with NATS).
+    pub subs: Option<Arc<crate::subscriptions::Subscriptions>>,
     pub admin_token: Option<Arc<str>>,
     pub ws: ws::WsState,
     /// Time a request may take, its body included, before it is answered 408. A websocket's
@@ -47,11 +51,17 @@ pub struct AppState {
 }
 
 /// Binds the admin listener and serves it until shutdown. Returns the bound address.
-pub async fn start(gw: Arc<Gateway>, store: Arc<SpecStore>, ws: ws::WsState) -> std::io::Result<SocketAddr> {
+pub async fn start(
+    gw: Arc<Gateway>,
+    store: Arc<SpecStore>,
+    subs: Option<Arc<crate::subscriptions::Subscriptions>>,
+    ws: ws::WsState,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(gw.config.http_listen).await?;
     let addr = listener.local_addr()?;
     let state = AppState {
         store,
+        subs,
         admin_token: gw.config.admin_token.as_deref().map(Arc::from),
         ws,
         request_timeout: gw.config.http_request_timeout,
@@ -187,10 +197,29 @@ pub fn router(state: AppState, max_spec_bytes: usize) -> Router {
         .route("/specs/{id}", put(specs::put).get(specs::get).delete(specs::delete))
         .route("/specs/{id}/validate", post(specs::validate))
         .route("/ws", get(ws::handler))
+        .route("/apply", post(resources::apply))
+        .route("/subscriptions/{name}/replay", post(resources::replay))
+        .route("/subscriptions/{name}/pause", post(resources::pause))
+        .route("/subscriptions/{name}/resume", post(resources::resume))
+        .merge(resource_routes(Kind::Variable))
+        .merge(resource_routes(Kind::Channel))
+        .merge(resource_routes(Kind::Subscription))
         .layer(DefaultBodyLimit::max(max_spec_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn_with_state(state.clone(), limit_time))
         .with_state(state)
+}
+
+/// `GET /{kind}`, and `GET`/`PUT`/`DELETE /{kind}/{name}`, for one kind of resource.
+fn resource_routes(kind: Kind) -> Router<AppState> {
+    use axum::extract::{Path, State};
+    let one = format!("/{}/{{name}}", kind.plural());
+    Router::new().route(&format!("/{}", kind.plural()), get(move |s: State<AppState>| resources::list(s, kind))).route(
+        &one,
+        get(move |s: State<AppState>, p: Path<String>| resources::get(s, p, kind))
+            .put(move |s: State<AppState>, p: Path<String>, body: axum::body::Bytes| resources::put(s, p, kind, body))
+            .delete(move |s: State<AppState>, p: Path<String>| resources::delete(s, p, kind)),
+    )
 }
 
 /// Answers 408 when a request, its body included, is not answered within `request_timeout`. The

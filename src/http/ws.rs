@@ -323,7 +323,7 @@ fn bad(msg: String) -> Response {
 }
 
 /// Checks a topic filter in NATS wildcard syntax.
-fn topic_filter(t: &str) -> Result<(), String> {
+pub fn topic_filter(t: &str) -> Result<(), String> {
     let tokens: Vec<&str> = t.split('.').collect();
     for (i, tok) in tokens.iter().enumerate() {
         let ok = !tok.is_empty()
@@ -340,7 +340,7 @@ fn topic_filter(t: &str) -> Result<(), String> {
 }
 
 /// Whether `subject` matches the NATS `pattern`.
-fn subject_matches(pattern: &str, subject: &str) -> bool {
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     let mut s = subject.split('.');
     for p in pattern.split('.') {
         match (p, s.next()) {

@@ -44,8 +44,9 @@ use crate::validate::{CompiledMessage, Outcome};
 use crate::wire::records::Record;
 
 /// Extension attributes that only eventgate sets; a producer's values for them are dropped.
-/// `principal` and `clientid` say who produced the record (see [`Context`]).
-pub const RESERVED: [&str; 10] = [
+/// `principal` and `clientid` say who produced the record (see [`Context`]); the `delivery*` names
+/// are what a subscription adds to an event it dead-letters.
+pub const RESERVED: [&str; 14] = [
     "partition",
     "offset",
     "validation",
@@ -56,6 +57,11 @@ pub const RESERVED: [&str; 10] = [
     "clientid",
     "overridden",
     "wrapped",
+    // Set on dead-lettered events by subscriptions (`crate::subscriptions::deliver`).
+    "deliverycode",
+    "deliveryerror",
+    "deliverydest",
+    "deliveryattempts",
 ];
 
 /// `type` when neither the message nor the configuration gives a non-empty one.
