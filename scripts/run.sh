@@ -5,6 +5,7 @@
 #   eventgate broker listener        127.0.0.1:9204   (tansu's node id 111 -> 9093 + 111)
 #   eventgate admin HTTP             127.0.0.1:8080   (specs API, /metrics, /ws live events)
 #   nats-server 2.15 with JetStream  127.0.0.1:4222   (CloudEvents mirror, shared documents)
+#   demo webhook receiver            127.0.0.1:8090   (resources/demo.yaml delivers invalid events here)
 # Everything started here stops when eventgate stops (Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ TANSU_PORT=${TANSU_PORT:-9192}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 HTTP_PORT=${HTTP_PORT:-8080}
 NATS_PORT=${NATS_PORT:-4222}
+RECEIVER_PORT=${RECEIVER_PORT:-8090}
 TOPIC=event-gateway-demo
 
 mkdir -p "$RUN_DIR"
@@ -28,8 +30,8 @@ wait_port() {
   for _ in $(seq 1 300); do port_busy "$1" && return 0; sleep 0.1; done
   echo "timed out waiting for $2 on port $1 (log: $RUN_DIR/$2.log)" >&2; exit 1
 }
-for p in "$TANSU_PORT" "$KAFKA_PORT" "$HTTP_PORT" "$NATS_PORT"; do
-  if port_busy "$p"; then echo "port $p is already in use: stop what holds it, or set TANSU_PORT/KAFKA_PORT/HTTP_PORT/NATS_PORT" >&2; exit 1; fi
+for p in "$TANSU_PORT" "$KAFKA_PORT" "$HTTP_PORT" "$NATS_PORT" "$RECEIVER_PORT"; do
+  if port_busy "$p"; then echo "port $p is already in use: stop what holds it, or set TANSU_PORT/KAFKA_PORT/HTTP_PORT/NATS_PORT/RECEIVER_PORT" >&2; exit 1; fi
 done
 
 # The current nats-server that deps.sh installed into .venv (Debian's 2.9 only as a fallback).
@@ -46,7 +48,12 @@ pids+=($!)
 wait_port "$TANSU_PORT" tansu
 tansu topic create --broker "tcp://127.0.0.1:$TANSU_PORT" --partitions 3 "$TOPIC" >/dev/null
 
-"$BIN" serve --upstream "127.0.0.1:$TANSU_PORT" --listen "127.0.0.1:$KAFKA_PORT" \
+python3 scripts/demo_receiver.py "$RECEIVER_PORT" >"$RUN_DIR/receiver.log" 2>&1 &
+pids+=($!)
+wait_port "$RECEIVER_PORT" receiver
+
+EVENTGATE_DEMO_HOOK="http://127.0.0.1:$RECEIVER_PORT/events" \
+"$BIN" serve --resources resources/demo.yaml --upstream "127.0.0.1:$TANSU_PORT" --listen "127.0.0.1:$KAFKA_PORT" \
   --http-listen "127.0.0.1:$HTTP_PORT" --spec asyncapi/demo.yaml --nats-url "nats://127.0.0.1:$NATS_PORT" "$@" &
 eg=$!
 pids+=($eg)
@@ -65,6 +72,9 @@ asyncapi/demo.yaml (lumens: integer >= 0, sentAt: date-time). Try, in another te
   # every record as a CloudEvent, live (any websocket client; replay with ?start=all)
   curl -sN -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
     -H 'Sec-WebSocket-Key: ZXZlbnRnYXRlZGVtbzEyMw==' "http://127.0.0.1:$HTTP_PORT/ws?start=all" --output -
+  # the invalid record, delivered as a CloudEvent (binary mode) by the subscription in resources/demo.yaml
+  tail -f $RUN_DIR/receiver.log
+  curl -s http://127.0.0.1:$HTTP_PORT/subscriptions/invalid-demo-events   # its status
   # the documents in force, and a dry run of a message
   curl -s http://127.0.0.1:$HTTP_PORT/specs
   curl -s -H 'content-type: application/json' -d '{"value":{"lumens":-5}}' http://127.0.0.1:$HTTP_PORT/specs/demo/validate

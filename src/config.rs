@@ -711,9 +711,8 @@ impl Settings {
         });
         let deny = crate::subscriptions::sink::DenyList::parse(&v.sink_deny_networks)
             .map_err(|m| invalid("sink_deny_networks", m))?;
-        for (setting, p) in [("deadletter_prefix", &v.deadletter_prefix)] {
-            crate::subscriptions::resource::check_subject(p).map_err(|m| invalid(setting, m))?;
-        }
+        crate::subscriptions::resource::check_subject(&v.deadletter_prefix)
+            .map_err(|m| invalid("deadletter_prefix", m))?;
         if v.deadletter_prefix.starts_with(&format!("{subject_prefix}."))
             || v.deadletter_prefix.starts_with(&format!("{rejected_prefix}."))
             || v.deadletter_prefix == subject_prefix

@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::proxy::Gateway;
-use crate::subscriptions::resource::Kind;
 use crate::specs::SpecStore;
+use crate::subscriptions::resource::Kind;
 use crate::telemetry;
 
 /// What every handler can reach.

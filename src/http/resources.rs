@@ -58,7 +58,8 @@ fn subs(state: &AppState) -> Result<&Arc<Subscriptions>, ApiError> {
 fn read_body(body: &[u8]) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "invalid_resource", "the body is not UTF-8".into()))?;
-    crate::asyncapi::parse::parse(text).map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_resource", e.to_string()))
+    crate::asyncapi::parse::parse(text)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "invalid_resource", e.to_string()))
 }
 
 /// `GET /{kind}`.
@@ -114,11 +115,7 @@ pub async fn put(
 }
 
 /// `DELETE /{kind}/{name}`.
-pub async fn delete(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    kind: Kind,
-) -> Result<Response, ApiError> {
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>, kind: Kind) -> Result<Response, ApiError> {
     subs(&state)?.delete(kind, &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

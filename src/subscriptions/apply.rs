@@ -41,12 +41,7 @@ pub async fn run(args: ApplyArgs) -> ExitCode {
         }
     };
     let body = Value::Array(docs.iter().map(|r| r.to_value(true)).collect()).to_string();
-    let url = format!(
-        "{}/apply?prune={}&dry_run={}",
-        args.server.trim_end_matches('/'),
-        args.prune,
-        args.dry_run
-    );
+    let url = format!("{}/apply?prune={}&dry_run={}", args.server.trim_end_matches('/'), args.prune, args.dry_run);
     // reqwest is built without a default TLS provider: eventgate's (ring) is the process's.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder().build() {
@@ -78,7 +73,11 @@ pub async fn run(args: ApplyArgs) -> ExitCode {
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     for r in v["results"].as_array().into_iter().flatten() {
         let kind = r["kind"].as_str().unwrap_or_default().to_lowercase();
-        println!("{kind}/{} {}{suffix}", r["name"].as_str().unwrap_or_default(), r["action"].as_str().unwrap_or_default());
+        println!(
+            "{kind}/{} {}{suffix}",
+            r["name"].as_str().unwrap_or_default(),
+            r["action"].as_str().unwrap_or_default()
+        );
     }
     let s = &v["summary"];
     println!(

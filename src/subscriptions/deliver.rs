@@ -70,6 +70,8 @@ pub struct Plan {
     pub paused: bool,
     /// The subjects of its topics.
     pub subjects: Vec<String>,
+    /// When it was last replayed (a replay restarts the worker on the new consumer).
+    pub replayed: Option<String>,
 }
 
 impl Plan {
@@ -160,9 +162,7 @@ const FILTERED: usize = 3;
 
 impl Stats {
     pub fn new(name: &str) -> Self {
-        let counter = |outcome: &'static str| {
-            metrics::counter!("eventgate_subscription_events_total", "subscription" => name.to_owned(), "outcome" => outcome)
-        };
+        let counter = |outcome: &'static str| metrics::counter!("eventgate_subscription_events_total", "subscription" => name.to_owned(), "outcome" => outcome);
         Self {
             delivered: counter("delivered"),
             retried: counter("retried"),
@@ -242,9 +242,11 @@ fn consumer_config(
         filter_subject,
         deliver_policy: deliver,
         ack_policy: consumer::AckPolicy::Explicit,
-        // An event handed out and not settled in this time goes to another instance: enough for a
-        // delivery's timeout and a batch's wait, with room to spare.
-        ack_wait: channel.timeout * 2 + channel.batch_wait + Duration::from_secs(30),
+        // An event handed out and not settled in this time goes to another instance (or to this
+        // one again, after a crash). An event waits in the client for at most one delivery before
+        // its own starts (the consumer hands out no more than can be in flight), so two timeouts
+        // and a batch's wait, with room to spare.
+        ack_wait: channel.timeout * 2 + channel.batch_wait + Duration::from_secs(5),
         max_ack_pending: concurrency * per_request,
         max_deliver: -1,
         ..Default::default()
@@ -337,6 +339,7 @@ fn plans(subs: &Subscriptions) -> HashMap<String, Result<Plan, String>> {
                 dead_letter,
                 paused: subs.paused(name).is_some(),
                 subjects: subjects(&subs.config, s),
+                replayed: subs.replayed(name),
             })
         })();
         out.insert(name.clone(), plan);
@@ -415,7 +418,8 @@ async fn worker(subs: Arc<Subscriptions>, plan: Plan, stop: CancellationToken) {
         return;
     }
     let mut failures = 0u32;
-    let wait = |failures: u32| Duration::from_millis(200u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(30));
+    let wait =
+        |failures: u32| Duration::from_millis(200u64.saturating_mul(1 << failures.min(7))).min(Duration::from_secs(30));
     // The webhook handshake, before anything is sent.
     let mut pace = None;
     if plan.channel.handshake {
@@ -566,9 +570,9 @@ async fn deliver(ctx: &Ctx, messages: Vec<jetstream::Message>) {
                 body: encode::batch(&bodies),
             })
         }
-        Mode::Binary => Stored::parse(&chosen[0].payload)
-            .and_then(|s| s.binary())
-            .map(|(headers, body)| Payload { headers, body }),
+        Mode::Binary => {
+            Stored::parse(&chosen[0].payload).and_then(|s| s.binary()).map(|(headers, body)| Payload { headers, body })
+        }
     };
     let answer = match payload {
         Ok(payload) => {
@@ -652,7 +656,10 @@ async fn dead_letter(ctx: &Ctx, m: &jetstream::Message, answer: &Answer, attempt
         }
         DeadLetterTo::Channel(channel) => {
             let payload = Payload {
-                headers: vec![(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(encode::STRUCTURED))],
+                headers: vec![(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static(encode::STRUCTURED),
+                )],
                 body,
             };
             match ctx.subs.sinks.send(channel, payload).await {
@@ -696,6 +703,7 @@ mod tests {
             dead_letter: DeadLetterTo::Subject("dl.s".into()),
             paused: false,
             subjects: vec!["p.>".into()],
+            replayed: None,
         }
     }
 

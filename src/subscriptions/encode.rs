@@ -76,8 +76,7 @@ impl<'de> Deserialize<'de> for Members<'de> {
 
 impl<'a> Stored<'a> {
     pub fn parse(raw: &'a [u8]) -> Result<Stored<'a>, EncodeError> {
-        let members: Members<'a> =
-            serde_json::from_slice(raw).map_err(|e| EncodeError::NotAnEvent(e.to_string()))?;
+        let members: Members<'a> = serde_json::from_slice(raw).map_err(|e| EncodeError::NotAnEvent(e.to_string()))?;
         let s = Stored { raw, members: members.0 };
         for required in ["id", "source", "type", "specversion"] {
             if s.raw_member(required).is_none() {
@@ -119,7 +118,8 @@ impl<'a> Stored<'a> {
                 _ => {}
             }
             let Some(text) = scalar_text(raw) else { continue };
-            let header = HeaderName::try_from(format!("ce-{name}")).map_err(|_| EncodeError::Header(name.to_string()))?;
+            let header =
+                HeaderName::try_from(format!("ce-{name}")).map_err(|_| EncodeError::Header(name.to_string()))?;
             let value = utf8_percent_encode(&text, HEADER_UNSAFE).to_string();
             let value = HeaderValue::try_from(value).map_err(|_| EncodeError::Header(name.to_string()))?;
             headers.push((header, value));

@@ -75,7 +75,8 @@ impl Filter {
             })?;
             let (attribute, value) = m.iter().next().ok_or("empty")?;
             check_attribute(attribute)?;
-            let value = value.as_str().ok_or_else(|| format!("`{dialect}`: the value of `{attribute}` must be a string"))?;
+            let value =
+                value.as_str().ok_or_else(|| format!("`{dialect}`: the value of `{attribute}` must be a string"))?;
             if dialect != "exact" && value.is_empty() {
                 return Err(format!("`{dialect}`: the value of `{attribute}` must not be empty"));
             }
@@ -197,7 +198,8 @@ mod tests {
             deep = json!({ "not": deep });
         }
         assert!(err(deep).contains("deeper"));
-        let wide = json!({"any": (0..=MAX_NODES).map(|i| json!({"exact": {"type": i.to_string()}})).collect::<Vec<_>>()});
+        let wide =
+            json!({"any": (0..=MAX_NODES).map(|i| json!({"exact": {"type": i.to_string()}})).collect::<Vec<_>>()});
         assert!(err(wide).contains("more than"));
     }
 

@@ -14,8 +14,8 @@
 //!                                        `<deadletter prefix>.<subscription>` (own stream) or a channel
 //! ```
 //!
-//! Resources live in a key-value bucket (`<kind>.<name>`, and `paused.<name>` for paused
-//! subscriptions), so every instance sees the same set and each runs a worker per subscription on
+//! Resources live in a key-value bucket (`<kind>.<name>`; `paused.<name>` for paused
+//! subscriptions, `replay.<name>` for the last replay), so every instance sees the same set and each runs a worker per subscription on
 //! the same durable consumer: JetStream splits the events between them. Retries are NAKs with a
 //! delay and attempts are JetStream's delivery count, so both survive restarts; an event is
 //! acknowledged only after its sink answered 2xx (or it was dead-lettered), so a crash delivers it
@@ -104,6 +104,9 @@ struct State {
     resources: Resources,
     /// Paused subscriptions, with why.
     paused: BTreeMap<String, Value>,
+    /// When each subscription was last replayed: a change restarts its workers everywhere, on
+    /// the recreated consumer.
+    replays: BTreeMap<String, String>,
 }
 
 /// The subscriptions service of one eventgate instance.
@@ -165,6 +168,11 @@ impl Subscriptions {
     /// Why `name` is paused, if it is.
     pub fn paused(&self, name: &str) -> Option<Value> {
         self.state().paused.get(name).cloned()
+    }
+
+    /// When `name` was last replayed.
+    pub fn replayed(&self, name: &str) -> Option<String> {
+        self.state().replays.get(name).cloned()
     }
 
     /// This instance's counters for `name`.
@@ -291,7 +299,13 @@ impl Subscriptions {
         let Some((prefix, name)) = entry.key.split_once('.') else { return };
         let put = matches!(entry.operation, kv::Operation::Put);
         let mut st = self.state();
-        if prefix == "paused" {
+        if prefix == "replay" {
+            if put {
+                st.replays.insert(name.to_owned(), String::from_utf8_lossy(&entry.value).into_owned());
+            } else {
+                st.replays.remove(name);
+            }
+        } else if prefix == "paused" {
             if put {
                 let why = serde_json::from_slice(&entry.value).unwrap_or(Value::Null);
                 st.paused.insert(name.to_owned(), why);
@@ -334,9 +348,11 @@ impl Subscriptions {
         next.check(&env)?;
         for (name, _) in next.channels.iter() {
             if let Ok(ch) = next.resolve_channel(name, &env) {
-                self.sinks.deny.check_host(&ch.url).await.map_err(|m| {
-                    SubsError::Invalid(ResourceError::new(format!("Channel/{name}: spec.url"), m))
-                })?;
+                self.sinks
+                    .deny
+                    .check_host(&ch.url)
+                    .await
+                    .map_err(|m| SubsError::Invalid(ResourceError::new(format!("Channel/{name}: spec.url"), m)))?;
             }
         }
         let mut report = Vec::new();
@@ -400,7 +416,9 @@ impl Subscriptions {
         self.state().resources.of_mut(kind).remove(name);
         if kind == Kind::Subscription {
             let _ = bucket.delete(format!("paused.{name}")).await;
+            let _ = bucket.delete(format!("replay.{name}")).await;
             self.state().paused.remove(name);
+            self.state().replays.remove(name);
             // Its position goes with it: applying it again starts afresh.
             if let Ok(s) = self.js.get_stream(&self.config.stream).await {
                 let _ = s.delete_consumer(&deliver::consumer_name(name)).await;
@@ -444,6 +462,13 @@ impl Subscriptions {
             .await
             .map_err(SubsError::Unavailable)?;
         self.stats(name).replays.increment(1);
+        // Every instance restarts its worker on the new consumer.
+        let at = crate::validate::batch::now_rfc3339();
+        self.bucket()?
+            .put(format!("replay.{name}"), Bytes::from(at.clone()))
+            .await
+            .map_err(|e| SubsError::Unavailable(e.to_string()))?;
+        self.state().replays.insert(name.to_owned(), at);
         self.bump();
         Ok(())
     }

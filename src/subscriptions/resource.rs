@@ -508,10 +508,9 @@ impl Resource {
                 for (field, text) in c.templates() {
                     references(text).map_err(|m| ResourceError::new(at(&field), m))?;
                 }
+                // A URL with references is checked once they resolve (`Resources::check`).
                 if references(&c.url).map(|r| r.is_empty()).unwrap_or(false) {
                     check_url(&c.url).map_err(|m| ResourceError::new(at("url"), m))?;
-                } else if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-                    return fail("url", "must start with http:// or https://".into());
                 }
                 if c.headers.len() > MAX_LIST {
                     return fail("headers", format!("more than {MAX_LIST}"));
@@ -581,8 +580,9 @@ impl Resource {
                     match (&dl.subject, &dl.channel) {
                         (Some(subject), None) => check_subject(subject)
                             .map_err(|m| ResourceError::new(at("delivery.deadLetter.subject"), m))?,
-                        (None, Some(channel)) => check_name(channel)
-                            .map_err(|m| ResourceError::new(at("delivery.deadLetter.channel"), m))?,
+                        (None, Some(channel)) => {
+                            check_name(channel).map_err(|m| ResourceError::new(at("delivery.deadLetter.channel"), m))?
+                        }
                         _ => return fail("delivery.deadLetter", "give either `subject` or `channel`".into()),
                     }
                 }
@@ -659,11 +659,7 @@ pub fn check_url(url: &str) -> Result<reqwest::Url, String> {
 }
 
 fn within(d: Duration, min: Duration, max: Duration) -> Result<Duration, String> {
-    if d < min || d > max {
-        Err(format!("{d:?} is outside {min:?}..={max:?}"))
-    } else {
-        Ok(d)
-    }
+    if d < min || d > max { Err(format!("{d:?} is outside {min:?}..={max:?}")) } else { Ok(d) }
 }
 
 /// Reads a duration: ISO-8601 (`PT1.5S`, `PT2M`, `P1D`, `P1DT2H`) or short (`500ms`, `2s`, `1m`,
@@ -888,7 +884,10 @@ impl Resources {
         let url_text = self.resolve_text(&c.url, env).map_err(|m| ResourceError::new(at("url"), m))?;
         let mut url = check_url(&url_text).map_err(|m| {
             // The resolved URL may hold a secret: name the template.
-            ResourceError::new(at("url"), if c.url == url_text { m } else { format!("`{}` resolves to no valid URL", c.url) })
+            ResourceError::new(
+                at("url"),
+                if c.url == url_text { m } else { format!("`{}` resolves to no valid URL", c.url) },
+            )
         })?;
         let mut headers = Vec::with_capacity(c.headers.len() + 1);
         for (k, v) in &c.headers {
@@ -972,9 +971,9 @@ impl Resources {
             Kind::Variable => {
                 for r in self.channels.values() {
                     if let Spec::Channel(c) = &r.spec
-                        && c.templates().iter().any(|(_, t)| {
-                            references(t).unwrap_or_default().iter().any(|x| *x == Ref::Variable(name))
-                        })
+                        && c.templates()
+                            .iter()
+                            .any(|(_, t)| references(t).unwrap_or_default().contains(&Ref::Variable(name)))
                     {
                         users.push(r.id());
                     }

@@ -83,7 +83,10 @@ impl DenyList {
         };
         for a in addrs {
             if let Some(net) = self.denies(a.ip()) {
-                return Err(format!("`{host}` resolves to {}, in a denied network ({net}; see --sink-deny-networks)", a.ip()));
+                return Err(format!(
+                    "`{host}` resolves to {}, in a denied network ({net}; see --sink-deny-networks)",
+                    a.ip()
+                ));
             }
         }
         Ok(())
@@ -123,11 +126,20 @@ impl reqwest::dns::Resolve for CheckedResolver {
 pub enum Answer {
     Delivered,
     /// Try again later (`retry_after` when the sink said when).
-    Retry { status: u16, error: String, retry_after: Option<Duration> },
+    Retry {
+        status: u16,
+        error: String,
+        retry_after: Option<Duration>,
+    },
     /// Will never succeed: dead-letter it.
-    Reject { status: u16, error: String },
+    Reject {
+        status: u16,
+        error: String,
+    },
     /// 410: the sink wants nothing more.
-    Gone { error: String },
+    Gone {
+        error: String,
+    },
 }
 
 impl Answer {
@@ -228,7 +240,8 @@ impl Sinks {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let location = response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let location =
+            response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let text = read_some(response).await;
         classify(status, text, retry_after, location)
     }
@@ -246,7 +259,8 @@ impl Sinks {
         }
         let response = req.send().await.map_err(describe)?;
         let status = response.status();
-        let header = |n: &str| response.headers().get(n).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
+        let header =
+            |n: &str| response.headers().get(n).and_then(|v| v.to_str().ok()).map(str::trim).map(str::to_owned);
         let allowed = header("WebHook-Allowed-Origin");
         let rate = header("WebHook-Allowed-Rate");
         if !status.is_success() {
@@ -260,7 +274,9 @@ impl Sinks {
         }
         let rate_per_minute = match rate.as_deref() {
             None | Some("*") => None,
-            Some(r) => Some(r.parse::<u32>().map_err(|_| format!("WebHook-Allowed-Rate `{r}` is not a number"))?.max(1)),
+            Some(r) => {
+                Some(r.parse::<u32>().map_err(|_| format!("WebHook-Allowed-Rate `{r}` is not a number"))?.max(1))
+            }
         };
         Ok(Consent { rate_per_minute })
     }

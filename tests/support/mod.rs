@@ -181,6 +181,11 @@ pub struct Eventgate {
 
 impl Eventgate {
     pub fn start(upstream: &str, extra: &[&str]) -> Eventgate {
+        Self::start_with_env(upstream, extra, &[])
+    }
+
+    /// [`Eventgate::start`] with environment variables set for the process.
+    pub fn start_with_env(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Eventgate {
         let port = free_port();
         // Broker ports default to listen+1..=listen+1024; eventgate refuses an admin port inside them.
         let outside = |p: u16| !(port.saturating_add(1)..=port.saturating_add(1024)).contains(&p);
@@ -203,6 +208,7 @@ impl Eventgate {
             &format!("{TANSU_NODE_ID}={node_port}"),
         ])
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info,eventgate=debug");
         if let Some(d) = &spec_dir {
             cmd.arg("--spec-dir").arg(d.path());
@@ -399,6 +405,8 @@ impl Nats {
     }
 }
 
+pub mod receiver;
+
 pub mod stream {
     //! Reading the mirror's JetStream stream back.
     use std::time::{Duration, Instant};
@@ -416,11 +424,22 @@ pub mod stream {
     /// Reads every event under `filter` (empty: all) from the `EVENTGATE` stream until `expect`
     /// arrived and no more come.
     pub async fn read_stream(url: &str, filter: &str, expect: usize, deadline: Duration) -> Vec<Stored> {
+        read_stream_named(url, "EVENTGATE", filter, expect, deadline).await
+    }
+
+    /// [`read_stream`] of another stream (e.g. the dead letters').
+    pub async fn read_stream_named(
+        url: &str,
+        name: &str,
+        filter: &str,
+        expect: usize,
+        deadline: Duration,
+    ) -> Vec<Stored> {
         let client = async_nats::connect(url).await.expect("connect to NATS");
         let js = jetstream::new(client);
         let start = Instant::now();
         let stream = loop {
-            match js.get_stream("EVENTGATE").await {
+            match js.get_stream(name).await {
                 Ok(s) => break s,
                 Err(e) if start.elapsed() < deadline => {
                     let _ = e;

@@ -81,7 +81,9 @@ fn unresolved_references_name_the_resource_and_field() {
 
 #[test]
 fn bad_resources_are_refused_with_where_and_why() {
-    let doc = |kind: &str, spec: &str| format!("apiVersion: eventgate/v1\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n");
+    let doc = |kind: &str, spec: &str| {
+        format!("apiVersion: eventgate/v1\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n")
+    };
     let cases = [
         (doc("Channel", "{url: 'ftp://h/'}"), "spec.url"),
         (doc("Channel", "{url: 'http://h/', timeout: forever}"), "spec.timeout"),
@@ -92,11 +94,17 @@ fn bad_resources_are_refused_with_where_and_why() {
         (doc("Subscription", "{channel: c, topics: ['a.>.b']}"), "spec.topics"),
         (doc("Subscription", "{channel: c, filters: [{sql: 'x'}]}"), "spec"),
         (doc("Subscription", "{channel: c, delivery: {concurrency: 0}}"), "spec.delivery.concurrency"),
-        (doc("Subscription", "{channel: c, delivery: {deadLetter: {subject: 'a.*'}}}"), "spec.delivery.deadLetter.subject"),
+        (
+            doc("Subscription", "{channel: c, delivery: {deadLetter: {subject: 'a.*'}}}"),
+            "spec.delivery.deadLetter.subject",
+        ),
         (doc("Variable", "{value: '{{other}}'}"), "spec.value"),
         (doc("Widget", "{}"), "document 1"),
         ("apiVersion: eventgate/v2\nkind: Channel\nmetadata: {name: x}\nspec: {url: 'http://h/'}".into(), "apiVersion"),
-        ("apiVersion: eventgate/v1\nkind: Channel\nmetadata: {name: Bad_Name}\nspec: {url: 'http://h/'}".into(), "metadata.name"),
+        (
+            "apiVersion: eventgate/v1\nkind: Channel\nmetadata: {name: Bad_Name}\nspec: {url: 'http://h/'}".into(),
+            "metadata.name",
+        ),
     ];
     for (text, field) in cases {
         let err = parse_documents(&text).expect_err(&text);
@@ -108,7 +116,16 @@ fn bad_resources_are_refused_with_where_and_why() {
 
 #[test]
 fn durations_read_iso_8601_and_short_forms() {
-    for (text, ms) in [("PT1.5S", 1500), ("PT2M", 120_000), ("P1D", 86_400_000), ("P1DT1H", 90_000_000), ("500ms", 500), ("2s", 2000), ("1m", 60_000), ("1h", 3_600_000)] {
+    for (text, ms) in [
+        ("PT1.5S", 1500),
+        ("PT2M", 120_000),
+        ("P1D", 86_400_000),
+        ("P1DT1H", 90_000_000),
+        ("500ms", 500),
+        ("2s", 2000),
+        ("1m", 60_000),
+        ("1h", 3_600_000),
+    ] {
         assert_eq!(parse_duration(text).map(|d| d.as_millis()), Ok(ms), "{text}");
     }
     for bad in ["", "P", "PT", "PT1", "1", "1d", "PTS", "P1H", "PT1S2M", "-1s"] {
