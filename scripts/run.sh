@@ -52,7 +52,7 @@ python3 scripts/demo_receiver.py "$RECEIVER_PORT" >"$RUN_DIR/receiver.log" 2>&1 
 pids+=($!)
 wait_port "$RECEIVER_PORT" receiver
 
-EVENTGATE_DEMO_HOOK="http://127.0.0.1:$RECEIVER_PORT/events" \
+DEMO_HOOK_URL="http://127.0.0.1:$RECEIVER_PORT/events" \
 "$BIN" serve --resources resources/demo.yaml --upstream "127.0.0.1:$TANSU_PORT" --listen "127.0.0.1:$KAFKA_PORT" \
   --http-listen "127.0.0.1:$HTTP_PORT" --spec asyncapi/demo.yaml --nats-url "nats://127.0.0.1:$NATS_PORT" "$@" &
 eg=$!

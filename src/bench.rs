@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// Label copied into the JSON result.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Build each request when it is sent, its records stamped with the time of sending (for
+    /// end-to-end latency measured from the record's timestamp, e.g. by `eventgate bench-sink`).
+    #[arg(long)]
+    pub stamp: bool,
     /// Speak TLS to `--bootstrap`, trusting the CA certificates in this PEM file.
     #[arg(long)]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -293,6 +297,7 @@ async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchErr
     let writer_permits = permits.clone();
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.batch_records as f64 / args.rate as f64));
     let start = Instant::now();
+    let stamped = args.stamp.then(|| args.clone());
     let writer = tokio::spawn(async move {
         let mut frame = BytesMut::new();
         for i in 0..requests {
@@ -302,7 +307,15 @@ async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchErr
             let permit = writer_permits.acquire().await.map_err(|e| BenchError::Protocol(e.to_string()))?;
             permit.forget();
             frame.clear();
-            frame.extend_from_slice(&templates[(i % templates.len() as u64) as usize]);
+            let fresh;
+            let template = match &stamped {
+                Some(args) => {
+                    fresh = produce_templates(args, codec, args.batch_records, i * args.batch_records as u64)?;
+                    &fresh[(i % fresh.len() as u64) as usize]
+                }
+                None => &templates[(i % templates.len() as u64) as usize],
+            };
+            frame.extend_from_slice(template);
             set_correlation_id(&mut frame, i as i32);
             let _ = tx.send(Instant::now());
             wr.write_all(&frame).await?;

@@ -30,6 +30,8 @@ pub enum Command {
     Lint(crate::offline::LintArgs),
     /// Produce and consume a load through a broker or proxy and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// A webhook that counts delivered CloudEvents and their latency, for measuring subscriptions.
+    BenchSink(crate::bench_sink::SinkArgs),
     /// Attack a running eventgate as a hostile peer would and report what it made eventgate hold.
     Hostile(crate::hostile::HostileArgs),
     /// Read the mirror stream back: messages, distinct ids, duplicates, gaps per partition.
@@ -72,6 +74,13 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             print_json(runtime.block_on(crate::bench::run(args)))
+        }
+        Command::BenchSink(args) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            print_json(runtime.block_on(crate::bench_sink::run(args)))
         }
         Command::Hostile(args) => print_json(crate::hostile::run(&args)),
         Command::Audit(args) => {

@@ -732,6 +732,7 @@ impl Settings {
             deadletter_prefix: v.deadletter_prefix.clone(),
             storage: n.storage,
             max_age: n.max_age,
+            max_bytes: n.max_bytes,
             deny: deny.clone(),
             origin: v.webhook_origin.clone(),
             files: v.resources.clone(),

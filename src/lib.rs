@@ -6,6 +6,7 @@
 
 pub mod asyncapi;
 pub mod bench;
+pub mod bench_sink;
 pub mod cli;
 pub mod config;
 pub mod hostile;

@@ -1,7 +1,8 @@
 //! The admin HTTP listener: health, Prometheus metrics and the spec API ([`specs`]).
 //!
 //! It binds to loopback by default and shares no task or lock with the Kafka path. When an admin
-//! token is configured, every mutating route requires `Authorization: Bearer <token>`.
+//! token is configured, every mutating route, and every route of subscription resources, requires
+//! `Authorization: Bearer <token>`.
 //!
 //! Nothing a peer sends is trusted here either: a connection must send its request headers within
 //! `--http-header-timeout-ms` (idle keep-alive connections too), a request must be answered within
@@ -242,9 +243,15 @@ async fn limit_time(State(state): State<AppState>, req: Request, next: Next) -> 
 
 /// Mutating routes need the admin token, when one is configured.
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
     let mutating = matches!(*req.method(), Method::PUT | Method::DELETE | Method::PATCH)
-        || (req.method() == Method::POST && !req.uri().path().ends_with("/validate"));
-    if mutating && !authorized(&state, req.headers(), None) {
+        || (req.method() == Method::POST && !path.ends_with("/validate"));
+    // Resources may hold credentials (header values, tokens in URLs): reading them needs the
+    // token too.
+    let resources = ["/variables", "/channels", "/subscriptions"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')));
+    if (mutating || resources) && !authorized(&state, req.headers(), None) {
         return specs::ApiError(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

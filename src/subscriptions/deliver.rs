@@ -43,6 +43,9 @@ pub fn consumer_name(subscription: &str) -> String {
     format!("eg-sub-{subscription}")
 }
 
+/// Rounds of `concurrency` an unordered subscription's consumer hands out before acknowledgements.
+const PENDING_ROUNDS: i64 = 4;
+
 /// Longest text of an error kept in a status or a dead letter.
 const MAX_ERROR_TEXT: usize = 1024;
 
@@ -98,10 +101,6 @@ impl Plan {
         }
     }
 
-    fn batch_events(&self) -> usize {
-        if self.channel.mode == Mode::Batch { self.channel.batch_events } else { 1 }
-    }
-
     /// Whether the event stored under `subject` is one this subscription wants.
     fn selects(&self, subject: &str, stored: &Stored<'_>) -> bool {
         let s = &self.spec;
@@ -150,6 +149,8 @@ pub struct Stats {
     pub replays: metrics::Counter,
     pub pending: metrics::Gauge,
     pub paused: metrics::Gauge,
+    last_success_at: metrics::Gauge,
+    last_error_at: metrics::Gauge,
     counts: [AtomicU64; 4],
     last_success: Mutex<Option<String>>,
     last_error: Mutex<Option<Value>>,
@@ -171,6 +172,8 @@ impl Stats {
             replays: metrics::counter!("eventgate_subscription_replays_total", "subscription" => name.to_owned()),
             pending: metrics::gauge!("eventgate_subscription_pending", "subscription" => name.to_owned()),
             paused: metrics::gauge!("eventgate_subscription_paused", "subscription" => name.to_owned()),
+            last_success_at: metrics::gauge!("eventgate_subscription_last_success_timestamp_seconds", "subscription" => name.to_owned()),
+            last_error_at: metrics::gauge!("eventgate_subscription_last_error_timestamp_seconds", "subscription" => name.to_owned()),
             counts: Default::default(),
             last_success: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -188,10 +191,12 @@ impl Stats {
     }
 
     fn success(&self) {
+        self.last_success_at.set(unix_now());
         *self.last_success.lock().unwrap_or_else(PoisonError::into_inner) = Some(crate::validate::batch::now_rfc3339());
     }
 
     pub fn error(&self, status: u16, text: &str) {
+        self.last_error_at.set(unix_now());
         let text: String = text.chars().take(MAX_ERROR_TEXT).collect();
         *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(json!({ "time": crate::validate::batch::now_rfc3339(), "status": status, "error": text }));
@@ -216,6 +221,10 @@ impl Stats {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 /// The consumer's state, when it exists.
 pub async fn consumer_info(js: &jetstream::Context, stream: &str, name: &str) -> Option<consumer::Info> {
     let s = js.get_stream(stream).await.ok()?;
@@ -231,9 +240,12 @@ fn consumer_config(
     deliver: consumer::DeliverPolicy,
 ) -> consumer::pull::Config {
     let filter_subject = consumer_filter(config, spec);
+    // Ordered: one event (or batch) handed out at a time, across all instances. Unordered: four
+    // rounds of `concurrency`, so events waiting for a retry (NAKed with a delay, still pending)
+    // do not stop the others; the worker's permits still bound the requests in flight.
     let concurrency = match spec.delivery.ordering {
         Ordering::Ordered => 1,
-        Ordering::Unordered => spec.delivery.concurrency.max(1) as i64,
+        Ordering::Unordered => spec.delivery.concurrency.max(1) as i64 * PENDING_ROUNDS,
     };
     let per_request = if channel.mode == Mode::Batch { channel.batch_events as i64 } else { 1 };
     consumer::pull::Config {
@@ -260,19 +272,23 @@ fn start_policy(spec: &SubscriptionSpec) -> consumer::DeliverPolicy {
     }
 }
 
-/// Opens the subscription's consumer, creating it where the subscription starts, or updating the
-/// existing one (its position kept) when what it selects or how much it hands out changed.
-async fn open_consumer(
+/// Creates the subscription's consumer where the subscription starts, or updates the existing one
+/// (its position kept) when what it selects or how much it hands out changed. Called when the
+/// subscription is applied, so a `start: new` subscription sees every event mirrored after the
+/// apply answered.
+pub async fn ensure_consumer(
     js: &jetstream::Context,
     config: &SubsConfig,
-    plan: &Plan,
+    name: &str,
+    spec: &SubscriptionSpec,
+    channel: &ResolvedChannel,
 ) -> Result<consumer::Consumer<consumer::pull::Config>, String> {
     let stream = js.get_stream(&config.stream).await.map_err(|e| format!("stream {}: {e}", config.stream))?;
-    let name = consumer_name(&plan.name);
-    match stream.get_consumer::<consumer::pull::Config>(&name).await {
-        Ok(mut existing) => {
+    let consumer = consumer_name(name);
+    match stream.get_consumer::<consumer::pull::Config>(&consumer).await {
+        Ok(existing) => {
             let have = existing.cached_info().config.clone();
-            let want = consumer_config(config, &plan.name, &plan.spec, &plan.channel, have.deliver_policy);
+            let want = consumer_config(config, name, spec, channel, have.deliver_policy);
             let same = have.filter_subject == want.filter_subject
                 && have.max_ack_pending == want.max_ack_pending
                 && have.ack_wait == want.ack_wait;
@@ -280,12 +296,49 @@ async fn open_consumer(
                 return Ok(existing);
             }
             // Create-or-update with the same name and start: the server keeps its position.
-            existing = stream.create_consumer(want).await.map_err(|e| format!("updating consumer {name}: {e}"))?;
-            Ok(existing)
+            stream.create_consumer(want).await.map_err(|e| format!("updating consumer {consumer}: {e}"))
         }
         Err(_) => {
-            let want = consumer_config(config, &plan.name, &plan.spec, &plan.channel, start_policy(&plan.spec));
-            stream.create_consumer(want).await.map_err(|e| format!("creating consumer {name}: {e}"))
+            let want = consumer_config(config, name, spec, channel, start_policy(spec));
+            stream.create_consumer(want).await.map_err(|e| format!("creating consumer {consumer}: {e}"))
+        }
+    }
+}
+
+/// How long a worker waits for a missing consumer before creating it itself (it was deleted
+/// behind eventgate's back, or the instance that applied the subscription died before creating
+/// it). Longer than a deletion or a replay takes to reach every instance, so a worker never
+/// brings back a consumer that is being deleted or recreated.
+const MISSING_CONSUMER_GRACE: Duration = Duration::from_secs(10);
+
+/// Opens the subscription's consumer for a worker: the one `apply` created (see
+/// [`MISSING_CONSUMER_GRACE`]).
+async fn open_consumer(
+    js: &jetstream::Context,
+    config: &SubsConfig,
+    plan: &Plan,
+    missing_since: &mut Option<Instant>,
+) -> Result<consumer::Consumer<consumer::pull::Config>, String> {
+    let stream = js.get_stream(&config.stream).await.map_err(|e| format!("stream {}: {e}", config.stream))?;
+    match stream.get_consumer::<consumer::pull::Config>(&consumer_name(&plan.name)).await {
+        Ok(c) => {
+            *missing_since = None;
+            let have = &c.cached_info().config;
+            let want = consumer_config(config, &plan.name, &plan.spec, &plan.channel, have.deliver_policy);
+            if have.filter_subject == want.filter_subject
+                && have.max_ack_pending == want.max_ack_pending
+                && have.ack_wait == want.ack_wait
+            {
+                return Ok(c);
+            }
+            ensure_consumer(js, config, &plan.name, &plan.spec, &plan.channel).await
+        }
+        Err(e) => {
+            let since = *missing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < MISSING_CONSUMER_GRACE {
+                return Err(format!("consumer {} not found yet: {e}", consumer_name(&plan.name)));
+            }
+            ensure_consumer(js, config, &plan.name, &plan.spec, &plan.channel).await
         }
     }
 }
@@ -407,6 +460,8 @@ struct Ctx {
     plan: Plan,
     stats: Arc<Stats>,
     pace: Option<Pace>,
+    /// Stops this worker (a 410 stops it at once, before the pause reaches the bucket).
+    stop: CancellationToken,
 }
 
 /// Runs one subscription until `stop`.
@@ -444,11 +499,20 @@ async fn worker(subs: Arc<Subscriptions>, plan: Plan, stop: CancellationToken) {
             }
         }
     }
-    let ctx = Arc::new(Ctx { subs: subs.clone(), plan, stats, pace });
+    let ctx = Arc::new(Ctx { subs: subs.clone(), plan, stats, pace, stop: stop.clone() });
     let permits = Arc::new(Semaphore::new(ctx.plan.concurrency()));
+    let mut missing_since = None;
     loop {
-        let consumer = match open_consumer(&subs.js, &subs.config, &ctx.plan).await {
+        let consumer = match open_consumer(&subs.js, &subs.config, &ctx.plan, &mut missing_since).await {
             Ok(c) => c,
+            Err(e) if missing_since.is_some() => {
+                // Being created or recreated elsewhere: look again soon.
+                ctx.stats.error(0, &e);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = stop.cancelled() => break,
+                }
+            }
             Err(e) => {
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(20) {
@@ -461,28 +525,8 @@ async fn worker(subs: Arc<Subscriptions>, plan: Plan, stop: CancellationToken) {
                 }
             }
         };
-        let per_pull = ctx.plan.concurrency() * ctx.plan.batch_events();
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(per_pull)
-            .expires(Duration::from_secs(10))
-            .heartbeat(Duration::from_secs(5))
-            .messages()
-            .await;
-        let mut messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                failures += 1;
-                ctx.stats.error(0, &format!("reading consumer: {e}"));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait(failures)) => continue,
-                    _ = stop.cancelled() => break,
-                }
-            }
-        };
         failures = 0;
-        let ended = pump(&ctx, &mut messages, &permits, &stop).await;
-        if ended {
+        if pump(&ctx, &consumer, &permits, &stop).await {
             break;
         }
     }
@@ -490,49 +534,170 @@ async fn worker(subs: Arc<Subscriptions>, plan: Plan, stop: CancellationToken) {
     let _ = permits.acquire_many(ctx.plan.concurrency() as u32).await;
 }
 
-/// Hands messages to deliveries until `stop` (true) or the message stream fails (false).
+/// Longest a pull request waits for events before the next one is sent.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Hands events to deliveries until `stop` (true) or the consumer fails (false, to reopen it).
+///
+/// Events come in pull requests eventgate reads to their end (full, or expired after
+/// [`PULL_WAIT`] or the batch wait), so when a worker stops, nothing it pulled is left unread:
+/// the rest of the current pull is NAKed and goes to the next worker at once, instead of waiting
+/// out its acknowledgement deadline. Each pull asks for no more events than there are free
+/// permits (deliveries in flight, or batches in batch mode).
 async fn pump(
     ctx: &Arc<Ctx>,
-    messages: &mut consumer::pull::Stream,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
     permits: &Arc<Semaphore>,
     stop: &CancellationToken,
 ) -> bool {
+    let plan = &ctx.plan;
+    let batched = plan.channel.mode == Mode::Batch;
+    // Pull in groups of half the concurrency (fewer pull requests); one at a time when
+    // the sink set a rate.
+    let group = if ctx.pace.is_some() { 1 } else { (plan.concurrency() / 2).max(1) };
+    let mut failed = 0u32;
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return true },
+        let mut held = tokio::select! {
+            p = permits.clone().acquire_many_owned(group as u32) => match p { Ok(p) => p, Err(_) => return true },
             _ = stop.cancelled() => return true,
         };
-        let first = tokio::select! {
-            m = messages.next() => m,
-            _ = stop.cancelled() => return true,
-        };
-        let first = match first {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::debug!(subscription = ctx.plan.name, error = %e, "consumer stream error; reopening");
-                return false;
-            }
-            None => return false,
-        };
-        let mut batch = vec![first];
-        if ctx.plan.channel.mode == Mode::Batch {
-            let deadline = tokio::time::Instant::now() + ctx.plan.channel.batch_wait;
-            let mut bytes = batch[0].payload.len();
-            while batch.len() < ctx.plan.channel.batch_events && bytes < ctx.plan.channel.batch_bytes {
-                match tokio::time::timeout_at(deadline, messages.next()).await {
-                    Ok(Some(Ok(m))) => {
-                        bytes += m.payload.len() + 1;
-                        batch.push(m);
-                    }
-                    Ok(Some(Err(_)) | None) | Err(_) => break,
-                }
+        if let Ok(more) = permits.clone().try_acquire_many_owned(permits.available_permits() as u32)
+            && group > 1
+        {
+            held.merge(more);
+        }
+        if let Some(pace) = &ctx.pace {
+            tokio::select! {
+                _ = pace.wait() => {}
+                _ = stop.cancelled() => return true,
             }
         }
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            deliver(&ctx, batch).await;
-            drop(permit);
-        });
+        if batched {
+            match pull_batches(ctx, consumer, permits, held, stop).await {
+                Ok(()) => failed = 0,
+                Err(e) => {
+                    failed += 1;
+                    if failed >= 3 {
+                        ctx.stats.error(0, &format!("reading the consumer: {e}"));
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            if stop.is_cancelled() {
+                return true;
+            }
+            continue;
+        }
+        let n = held.num_permits();
+        let mut batch = match pull(consumer, n, PULL_WAIT, plan.channel.batch_bytes.max(1 << 20) * n).await {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                failed += 1;
+                tracing::debug!(subscription = plan.name, error = e, "pull failed");
+                if failed >= 3 {
+                    ctx.stats.error(0, &format!("reading the consumer: {e}"));
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        failed = 0;
+        while let Some(m) = batch.next().await {
+            let Ok(m) = m else { break };
+            if stop.is_cancelled() {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
+            let permit = held.split(1);
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                deliver(&ctx, vec![m]).await;
+                drop(permit);
+            });
+        }
+        drop(held);
+        if stop.is_cancelled() {
+            return true;
+        }
+    }
+}
+
+/// The events of one pull request: up to `n`, or what arrives within `wait`.
+async fn pull(
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    n: usize,
+    wait: Duration,
+    max_bytes: usize,
+) -> Result<Option<consumer::pull::Batch>, String> {
+    consumer
+        .batch()
+        .max_messages(n)
+        .max_bytes(max_bytes)
+        .expires(wait)
+        .messages()
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Batch mode: one pull for as many batches as `held` has permits; the events are cut into
+/// batches as they arrive (at the channel's count or bytes, or its batch wait after a batch's
+/// first event, or the end of the pull), each sent as one request. The pull is read to its end;
+/// if the worker stopped meanwhile, what it brought is NAKed.
+async fn pull_batches(
+    ctx: &Arc<Ctx>,
+    consumer: &consumer::Consumer<consumer::pull::Config>,
+    permits: &Arc<Semaphore>,
+    mut held: tokio::sync::OwnedSemaphorePermit,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let ch = &ctx.plan.channel;
+    let n = held.num_permits();
+    let mut pulled =
+        pull(consumer, n * ch.batch_events, PULL_WAIT, n.saturating_mul(ch.batch_bytes)).await?.ok_or("no pull")?;
+    let mut current: Vec<jetstream::Message> = Vec::new();
+    let mut bytes = 0usize;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, pulled.next()).await.ok(),
+            None => Some(pulled.next().await),
+        };
+        let ended = matches!(next, Some(None | Some(Err(_))));
+        let waited_out = next.is_none();
+        if let Some(Some(Ok(m))) = next {
+            bytes += m.payload.len() + 1;
+            current.push(m);
+            deadline.get_or_insert_with(|| tokio::time::Instant::now() + ch.batch_wait);
+        }
+        let full = current.len() >= ch.batch_events || bytes >= ch.batch_bytes;
+        if !current.is_empty() && (full || ended || waited_out) {
+            let events = std::mem::take(&mut current);
+            bytes = 0;
+            deadline = None;
+            if stop.is_cancelled() {
+                for m in &events {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            } else {
+                // More batches than planned (cut by bytes) wait for a permit of their own.
+                let permit = match held.split(1) {
+                    Some(p) => p,
+                    None => permits.clone().acquire_owned().await.map_err(|e| e.to_string())?,
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    deliver(&ctx, events).await;
+                    drop(permit);
+                });
+            }
+        }
+        if ended {
+            return Ok(());
+        }
     }
 }
 
@@ -540,9 +705,17 @@ async fn pump(
 async fn deliver(ctx: &Ctx, messages: Vec<jetstream::Message>) {
     let plan = &ctx.plan;
     let mut chosen: Vec<jetstream::Message> = Vec::with_capacity(messages.len());
+    // Binary mode sends one event per request: its headers are built from the same parse that
+    // selected it.
+    let mut binary = None;
     for m in messages {
         match Stored::parse(&m.payload) {
-            Ok(stored) if plan.selects(&m.subject, &stored) => chosen.push(m),
+            Ok(stored) if plan.selects(&m.subject, &stored) => {
+                if plan.channel.mode == Mode::Binary {
+                    binary = Some(stored.binary_in(&m.payload).map(|(headers, body)| Payload { headers, body }));
+                }
+                chosen.push(m)
+            }
             Ok(_) => {
                 ctx.stats.add(FILTERED, 1);
                 let _ = m.ack().await;
@@ -570,17 +743,15 @@ async fn deliver(ctx: &Ctx, messages: Vec<jetstream::Message>) {
                 body: encode::batch(&bodies),
             })
         }
-        Mode::Binary => {
-            Stored::parse(&chosen[0].payload).and_then(|s| s.binary()).map(|(headers, body)| Payload { headers, body })
-        }
+        Mode::Binary => match binary {
+            Some(p) => p,
+            None => Stored::parse(&chosen[0].payload)
+                .and_then(|s| s.binary_in(&chosen[0].payload))
+                .map(|(headers, body)| Payload { headers, body }),
+        },
     };
     let answer = match payload {
-        Ok(payload) => {
-            if let Some(pace) = &ctx.pace {
-                pace.wait().await;
-            }
-            ctx.subs.sinks.send(&plan.channel, payload).await
-        }
+        Ok(payload) => ctx.subs.sinks.send(&plan.channel, payload).await,
         Err(e) => Answer::Reject { status: 0, error: format!("cannot encode the event for HTTP: {e}") },
     };
     settle(ctx, chosen, answer).await;
@@ -609,15 +780,17 @@ async fn settle(ctx: &Ctx, messages: Vec<jetstream::Message>, answer: Answer) {
             }
         }
         Answer::Gone { error } => {
+            // This instance stops taking events now; the pause then reaches the others.
+            ctx.stop.cancel();
             ctx.stats.error(410, &error);
             tracing::warn!(subscription = plan.name, error, "the sink answered 410 Gone: pausing the subscription");
             let why = json!({ "reason": "the sink answered 410 Gone", "error": error, "time": crate::validate::batch::now_rfc3339() });
             if let Err(e) = ctx.subs.pause(&plan.name, why).await {
-                tracing::warn!(subscription = plan.name, error = %e, "cannot record the pause");
+                tracing::error!(subscription = plan.name, error = %e, "cannot record the pause; this instance stopped delivering");
             }
             // Kept for when the subscription resumes.
             for m in &messages {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
+                let _ = m.ack_with(AckKind::Nak(Some(plan.backoff(attempts)))).await;
             }
         }
         failed => {
@@ -655,6 +828,8 @@ async fn dead_letter(ctx: &Ctx, m: &jetstream::Message, answer: &Answer, attempt
             }
         }
         DeadLetterTo::Channel(channel) => {
+            // The send may take the channel's whole timeout: keep the event's deadline away.
+            let _ = m.ack_with(AckKind::Progress).await;
             let payload = Payload {
                 headers: vec![(
                     axum::http::header::CONTENT_TYPE,

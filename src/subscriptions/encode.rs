@@ -104,8 +104,22 @@ impl<'a> Stored<'a> {
         self.attr("id").unwrap_or_default()
     }
 
-    /// The HTTP request of binary mode: headers and body.
+    /// The HTTP request of binary mode: headers and body. `owner` is the buffer `raw` lies in:
+    /// JSON data is sent as a slice of it, not a copy.
+    pub fn binary_in(&self, owner: &Bytes) -> Result<(Vec<(HeaderName, HeaderValue)>, Bytes), EncodeError> {
+        let shared = owner.as_ptr_range().contains(&self.raw.as_ptr()) && self.raw.len() <= owner.len();
+        self.encode_binary(|data: &[u8]| if shared { owner.slice_ref(data) } else { Bytes::copy_from_slice(data) })
+    }
+
+    /// The HTTP request of binary mode: headers and body (the data copied).
     pub fn binary(&self) -> Result<(Vec<(HeaderName, HeaderValue)>, Bytes), EncodeError> {
+        self.encode_binary(Bytes::copy_from_slice)
+    }
+
+    fn encode_binary(
+        &self,
+        data_bytes: impl Fn(&[u8]) -> Bytes,
+    ) -> Result<(Vec<(HeaderName, HeaderValue)>, Bytes), EncodeError> {
         let mut headers = Vec::with_capacity(self.members.len());
         let mut content_type: Option<Cow<'a, str>> = None;
         for (name, raw) in &self.members {
@@ -118,8 +132,12 @@ impl<'a> Stored<'a> {
                 _ => {}
             }
             let Some(text) = scalar_text(raw) else { continue };
-            let header =
-                HeaderName::try_from(format!("ce-{name}")).map_err(|_| EncodeError::Header(name.to_string()))?;
+            let header = match known_header(name) {
+                Some(h) => h,
+                None => {
+                    HeaderName::try_from(format!("ce-{name}")).map_err(|_| EncodeError::Header(name.to_string()))?
+                }
+            };
             let value = utf8_percent_encode(&text, HEADER_UNSAFE).to_string();
             let value = HeaderValue::try_from(value).map_err(|_| EncodeError::Header(name.to_string()))?;
             headers.push((header, value));
@@ -129,12 +147,12 @@ impl<'a> Stored<'a> {
             let json_content = content_type.as_deref().is_none_or(is_json);
             if json_content {
                 content_type.get_or_insert(Cow::Borrowed("application/json"));
-                Bytes::copy_from_slice(text.as_bytes())
+                data_bytes(text.as_bytes())
             } else {
                 match serde_json::from_str::<Cow<'_, str>>(text) {
                     Ok(s) => Bytes::copy_from_slice(s.as_bytes()),
                     // A non-string value under a non-JSON content type: its JSON text.
-                    Err(_) => Bytes::copy_from_slice(text.as_bytes()),
+                    Err(_) => data_bytes(text.as_bytes()),
                 }
             }
         } else if let Some(b64) = self.raw_member("data_base64") {
@@ -183,6 +201,27 @@ impl<'a> Stored<'a> {
         out.push(b'}');
         out
     }
+}
+
+/// The headers of the attributes every mirrored event has, made once.
+fn known_header(name: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match name {
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "type" => "ce-type",
+        "specversion" => "ce-specversion",
+        "time" => "ce-time",
+        "subject" => "ce-subject",
+        "dataschema" => "ce-dataschema",
+        "partition" => "ce-partition",
+        "offset" => "ce-offset",
+        "validation" => "ce-validation",
+        "validationerrors" => "ce-validationerrors",
+        "principal" => "ce-principal",
+        "clientid" => "ce-clientid",
+        "key" => "ce-key",
+        _ => return None,
+    }))
 }
 
 /// A scalar's canonical text (strings unescaped; numbers and booleans as written); `None` for
@@ -234,8 +273,10 @@ mod tests {
 
     #[test]
     fn binary_mode_keeps_the_data_bytes_and_percent_encodes_header_values() {
-        let stored = Stored::parse(EVENT.as_bytes()).expect("event");
-        let (headers, body) = stored.binary().expect("binary");
+        let owner = Bytes::from_static(EVENT.as_bytes());
+        let stored = Stored::parse(&owner).expect("event");
+        let (headers, body) = stored.binary_in(&owner).expect("binary");
+        assert!(owner.as_ptr_range().contains(&body.as_ptr()), "JSON data is a slice of the stored event, not a copy");
         // The data is the record's JSON text, numbers untouched.
         assert_eq!(&body[..], br#"{"n":123456789012345678901234567890,"f":1.10}"#);
         let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.to_str().unwrap_or("").to_owned());

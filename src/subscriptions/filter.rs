@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 /// Deepest nesting of `all`/`any`/`not`.
 pub const MAX_DEPTH: usize = 8;
-/// Most filters in one subscription's tree, nested ones included.
+/// Most filters in one subscription, nested ones included.
 pub const MAX_NODES: usize = 256;
 
 /// One filter expression.
@@ -46,6 +46,15 @@ impl Filter {
             Filter::All(fs) => fs.iter().all(|f| f.matches(attr)),
             Filter::Any(fs) => fs.iter().any(|f| f.matches(attr)),
             Filter::Not(f) => !f.matches(attr),
+        }
+    }
+
+    /// How many filters this one is, nested ones included.
+    pub fn nodes(&self) -> usize {
+        1 + match self {
+            Filter::All(fs) | Filter::Any(fs) => fs.iter().map(Filter::nodes).sum(),
+            Filter::Not(f) => f.nodes(),
+            _ => 0,
         }
     }
 

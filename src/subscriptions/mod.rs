@@ -56,7 +56,9 @@ pub struct SubsConfig {
     pub deadletter_stream: String,
     pub deadletter_prefix: String,
     pub storage: Storage,
+    /// Limits of the dead-letter stream (the mirror's).
     pub max_age: Duration,
+    pub max_bytes: i64,
     /// Networks sinks may not be in.
     pub deny: sink::DenyList,
     /// `WebHook-Request-Origin` of handshakes.
@@ -237,6 +239,8 @@ impl Subscriptions {
             description: Some("Events eventgate's subscriptions could not deliver".into()),
             storage,
             max_age: self.config.max_age,
+            max_bytes: self.config.max_bytes,
+            max_message_size: nats.max_message_size.saturating_add(8192),
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
@@ -346,6 +350,18 @@ impl Subscriptions {
             next.insert(r.clone());
         }
         next.check(&env)?;
+        for (name, r) in &next.subscriptions {
+            if let Spec::Subscription(sub) = &r.spec
+                && let Some(subject) = sub.delivery.dead_letter.as_ref().and_then(|d| d.subject.as_deref())
+                && !subject.starts_with(&format!("{}.", self.config.deadletter_prefix))
+            {
+                // Any other subject could reach JetStream's API, the mirror's own subjects, or nothing.
+                return Err(SubsError::Invalid(ResourceError::new(
+                    format!("Subscription/{name}: spec.delivery.deadLetter.subject"),
+                    format!("`{subject}` must be under `{}.` (--deadletter-prefix)", self.config.deadletter_prefix),
+                )));
+            }
+        }
         for (name, _) in next.channels.iter() {
             if let Ok(ch) = next.resolve_channel(name, &env) {
                 self.sinks
@@ -376,6 +392,16 @@ impl Subscriptions {
         if !dry_run {
             let bucket = self.bucket()?.clone();
             for (a, r) in &report {
+                // A subscription's consumer exists before any instance starts a worker for it,
+                // and once apply answers, so `start: new` misses nothing mirrored after that.
+                if let (Action::Created | Action::Updated | Action::Unchanged, Some(r)) = (a.action, r)
+                    && let Spec::Subscription(sub) = &r.spec
+                {
+                    let channel = next.resolve_channel(&sub.channel, &env)?;
+                    deliver::ensure_consumer(&self.js, &self.config, &a.name, sub, &channel)
+                        .await
+                        .map_err(SubsError::Unavailable)?;
+                }
                 match (a.action, r) {
                     (Action::Created | Action::Updated, Some(r)) => {
                         let value = serde_json::to_vec(&r.to_value(true)).unwrap_or_default();

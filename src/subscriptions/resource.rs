@@ -512,6 +512,9 @@ impl Resource {
                 if references(&c.url).map(|r| r.is_empty()).unwrap_or(false) {
                     check_url(&c.url).map_err(|m| ResourceError::new(at("url"), m))?;
                 }
+                if c.auth.is_some() && c.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization")) {
+                    return fail("headers.Authorization", "is set by `auth`: give one or the other".into());
+                }
                 if c.headers.len() > MAX_LIST {
                     return fail("headers", format!("more than {MAX_LIST}"));
                 }
@@ -554,8 +557,9 @@ impl Resource {
                 if s.types.len() > MAX_LIST {
                     return fail("types", format!("more than {MAX_LIST}"));
                 }
-                if s.filters.len() > MAX_LIST {
-                    return fail("filters", format!("more than {MAX_LIST}"));
+                let nodes: usize = s.filters.iter().map(super::filter::Filter::nodes).sum();
+                if nodes > super::filter::MAX_NODES {
+                    return fail("filters", format!("{nodes} filters in all; at most {}", super::filter::MAX_NODES));
                 }
                 let d = &s.delivery;
                 if d.retry > 1000 {
@@ -639,6 +643,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 pub fn check_subject(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 256
+        && !s.starts_with('$')
         && s.split('.').all(|t| !t.is_empty() && !t.contains(['*', '>']) && !t.bytes().any(|b| b <= b' '));
     if ok { Ok(()) } else { Err(format!("`{s}` is not a NATS subject (dot-separated names, no wildcards)")) }
 }
@@ -738,6 +743,12 @@ pub fn references(text: &str) -> Result<Vec<Ref<'_>>, String> {
             let ok = !env.is_empty() && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
                 return Err(format!("`{{{{{inner}}}}}`: an environment variable name is letters, digits and `_`"));
+            }
+            if env.starts_with("EVENTGATE_") {
+                // eventgate's own settings: the admin token, credentials.
+                return Err(format!(
+                    "`{{{{{inner}}}}}`: eventgate's own configuration (EVENTGATE_*) cannot be read by resources"
+                ));
             }
             out.push(Ref::Env(env));
         } else {

@@ -99,6 +99,15 @@ fn bad_resources_are_refused_with_where_and_why() {
             "spec.delivery.deadLetter.subject",
         ),
         (doc("Variable", "{value: '{{other}}'}"), "spec.value"),
+        (doc("Variable", "{value: '{{sys:EVENTGATE_ADMIN_TOKEN}}'}"), "spec.value"),
+        (
+            doc("Channel", "{url: 'http://h/', headers: {authorization: x}, auth: {token: t}}"),
+            "spec.headers.Authorization",
+        ),
+        (
+            doc("Subscription", "{channel: c, delivery: {deadLetter: {subject: '$JS.API.STREAM.DELETE.X'}}}"),
+            "spec.delivery.deadLetter.subject",
+        ),
         (doc("Widget", "{}"), "document 1"),
         ("apiVersion: eventgate/v2\nkind: Channel\nmetadata: {name: x}\nspec: {url: 'http://h/'}".into(), "apiVersion"),
         (
