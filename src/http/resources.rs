@@ -11,7 +11,8 @@
 //! | `POST /subscriptions/{name}/replay?start_seq=N` or `start_time=RFC3339` | deliver again from there |
 //! | `POST /subscriptions/{name}/pause`, `/resume` | stop and restart delivery (a 410 from the sink pauses too) |
 //!
-//! Mutating routes need the admin token. Every route answers 409 `nats_required` without
+//! With an admin token configured, every route here needs it, reads too (channels may hold
+//! credentials). Every route answers 409 `nats_required` without
 //! `--nats-url`: subscriptions are kept and delivered through JetStream.
 
 use std::sync::Arc;

@@ -1,23 +1,37 @@
 //! The delivery engine: one worker per subscription, reading its durable consumer and sending to
 //! its channel.
 //!
-//! A worker is started for each subscription whose channel resolves, and restarted whenever what
-//! it delivers with changes ([`Plan`]). It reads the consumer `eg-sub-<name>` (shared by every
-//! instance: JetStream hands each event to one of them), skips (acknowledges) events the
-//! subscription does not select, and delivers the rest:
+//! ```text
+//! apply ──creates──▶ consumer eg-sub-<name> (shared by every instance)
+//!                         │ pull: as many events as free permits, read to its end
+//!                         ▼
+//!   worker ─▶ select (topics, types, source, validation, filters) ─▶ encode ─▶ sink (HTTP)
+//!                         │ not selected: ack                 │ answer
+//!                         ▼                                   ▼
+//!                       filtered          ack · NAK + delay · dead letter, then ack · pause (410)
+//! ```
 //!
-//! - `unordered`: up to `concurrency` requests in flight; the consumer's `max_ack_pending` is the
-//!   same number, so no instance holds more unacknowledged events than that;
+//! A worker is started for each subscription whose channel resolves, and restarted whenever what
+//! it delivers with changes ([`Plan`]). The consumer is created when the subscription is applied
+//! (so a `start: new` subscription misses nothing mirrored after the apply answered); a worker only
+//! opens it, and creates it itself only after [`MISSING_CONSUMER_GRACE`]. JetStream hands each
+//! event to one instance. A worker asks for no more events than it has free permits and reads
+//! every pull to its end, so a stopped worker hands what it pulled back at once (NAK) instead of
+//! leaving it to the acknowledgement deadline:
+//!
+//! - `unordered`: up to `concurrency` requests in flight; the consumer hands out four rounds of it
+//!   (`max_ack_pending`), so events waiting for a retry do not hold up the rest;
 //! - `ordered`: `max_ack_pending` 1: one event (or batch) at a time across all instances, the next
 //!   only once the previous was delivered or dead-lettered;
-//! - `batch` channels: events gathered up to the channel's count, bytes and wait, sent as one
-//!   request, settled together.
+//! - `batch` channels: the events of a pull cut into batches at the channel's count, bytes or wait,
+//!   each sent as one request and settled together.
 //!
 //! An answer settles the events ([`Answer`]): 2xx acknowledges them; a retryable failure NAKs them
 //! with the backoff delay (or the sink's `Retry-After`, capped), until JetStream's delivery count
 //! passes `retry`; then, or at once for a non-retryable answer, they are dead-lettered with the
-//! `delivery*` extensions and acknowledged only once the dead letter is stored. A 410 pauses the
-//! subscription. Memory is bounded by the in-flight events (the consumer hands out no more).
+//! `delivery*` extensions and acknowledged only once the dead letter is stored. A 410 stops the
+//! worker and pauses the subscription on every instance. What a sink can make eventgate hold is
+//! its subscription's permits' worth of events, each for at most the channel's timeout.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
