@@ -36,21 +36,11 @@ source scripts/lib.sh
 work=$(mktemp -d)
 trap 'cleanup; rm -rf "$work"' EXIT
 
-tport=$(free_port); nport=$(free_port); lport=$(free_port); hport=$(free_port)
-tansu broker --listener-url "tcp://127.0.0.1:$tport" --advertised-listener-url "tcp://127.0.0.1:$tport" \
-  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-pids+=($!)
-"$(nats_server)" -js -a 127.0.0.1 -p "$nport" -sd "$work/nats" >"$work/nats.log" 2>&1 &
-pids+=($!)
-wait_port "$tport"; wait_port "$nport"
+start_tansu_nats "$work"
 for t in sub-binary sub-batch sub-latency; do
   tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions 1 "$t" >/dev/null
 done
-RUST_LOG=info "$BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$lport" --http-listen "127.0.0.1:$hport" \
-  --spec-dir "" --node-port "111=$(free_port)" --node-id-max 0 --node-port-base "$(free_port)" \
-  --nats-url "nats://127.0.0.1:$nport" --mirror-buffer-bytes 2000000000 >"$work/eventgate.log" 2>&1 &
-pids+=($!)
-wait_port "$lport"; wait_port "$hport"
+start_eventgate "$BIN" "$work/eventgate.log" --mirror-buffer-bytes 2000000000
 
 mirrored() { curl -s "http://127.0.0.1:$hport/metrics" | awk '/^eventgate_mirror_events_total/ { s += $NF } END { print s + 0 }'; }
 total=0

@@ -27,19 +27,10 @@ source scripts/lib.sh
 work=$(mktemp -d)
 trap 'cleanup; rm -rf "$work"' EXIT
 
-tport=$(free_port); nport=$(free_port); lport=$(free_port); hport=$(free_port)
-tansu broker --listener-url "tcp://127.0.0.1:$tport" --advertised-listener-url "tcp://127.0.0.1:$tport" \
-  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-pids+=($!)
-"$(nats_server)" -js -a 127.0.0.1 -p "$nport" -sd "$work/nats" >"$work/nats.log" 2>&1 &
-pids+=($!)
-wait_port "$tport"; wait_port "$nport"
+start_tansu_nats "$work"
 tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions "$PARTITIONS" once >/dev/null
 # shellcheck disable=SC2086
-RUST_LOG=info "$SERVE_BIN" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$lport" --http-listen "127.0.0.1:$hport" \
-  --spec-dir "" --node-port "111=$(free_port)" --node-id-max 0 --node-port-base "$(free_port)" --nats-url "nats://127.0.0.1:$nport" $EVENTGATE_ARGS >"$work/eventgate.log" 2>&1 &
-pids+=($!)
-wait_port "$lport"; wait_port "$hport"
+start_eventgate "$SERVE_BIN" "$work/eventgate.log" $EVENTGATE_ARGS
 
 bench=$("$BIN" bench --bootstrap "127.0.0.1:$lport" --topic once --partitions "$PARTITIONS" \
   --records "$RECORDS" --record-size "$RECORD_SIZE" --no-consume)

@@ -18,3 +18,28 @@ nats_server() {
   local root; root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   if [ -x "$root/.venv/bin/nats-server" ]; then echo "$root/.venv/bin/nats-server"; else command -v nats-server || echo /usr/sbin/nats-server; fi
 }
+
+# Starts an in-memory tansu and a nats-server with JetStream on free ports, their logs and data in
+# directory $1; sets `tport` and `nport`.
+start_tansu_nats() {
+  local dir=$1
+  tport=$(free_port); nport=$(free_port)
+  tansu broker --listener-url "tcp://127.0.0.1:$tport" --advertised-listener-url "tcp://127.0.0.1:$tport" \
+    --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+  pids+=($!)
+  "$(nats_server)" -js -a 127.0.0.1 -p "$nport" -sd "$dir/nats" >"$dir/nats.log" 2>&1 &
+  pids+=($!)
+  wait_port "$tport"; wait_port "$nport"
+}
+
+# Starts eventgate binary $1 in front of `tport`, mirroring to `nport`, with its log in $2 and any
+# further arguments; sets `lport` (Kafka) and `hport` (admin) and waits until both listen.
+start_eventgate() {
+  local bin=$1 log=$2; shift 2
+  lport=$(free_port); hport=$(free_port)
+  RUST_LOG=info "$bin" serve --upstream "127.0.0.1:$tport" --listen "127.0.0.1:$lport" --http-listen "127.0.0.1:$hport" \
+    --spec-dir "" --node-port "111=$(free_port)" --node-id-max 0 --node-port-base "$(free_port)" \
+    --nats-url "nats://127.0.0.1:$nport" "$@" >"$log" 2>&1 &
+  pids+=($!)
+  wait_port "$lport"; wait_port "$hport"
+}
