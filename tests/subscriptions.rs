@@ -341,8 +341,15 @@ fn eventgate_killed_mid_delivery_loses_nothing_and_its_successor_resumes() {
     let Setup { tansu, nats, mut eg } = s;
     eg.proc.signal_and_wait("KILL", Duration::from_secs(10)).expect("eventgate killed");
     // The resources are in JetStream: the new instance takes the subscription up by itself.
-    let _eg2 = gateway(&tansu, &nats, &[], &[]);
-    let got = rx.wait_accepted(60, Duration::from_secs(90));
+    let eg2 = gateway(&tansu, &nats, &[], &[]);
+    rx.wait_accepted(60, Duration::from_secs(90));
+    // What the killed instance had in flight comes again once its acknowledgement deadline passes
+    // (2 × 1 s timeout + 5 s): wait until the consumer has nothing handed out.
+    wait_until("every event acknowledged", Duration::from_secs(60), || {
+        let st = status(&eg2, "s");
+        st["in_flight"] == 0 && st["pending"] == 0
+    });
+    let got = rx.received();
     let ids: std::collections::BTreeSet<String> =
         accepted_events(&got).iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids.len(), 60, "every event delivered");
