@@ -660,7 +660,16 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
 
     let errors = validation_errors(ctx.outcome);
     let mut out = Out { ce: &ce, ctx, errors: errors.as_deref(), omitted: None };
-    let mut json = serde_json::to_vec(&out).unwrap_or_default();
+    // Sized once for the record and eventgate's attributes, so the event is written without
+    // growing its buffer.
+    let estimate = record.value.map_or(0, <[u8]>::len).saturating_mul(4) / 3
+        + record.key.map_or(0, <[u8]>::len)
+        + errors.as_deref().map_or(0, str::len)
+        + 512;
+    let mut json = Vec::with_capacity(estimate.min(ctx.max_bytes.saturating_add(1024)));
+    if serde_json::to_writer(&mut json, &out).is_err() {
+        json.clear();
+    }
     let data_omitted = json.len() > ctx.max_bytes;
     let size = record.value.map_or(0, <[u8]>::len);
     let small;

@@ -279,7 +279,7 @@ pub struct JetStreamSink {
 /// AsyncAPI document) is left out rather than sent: the header is a convenience for watchers, the
 /// event itself is complete. The id is built by eventgate from a Kafka topic name and numbers, so
 /// it always fits.
-fn headers(e: &Event) -> async_nats::HeaderMap {
+pub fn headers(e: &Event) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     let mut put = |name: &'static str, value: &str| {
         if let Ok(v) = value.parse::<async_nats::HeaderValue>() {
@@ -287,7 +287,6 @@ fn headers(e: &Event) -> async_nats::HeaderMap {
         }
     };
     put("Nats-Msg-Id", &e.id);
-    put("Content-Type", "application/cloudevents+json");
     if e.ce_type.len() <= super::event::MAX_TYPE_BYTES {
         put(TYPE_HEADER, &e.ce_type);
     }
