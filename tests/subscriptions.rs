@@ -626,3 +626,45 @@ fn a_new_subscription_sees_every_event_mirrored_after_apply_answered() {
     sorted.sort();
     assert_eq!(sorted, (3..8).map(|o| format!("{TOPIC}-0-{o}")).collect::<Vec<_>>(), "only what came after apply");
 }
+
+#[test]
+fn a_subscription_in_the_cloudevents_subscriptions_api_shape_is_accepted_and_shown_back() {
+    let s = setup(&[]);
+    let rx = Receiver::start();
+    let body = json!({
+        "id": "api",
+        "sink": rx.url("/api"),
+        "protocol": "HTTP",
+        "protocolsettings": {"method": "PUT", "headers": {"X-Team": "lights"}},
+        "sinkcredential": {"credentialtype": "ACCESSTOKEN", "accesstoken": "tok-123"},
+        "types": [CE_TYPE],
+        "filters": [{"exact": {"validation": "invalid"}}],
+    });
+    let (code, answer) = http("PUT", &s.eg.http("/subscriptions/api"), Some(&body.to_string()), &[]);
+    assert_eq!(code, 201, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["id"], "api");
+    assert_eq!(v["sink"], rx.url("/api"));
+    assert_eq!(v["protocol"], "HTTP");
+    assert_eq!(v["types"], json!([CE_TYPE]));
+    assert!(!answer.contains("tok-123"), "the access token is never shown: {answer}");
+    produce(&s.eg, &[GOOD, BAD], 4);
+    let got = rx.wait_accepted(2, Duration::from_secs(30));
+    let r = &got["requests"][0];
+    assert_eq!((r["method"].as_str(), r["headers"]["authorization"].as_str()), (Some("PUT"), Some("Bearer tok-123")));
+    assert_eq!(r["headers"]["x-team"], "lights");
+    assert!(accepted_events(&got).iter().all(|e| e["extensions"]["validation"] == "invalid"));
+    let (_, channel) = http("GET", &s.eg.http("/channels/api"), None, &[]);
+    assert!(!channel.contains("tok-123"), "{channel}");
+    // What eventgate cannot honour is refused, not ignored.
+    for (bad, why) in [
+        (json!({"sink": rx.url("/x"), "protocol": "MQTT"}), "protocol `MQTT`"),
+        (json!({"sink": rx.url("/x"), "config": {"qos": 1}}), "`config`"),
+        (json!({"sink": rx.url("/x"), "filters": [{"sql": "true"}]}), "dialect `sql`"),
+        (json!({"sink": rx.url("/x"), "sinkcredential": {"credentialtype": "REFRESHTOKEN"}}), "REFRESHTOKEN"),
+    ] {
+        let (code, answer) = http("PUT", &s.eg.http("/subscriptions/bad"), Some(&bad.to_string()), &[]);
+        assert_eq!(code, 400, "{bad}: {answer}");
+        assert!(answer.contains(why), "{answer}");
+    }
+}

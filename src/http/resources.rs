@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /variables`, `/channels`, `/subscriptions` | every resource of the kind (secret values left out) |
 //! | `PUT /{kind}/{name}` | create or replace one (YAML or JSON: the resource, or only its `spec`): 201 / 200 |
+//! | `PUT /subscriptions/{name}` with `sink` | the CloudEvents Subscriptions API's shape, kept as a Channel and a Subscription |
 //! | `GET /{kind}/{name}` | one resource; a subscription in a shape close to the CloudEvents Subscriptions API, with its status |
 //! | `DELETE /{kind}/{name}` | 204; 409 while another resource uses it |
 //! | `POST /apply?prune=true&dry_run=true` | multi-document YAML or JSON: created / updated / unchanged / deleted |
@@ -92,6 +93,9 @@ pub async fn put(
     resource::check_name(&name).map_err(|m| ApiError(StatusCode::BAD_REQUEST, "invalid_resource", m))?;
     let value = read_body(&body)?;
     let id = format!("{kind}/{name}");
+    if kind == Kind::Subscription && value.get("sink").is_some() {
+        return put_subscriptions_api(subs, &name, value).await;
+    }
     let res = if value.get("kind").is_some() {
         let r = Resource::from_value(value, &id).map_err(SubsError::from)?;
         if r.kind() != kind || r.name() != name {
@@ -203,4 +207,98 @@ pub async fn pause(State(state): State<AppState>, Path(name): Path<String>) -> R
 pub async fn resume(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     subs(&state)?.resume(&name).await?;
     Ok(Json(json!({ "resumed": name })).into_response())
+}
+
+/// The CloudEvents Subscriptions API's shape of a subscription, as eventgate reads it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSubscription {
+    #[serde(default)]
+    id: Option<String>,
+    sink: String,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    protocolsettings: Option<ApiHttpSettings>,
+    #[serde(default)]
+    sinkcredential: Option<ApiCredential>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    types: Vec<String>,
+    #[serde(default)]
+    filters: Vec<crate::subscriptions::filter::Filter>,
+    #[serde(default)]
+    config: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiHttpSettings {
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    method: Option<resource::Method>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiCredential {
+    credentialtype: String,
+    #[serde(default)]
+    accesstoken: Option<String>,
+}
+
+/// `PUT /subscriptions/{name}` in the CloudEvents Subscriptions API's shape (`sink`, `protocol`,
+/// `protocolsettings`, `sinkcredential`, `source`, `types`, `filters`): eventgate keeps it as a
+/// Channel and a Subscription, both named `name`, delivering every topic in binary mode from now
+/// on.
+async fn put_subscriptions_api(subs: &Arc<Subscriptions>, name: &str, value: Value) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, "invalid_resource", format!("Subscription/{name}: {m}"));
+    let api: ApiSubscription = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    if api.id.as_deref().is_some_and(|id| id != name) {
+        return Err(bad(format!("`id` is `{}`, the path names `{name}`", api.id.unwrap_or_default())));
+    }
+    if let Some(p) = api.protocol.as_deref().filter(|p| !p.eq_ignore_ascii_case("HTTP")) {
+        return Err(bad(format!("protocol `{p}`: eventgate delivers over HTTP")));
+    }
+    if !api.config.is_empty() {
+        return Err(bad("`config` is not supported: give delivery settings as an eventgate Subscription".into()));
+    }
+    let auth = match api.sinkcredential {
+        None => None,
+        Some(c) if c.credentialtype.eq_ignore_ascii_case("ACCESSTOKEN") => Some(resource::Auth {
+            token: c.accesstoken.ok_or_else(|| bad("sinkcredential: ACCESSTOKEN needs `accesstoken`".into()))?,
+            token_in: resource::TokenIn::Header,
+        }),
+        Some(c) => return Err(bad(format!("sinkcredential type `{}`: eventgate takes ACCESSTOKEN", c.credentialtype))),
+    };
+    let settings = api.protocolsettings;
+    let channel = serde_json::json!({
+        "url": api.sink,
+        "method": settings.as_ref().and_then(|s| s.method).unwrap_or_default(),
+        "headers": settings.map(|s| s.headers).unwrap_or_default(),
+    });
+    let mut channel_spec: resource::ChannelSpec =
+        serde_json::from_value(channel).map_err(|e| bad(format!("sink: {e}")))?;
+    channel_spec.auth = auth;
+    let subscription = serde_json::json!({
+        "channel": name,
+        "types": api.types,
+        "source": api.source,
+        "filters": api.filters,
+    });
+    let spec: resource::SubscriptionSpec = serde_json::from_value(subscription).map_err(|e| bad(e.to_string()))?;
+    let meta = || Metadata { name: name.to_owned(), labels: Default::default() };
+    let docs = vec![
+        Resource { metadata: meta(), spec: resource::Spec::Channel(channel_spec) },
+        Resource { metadata: meta(), spec: resource::Spec::Subscription(Box::new(spec)) },
+    ];
+    for r in &docs {
+        r.check_self().map_err(SubsError::from)?;
+    }
+    let report = subs.apply(docs, false, false).await?;
+    let action = report.iter().find(|a| a.kind == Kind::Subscription && a.name == name).map(|a| a.action);
+    let status = if action == Some(Action::Created) { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(subs.describe(name).await?)).into_response())
 }

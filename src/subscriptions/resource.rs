@@ -601,6 +601,16 @@ impl Resource {
         let spec = match &self.spec {
             Spec::Variable(v) if v.secret && !secrets => serde_json::json!({ "secret": true }),
             Spec::Variable(v) => serde_json::to_value(v).unwrap_or(Value::Null),
+            Spec::Channel(c) if !secrets => {
+                // A token written into the channel itself (not through a Variable) is a secret too.
+                let mut shown = c.clone();
+                if let Some(a) = &mut shown.auth
+                    && references(&a.token).map(|r| r.is_empty()).unwrap_or(true)
+                {
+                    a.token = "(hidden)".into();
+                }
+                serde_json::to_value(shown).unwrap_or(Value::Null)
+            }
             Spec::Channel(c) => serde_json::to_value(c).unwrap_or(Value::Null),
             Spec::Subscription(s) => serde_json::to_value(s).unwrap_or(Value::Null),
         };
