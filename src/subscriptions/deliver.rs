@@ -166,7 +166,8 @@ pub struct Stats {
     last_success_at: metrics::Gauge,
     last_error_at: metrics::Gauge,
     counts: [AtomicU64; 4],
-    last_success: Mutex<Option<String>>,
+    /// Unix time of the last delivery, in nanoseconds (0: none yet); formatted when shown.
+    last_success: AtomicU64,
     last_error: Mutex<Option<Value>>,
 }
 
@@ -189,7 +190,7 @@ impl Stats {
             last_success_at: metrics::gauge!("eventgate_subscription_last_success_timestamp_seconds", "subscription" => name.to_owned()),
             last_error_at: metrics::gauge!("eventgate_subscription_last_error_timestamp_seconds", "subscription" => name.to_owned()),
             counts: Default::default(),
-            last_success: Mutex::new(None),
+            last_success: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
     }
@@ -205,8 +206,9 @@ impl Stats {
     }
 
     fn success(&self) {
-        self.last_success_at.set(unix_now());
-        *self.last_success.lock().unwrap_or_else(PoisonError::into_inner) = Some(crate::validate::batch::now_rfc3339());
+        let now = time::OffsetDateTime::now_utc();
+        self.last_success_at.set(now.unix_timestamp() as f64);
+        self.last_success.store(u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0), AtomicOrdering::Relaxed);
     }
 
     pub fn error(&self, status: u16, text: &str) {
@@ -228,7 +230,12 @@ impl Stats {
             "pending": consumer.as_ref().map(|c| c.num_pending),
             "in_flight": consumer.as_ref().map(|c| c.num_ack_pending),
             "redelivered": consumer.as_ref().map(|c| c.num_redelivered),
-            "last_success": *self.last_success.lock().unwrap_or_else(PoisonError::into_inner),
+            "last_success": match self.last_success.load(AtomicOrdering::Relaxed) {
+                0 => None,
+                ns => time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+            },
             "last_error": *self.last_error.lock().unwrap_or_else(PoisonError::into_inner),
             "counts_are": "this instance's since it started; pending, in_flight and redelivered are the shared consumer's",
         })
