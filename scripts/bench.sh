@@ -68,7 +68,7 @@ fi
 
 # run_target NAME MODE: starts tansu (+ the proxy), runs throughput and latency, prints JSON lines.
 run_target() {
-  local name=$1 tport pport proxy_pid="" addr
+  local name=$1 tport pport proxy_pid="" nats_pid="" addr
   tport=$(free_port)
   tansu broker --listener-url "tcp://127.0.0.1:$tport" --advertised-listener-url "tcp://127.0.0.1:$tport" \
     --storage-engine memory://tansu/ >/dev/null 2>&1 &
@@ -102,6 +102,7 @@ run_target() {
           local nport ndir
           nport=$(free_port); ndir=$(mktemp -d)
           nice -n "$NATS_NICE" "$(nats_server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
+          nats_pid=$!
           pids+=($!)
           wait_port "$nport"
           mode_args="--nats-url nats://127.0.0.1:$nport --mirror-max-bytes -1" ;;
@@ -125,12 +126,14 @@ run_target() {
     cleanup
     return
   fi
-  local before after
+  local before after nats_before nats_after
   before=$(proc_cpu "$name" "$proxy_pid")
+  nats_before=$(proc_cpu "$name" "$nats_pid")
   "$BIN" bench --bootstrap "$addr" --topic tput --records "$RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --consume-records "$CONSUME_RECORDS" \
     --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.tput.json"
   after=$(proc_cpu "$name" "$proxy_pid")
+  nats_after=$(proc_cpu "$name" "$nats_pid")
   # The mirror publishes asynchronously: let it catch up before the latency run, and time it.
   local drained=0
   if [[ $name == *-mirror ]]; then
@@ -143,18 +146,21 @@ run_target() {
     done
     drained=$(python3 -c "import sys; print(float(sys.argv[1]) - float(sys.argv[2]))" "$(date +%s.%N)" "$t0")
     after=$(proc_cpu "$name" "$proxy_pid")
+    nats_after=$(proc_cpu "$name" "$nats_pid")
   fi
   "$BIN" bench --bootstrap "$addr" --topic lat --records "$LAT_RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume \
     --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.lat.json"
-  python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" "$drained" >>"$RESULTS" <<'PY'
+  python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" "$drained" \
+    "$nats_before" "$nats_after" >>"$RESULTS" <<'PY'
 import json, sys
 t, l = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 t["mirror_drain_seconds"] = float(sys.argv[6])
 cpu = (float(sys.argv[4]) - float(sys.argv[3])) / float(sys.argv[5])
+nats_cpu = (float(sys.argv[8]) - float(sys.argv[7])) / float(sys.argv[5])
 mb = (t["produce"]["records"] + t["consume"]["records"]) * t["record_size"] / 1e6
-print(json.dumps({"target": t["label"], "tput": t, "lat": l, "proxy_cpu_s": cpu, "mb_moved": mb,
-                  "mirror_drain_seconds": float(sys.argv[6])}))
+print(json.dumps({"target": t["label"], "tput": t, "lat": l, "proxy_cpu_s": cpu, "nats_cpu_s": nats_cpu,
+                  "mb_moved": mb, "mirror_drain_seconds": float(sys.argv[6])}))
 PY
   cleanup
 }
@@ -202,6 +208,7 @@ for name, rs in by.items():
         "cpu_ms_per_mb": med(rs, lambda r: 1000 * r["proxy_cpu_s"] / r["mb_moved"]),
         "errors": sum(r["tput"]["produce"]["errors"] + r["lat"]["produce"]["errors"] for r in rs),
         "drain": med(rs, lambda r: r.get("mirror_drain_seconds", 0)),
+        "nats_ms_per_mb": med(rs, lambda r: 1000 * r.get("nats_cpu_s", 0) / r["mb_moved"]),
     }
 base = rows.get("direct"); relay = rows.get("socat")
 print(f"\n{len(runs)} runs, median of {len(next(iter(by.values())))} rounds per target; results in {sys.argv[1]}\n")
@@ -219,5 +226,11 @@ for name, r in rows.items():
         n = rs[0]["tput"]["produce"]["records"]
         secs = statistics.median(x["tput"]["produce"]["seconds"] for x in rs) + r["drain"]
         print(f"\n{name}: the mirror finished {r['drain']:.1f} s after the producer "
-              f"({n / secs:.0f} events/s into JetStream end to end, CPU above includes it)")
+              f"({n / secs:.0f} events/s into JetStream end to end, CPU above includes it); "
+              f"nats-server CPU {r['nats_ms_per_mb']:.2f} ms/MB")
+off, on = rows.get("eventgate"), rows.get("eventgate-mirror")
+if off and on:
+    print(f"\nmirror vs mirror-off, same run: throughput {on['produce_rps'] / off['produce_rps']:.2f}, "
+          f"eventgate's mirror cost {on['cpu_ms_per_mb'] - off['cpu_ms_per_mb']:.2f} ms/MB "
+          f"(µs per KiB event, roughly), nats-server {on['nats_ms_per_mb']:.2f} ms/MB")
 PY
