@@ -228,7 +228,9 @@ fn a_429_waits_as_long_as_retry_after_says_up_to_the_cap() {
 async fn a_400_is_dead_lettered_at_once_and_exhausted_retries_after_the_last() {
     let s = setup(&[]);
     let refusing = Receiver::start();
-    refusing.script(json!({"answers": [], "then": {"status": 400, "body": "field lumens is wrong"}}));
+    // A sink that answers with a megabyte: eventgate reads 4 KiB of it, keeps 1 KiB of text.
+    let long = format!("field lumens is wrong{}", "!".repeat(1 << 20));
+    refusing.script(json!({"answers": [], "then": {"status": 400, "body": long}}));
     let failing = Receiver::start();
     failing.script(json!({"answers": [], "then": {"status": 500}}));
     let mut yaml = channel("refusing", &refusing.url("/in"), "") + &subscription("refused", "refusing", FAST);
@@ -256,7 +258,9 @@ async fn a_400_is_dead_lettered_at_once_and_exhausted_retries_after_the_last() {
     };
     let refused = by_sub("refused");
     assert_eq!(refused["deliverycode"], 400);
-    assert!(refused["deliveryerror"].as_str().unwrap().contains("field lumens is wrong"), "{refused}");
+    let error = refused["deliveryerror"].as_str().unwrap();
+    assert!(error.starts_with("the sink refused the event with 400: field lumens is wrong"), "{error}");
+    assert!(error.chars().count() <= 1024, "the error text is cut: {} chars", error.chars().count());
     assert_eq!(refused["deliveryattempts"], 1);
     assert_eq!(refused["id"], format!("{TOPIC}-0-0"), "the event itself, with the delivery extensions");
     assert_eq!(refused["data"], serde_json::from_str::<Value>(BAD).unwrap());

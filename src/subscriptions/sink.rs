@@ -393,6 +393,28 @@ mod tests {
         assert_eq!(parse_retry_after("soon"), None);
     }
 
+    #[tokio::test]
+    async fn the_client_refuses_at_connect_time_a_name_that_resolves_into_a_denied_network() {
+        use reqwest::dns::Resolve;
+        let deny = Arc::new(DenyList::parse("127.0.0.0/8,::1/128").expect("list"));
+        let resolver = CheckedResolver { deny: deny.clone() };
+        let name: reqwest::dns::Name = "localhost".parse().expect("name");
+        let Err(e) = resolver.resolve(name).await else { panic!("localhost must be refused") };
+        assert!(e.to_string().contains("denied network"), "{e}");
+        // And through a whole request: the resolver's refusal is the delivery's error.
+        let sinks = Sinks::new(DenyList::parse("127.0.0.0/8,::1/128").expect("list"), "eg".into()).expect("client");
+        let docs = crate::subscriptions::resource::parse_documents(
+            "apiVersion: eventgate/v1\nkind: Channel\nmetadata: {name: c}\nspec: {url: 'http://localhost:9/', timeout: 2s}\n",
+        )
+        .expect("channel");
+        let mut set = crate::subscriptions::resource::Resources::default();
+        set.insert(docs[0].clone());
+        let ch = set.resolve_channel("c", &|_| None).expect("resolves");
+        let answer = sinks.send(&ch, Payload { headers: vec![], body: Bytes::new() }).await;
+        assert!(matches!(answer, Answer::Retry { status: 0, .. }), "{answer:?}");
+        assert!(answer.error().contains("denied network"), "{}", answer.error());
+    }
+
     #[test]
     fn the_default_deny_list_covers_metadata_addresses_not_loopback() {
         let d = DenyList::parse(DEFAULT_DENY).expect("default");
