@@ -834,8 +834,19 @@ async fn dead_letter(ctx: &Ctx, m: &jetstream::Message, answer: &Answer, attempt
         ("deliverydest", json!(plan.channel.url_template)),
         ("deliveryattempts", json!(attempts)),
     ];
+    // A dead letter must fit in one NATS message: an event close to the limit, plus the delivery
+    // extensions, is stored without its data (marked `dataomitted`) rather than retried forever.
+    let limit =
+        usize::try_from(ctx.subs.js.client().server_info().max_payload).unwrap_or(usize::MAX).saturating_sub(1024);
     let body = match Stored::parse(&m.payload) {
-        Ok(s) => Bytes::from(s.with_extensions(&extensions)),
+        Ok(s) => {
+            let whole = s.with_extensions(&extensions);
+            if whole.len() > limit && matches!(plan.dead_letter, DeadLetterTo::Subject(_)) {
+                Bytes::from(s.without_data(&extensions))
+            } else {
+                Bytes::from(whole)
+            }
+        }
         Err(_) => m.payload.clone(),
     };
     let stored = match &plan.dead_letter {

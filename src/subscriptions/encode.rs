@@ -174,6 +174,21 @@ impl<'a> Stored<'a> {
     /// The event with the given extensions set (replacing any of the same names), in the JSON
     /// format: what a dead letter carries.
     pub fn with_extensions(&self, extensions: &[(&str, serde_json::Value)]) -> Vec<u8> {
+        self.rewrite(extensions, false)
+    }
+
+    /// [`with_extensions`](Self::with_extensions) without the data, for a dead letter too large
+    /// to store whole: `dataomitted` and `datasize` (the data's size as stored) say so.
+    pub fn without_data(&self, extensions: &[(&str, serde_json::Value)]) -> Vec<u8> {
+        let size: usize =
+            self.members.iter().filter(|(k, _)| k == "data" || k == "data_base64").map(|(_, v)| v.get().len()).sum();
+        let mut all = extensions.to_vec();
+        all.push(("dataomitted", serde_json::Value::Bool(true)));
+        all.push(("datasize", serde_json::json!(size)));
+        self.rewrite(&all, true)
+    }
+
+    fn rewrite(&self, extensions: &[(&str, serde_json::Value)], drop_data: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len() + 256);
         out.push(b'{');
         let mut first = true;
@@ -185,6 +200,9 @@ impl<'a> Stored<'a> {
         };
         for (name, raw) in &self.members {
             if extensions.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if drop_data && (name == "data" || name == "data_base64" || name == "datacontenttype") {
                 continue;
             }
             sep(&mut out);
@@ -334,6 +352,17 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8");
         assert_eq!(text.matches("deliverycode").count(), 1);
         assert!(text.contains(r#""data":{"x":1.50}"#), "the data's bytes are kept: {text}");
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_to_store_keeps_everything_but_the_data() {
+        let stored = Stored::parse(EVENT.as_bytes()).expect("event");
+        let out = stored.without_data(&[("deliverycode", json!(400))]);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert!(v.get("data").is_none() && v.get("datacontenttype").is_none());
+        assert_eq!((v["dataomitted"].clone(), v["deliverycode"].clone()), (json!(true), json!(400)));
+        assert_eq!(v["datasize"], 45, "the size of the data as stored");
+        assert_eq!(v["id"], "orders-0-7");
     }
 
     #[test]
