@@ -836,8 +836,10 @@ async fn dead_letter(ctx: &Ctx, m: &jetstream::Message, answer: &Answer, attempt
     ];
     // A dead letter must fit in one NATS message: an event close to the limit, plus the delivery
     // extensions, is stored without its data (marked `dataomitted`) rather than retried forever.
-    let limit =
-        usize::try_from(ctx.subs.js.client().server_info().max_payload).unwrap_or(usize::MAX).saturating_sub(1024);
+    let limit = match ctx.subs.js.client().server_info().max_payload {
+        0 => usize::MAX, // not told yet
+        max => max.saturating_sub(1024),
+    };
     let body = match Stored::parse(&m.payload) {
         Ok(s) => {
             let whole = s.with_extensions(&extensions);
