@@ -672,3 +672,33 @@ fn a_subscription_in_the_cloudevents_subscriptions_api_shape_is_accepted_and_sho
         assert!(answer.contains(why), "{answer}");
     }
 }
+
+#[test]
+fn prune_with_a_selector_deletes_only_what_carries_its_labels() {
+    let s = setup(&[]);
+    let labelled = |kind: &str, name: &str, team: &str, spec: &str| {
+        format!(
+            "---\napiVersion: eventgate/v1\nkind: {kind}\nmetadata: {{name: {name}, labels: {{team: {team}}}}}\nspec: {spec}\n"
+        )
+    };
+    let a_channel = labelled("Channel", "a-hook", "a", "{url: 'http://127.0.0.1:9/a'}");
+    let a_sub = labelled("Subscription", "a-sub", "a", "{channel: a-hook}");
+    let b_channel = labelled("Channel", "b-hook", "b", "{url: 'http://127.0.0.1:9/b'}");
+    let b_sub = labelled("Subscription", "b-sub", "b", "{channel: b-hook}");
+    apply_ok(&s.eg, &format!("{a_channel}{a_sub}{b_channel}{b_sub}"));
+    // Team a's file no longer declares its subscription; team b's resources are not team a's to prune.
+    let (code, v) = apply(&s.eg, &a_channel, "?prune=true&selector=team%3Da");
+    assert_eq!(code, 200, "{v}");
+    let deleted: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "deleted")
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(deleted, ["a-sub"], "{v}");
+    assert_eq!(http("GET", &s.eg.http("/subscriptions/b-sub"), None, &[]).0, 200);
+    assert_eq!(http("GET", &s.eg.http("/subscriptions/a-sub"), None, &[]).0, 404);
+    let (code, _) = apply(&s.eg, &a_channel, "?prune=true&selector=nonsense");
+    assert_eq!(code, 400);
+}

@@ -8,7 +8,7 @@
 //! | `PUT /subscriptions/{name}` with `sink` | the CloudEvents Subscriptions API's shape, kept as a Channel and a Subscription |
 //! | `GET /{kind}/{name}` | one resource; a subscription in a shape close to the CloudEvents Subscriptions API, with its status |
 //! | `DELETE /{kind}/{name}` | 204; 409 while another resource uses it |
-//! | `POST /apply?prune=true&dry_run=true` | multi-document YAML or JSON: created / updated / unchanged / deleted |
+//! | `POST /apply?prune=true&selector=team=x&dry_run=true` | multi-document YAML or JSON: created / updated / unchanged / deleted |
 //! | `POST /subscriptions/{name}/replay?start_seq=N` or `start_time=RFC3339` | deliver again from there |
 //! | `POST /subscriptions/{name}/pause`, `/resume` | stop and restart delivery (a 410 from the sink pauses too) |
 //!
@@ -130,6 +130,9 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>, kin
 pub struct ApplyQuery {
     #[serde(default)]
     prune: bool,
+    /// With `prune`: delete only undeclared resources whose labels match (`key=value,…`).
+    #[serde(default)]
+    selector: Option<String>,
     #[serde(default)]
     dry_run: bool,
 }
@@ -144,7 +147,9 @@ pub async fn apply(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "invalid_resource", "the body is not UTF-8".into()))?;
     let docs = resource::parse_documents(text).map_err(SubsError::from)?;
-    let report = subs.apply(docs, q.prune, q.dry_run).await?;
+    let selector = crate::subscriptions::Selector::parse(q.selector.as_deref().unwrap_or_default())
+        .map_err(|m| ApiError(StatusCode::BAD_REQUEST, "bad_request", m))?;
+    let report = subs.apply_scoped(docs, q.prune.then_some(selector), q.dry_run).await?;
     let count = |a: Action| report.iter().filter(|r| r.action == a).count();
     Ok(Json(json!({
         "dry_run": q.dry_run,

@@ -23,9 +23,13 @@ pub struct ApplyArgs {
     /// The admin token.
     #[arg(long, env = "EVENTGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Delete every resource the files do not declare.
+    /// Delete every resource the files do not declare (with `--selector`, only those whose labels
+    /// match).
     #[arg(long)]
     pub prune: bool,
+    /// With `--prune`: `key=value[,key=value]`; only resources with these labels may be deleted.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
     /// Show what would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -41,7 +45,11 @@ pub async fn run(args: ApplyArgs) -> ExitCode {
         }
     };
     let body = Value::Array(docs.iter().map(|r| r.to_value(true)).collect()).to_string();
-    let url = format!("{}/apply?prune={}&dry_run={}", args.server.trim_end_matches('/'), args.prune, args.dry_run);
+    let mut url = format!("{}/apply?prune={}&dry_run={}", args.server.trim_end_matches('/'), args.prune, args.dry_run);
+    if let Some(sel) = &args.selector {
+        url.push_str("&selector=");
+        url.extend(percent_encoding::utf8_percent_encode(sel, percent_encoding::NON_ALPHANUMERIC));
+    }
     // reqwest is built without a default TLS provider: eventgate's (ring) is the process's.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder().build() {

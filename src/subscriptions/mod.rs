@@ -100,6 +100,27 @@ pub struct Applied {
     pub action: Action,
 }
 
+/// Which resources a prune may delete: those whose labels hold every `key=value` (all resources
+/// when empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector(Vec<(String, String)>);
+
+impl Selector {
+    /// Reads `key=value[,key=value…]`.
+    pub fn parse(text: &str) -> Result<Selector, String> {
+        let mut pairs = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = item.split_once('=').ok_or_else(|| format!("selector `{item}`: use key=value"))?;
+            pairs.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        Ok(Selector(pairs))
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
 /// The shared state: resources as the bucket holds them, and which subscriptions are paused.
 #[derive(Default)]
 struct State {
@@ -339,9 +360,31 @@ impl Subscriptions {
     /// they do not declare is deleted. The whole resulting set is checked first; nothing is
     /// written unless all of it holds. With `dry_run`, nothing is written at all.
     pub async fn apply(&self, docs: Vec<Resource>, prune: bool, dry_run: bool) -> Result<Vec<Applied>, SubsError> {
+        self.apply_scoped(docs, prune.then(Selector::default), dry_run).await
+    }
+
+    /// [`apply`](Self::apply) where `prune` deletes only the undeclared resources whose labels
+    /// match the selector (all of them when it is empty), so teams sharing an eventgate each
+    /// prune their own.
+    pub async fn apply_scoped(
+        &self,
+        docs: Vec<Resource>,
+        prune: Option<Selector>,
+        dry_run: bool,
+    ) -> Result<Vec<Applied>, SubsError> {
         let _guard = self.apply_lock.lock().await;
         let current = self.resources();
-        let mut next = if prune { Resources::default() } else { current.clone() };
+        let mut next = match &prune {
+            None => current.clone(),
+            Some(selector) => {
+                // What the selector does not cover stays as it is.
+                let mut kept = Resources::default();
+                for r in current.iter().filter(|r| !selector.matches(&r.metadata.labels)) {
+                    kept.insert(r.clone());
+                }
+                kept
+            }
+        };
         let mut seen = std::collections::HashSet::new();
         for r in &docs {
             if !seen.insert((r.kind(), r.name().to_owned())) {
