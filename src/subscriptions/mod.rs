@@ -130,6 +130,10 @@ struct State {
     /// When each subscription was last replayed: a change restarts its workers everywhere, on
     /// the recreated consumer.
     replays: BTreeMap<String, String>,
+    /// The bucket revision of each resource as this instance last saw it: an apply writes only
+    /// over that revision, so two applies racing on two instances cannot silently overwrite each
+    /// other (the second is refused and can be run again).
+    revisions: HashMap<String, u64>,
 }
 
 /// The subscriptions service of one eventgate instance.
@@ -144,6 +148,10 @@ pub struct Subscriptions {
     stats: Mutex<HashMap<String, Arc<deliver::Stats>>>,
     /// Serializes applies from this instance.
     apply_lock: tokio::sync::Mutex<()>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SubsError {
+    SubsError::Unavailable(e.to_string())
 }
 
 /// Reads eventgate's environment (`{{sys:NAME}}`).
@@ -324,6 +332,12 @@ impl Subscriptions {
         let Some((prefix, name)) = entry.key.split_once('.') else { return };
         let put = matches!(entry.operation, kv::Operation::Put);
         let mut st = self.state();
+        if put {
+            let seen = st.revisions.entry(entry.key.clone()).or_default();
+            *seen = (*seen).max(entry.revision);
+        } else {
+            st.revisions.remove(&entry.key);
+        }
         if prefix == "replay" {
             if put {
                 st.replays.insert(name.to_owned(), String::from_utf8_lossy(&entry.value).into_owned());
@@ -447,12 +461,31 @@ impl Subscriptions {
                 }
                 match (a.action, r) {
                     (Action::Created | Action::Updated, Some(r)) => {
-                        let value = serde_json::to_vec(&r.to_value(true)).unwrap_or_default();
-                        bucket
-                            .put(key(a.kind, &a.name), Bytes::from(value))
-                            .await
-                            .map_err(|e| SubsError::Unavailable(e.to_string()))?;
-                        self.state().resources.insert(r.clone());
+                        let value = Bytes::from(serde_json::to_vec(&r.to_value(true)).unwrap_or_default());
+                        let k = key(a.kind, &a.name);
+                        let raced = || {
+                            SubsError::Conflict(format!(
+                                "{}/{} was changed by another apply meanwhile; nothing after it was written: run \
+                                 apply again",
+                                a.kind, a.name
+                            ))
+                        };
+                        let revision = match (a.action, self.revision(&k)) {
+                            (Action::Updated, Some(rev)) => bucket.update(&k, value, rev).await.map_err(|e| {
+                                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                                    raced()
+                                } else {
+                                    unavailable(e)
+                                }
+                            })?,
+                            _ => bucket.create(&k, value).await.map_err(|e| {
+                                if e.kind() == kv::CreateErrorKind::AlreadyExists { raced() } else { unavailable(e) }
+                            })?,
+                        };
+                        let mut st = self.state();
+                        let seen = st.revisions.entry(k).or_default();
+                        *seen = (*seen).max(revision);
+                        st.resources.insert(r.clone());
                     }
                     (Action::Deleted, _) => self.remove(&bucket, a.kind, &a.name).await?,
                     _ => {}
@@ -480,8 +513,17 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// The revision of `key` this instance last saw.
+    fn revision(&self, key: &str) -> Option<u64> {
+        self.state().revisions.get(key).copied()
+    }
+
     async fn remove(&self, bucket: &kv::Store, kind: Kind, name: &str) -> Result<(), SubsError> {
-        bucket.delete(key(kind, name)).await.map_err(|e| SubsError::Unavailable(e.to_string()))?;
+        let k = key(kind, name);
+        bucket.delete_expect_revision(&k, self.revision(&k)).await.map_err(|e| {
+            SubsError::Conflict(format!("{kind}/{name} was changed by another apply meanwhile ({e}); run again"))
+        })?;
+        self.state().revisions.remove(&k);
         self.state().resources.of_mut(kind).remove(name);
         if kind == Kind::Subscription {
             let _ = bucket.delete(format!("paused.{name}")).await;
