@@ -560,6 +560,13 @@ fn a_hanging_sink_holds_only_the_events_in_flight_and_each_times_out() {
     }
     let st = status(&s.eg, "s");
     assert!(st["last_error"]["error"].as_str().unwrap().contains("timed out"), "{st}");
+    // The same in /metrics (refreshed every 5 s): the lag and what is handed out.
+    wait_until("the subscription's gauges", Duration::from_secs(20), || {
+        let in_flight = s.eg.metric("eventgate_subscription_in_flight{subscription=\"s\"}");
+        let pending = s.eg.metric("eventgate_subscription_pending{subscription=\"s\"}");
+        (1.0..=12.0).contains(&in_flight) && in_flight + pending >= 50.0 - 12.0
+    });
+    assert!(s.eg.metric("eventgate_subscription_last_error_timestamp_seconds{subscription=\"s\"}") > 1.7e9);
 }
 
 #[test]

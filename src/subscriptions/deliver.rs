@@ -162,6 +162,8 @@ pub struct Stats {
     filtered: metrics::Counter,
     pub replays: metrics::Counter,
     pub pending: metrics::Gauge,
+    /// Events handed out and not settled yet (delivering, or waiting for a retry).
+    pub in_flight: metrics::Gauge,
     pub paused: metrics::Gauge,
     last_success_at: metrics::Gauge,
     last_error_at: metrics::Gauge,
@@ -186,6 +188,7 @@ impl Stats {
             filtered: counter("filtered"),
             replays: metrics::counter!("eventgate_subscription_replays_total", "subscription" => name.to_owned()),
             pending: metrics::gauge!("eventgate_subscription_pending", "subscription" => name.to_owned()),
+            in_flight: metrics::gauge!("eventgate_subscription_in_flight", "subscription" => name.to_owned()),
             paused: metrics::gauge!("eventgate_subscription_paused", "subscription" => name.to_owned()),
             last_success_at: metrics::gauge!("eventgate_subscription_last_success_timestamp_seconds", "subscription" => name.to_owned()),
             last_error_at: metrics::gauge!("eventgate_subscription_last_error_timestamp_seconds", "subscription" => name.to_owned()),

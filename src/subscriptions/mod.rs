@@ -626,7 +626,9 @@ impl Subscriptions {
             let names: Vec<String> = self.state().resources.subscriptions.keys().cloned().collect();
             for name in names {
                 if let Some(info) = deliver::consumer_info(&self.js, &self.config.stream, &name).await {
-                    self.stats(&name).pending.set(info.num_pending as f64);
+                    let stats = self.stats(&name);
+                    stats.pending.set(info.num_pending as f64);
+                    stats.in_flight.set(info.num_ack_pending as f64);
                 }
                 self.stats(&name).paused.set(if self.paused(&name).is_some() { 1.0 } else { 0.0 });
             }
