@@ -28,4 +28,5 @@ wait_port "$lport"
 target/release/eventgate bench --bootstrap "127.0.0.1:$lport" --topic tput --records "$RECORDS" --no-consume >"$out/bench.json"
 kill -INT "$vg"; wait "$vg" || true
 grep -o '"errors":[0-9]*' "$out/bench.json" | head -1
-grep -o 'Collected : [0-9]*' "$out/valgrind.log"
+grep -o "Collected : [0-9]*" "$out/valgrind.log"
+echo "profile: $out/callgrind.out" >&2

@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::Bytes;
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::ser::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::validate::content_type::{self, Family};
@@ -271,24 +271,6 @@ impl fmt::Display for Overridden {
             write!(f, ",{n}")?;
         }
         Ok(())
-    }
-}
-
-/// Writes a value through its `Display` (no intermediate string).
-struct Displayed<T>(T);
-
-impl<T: fmt::Display> Serialize for Displayed<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// Writes bytes as base64 (no intermediate string).
-struct Base64Of<'a>(&'a [u8]);
-
-impl Serialize for Base64Of<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&base64::display::Base64Display::new(self.0, &base64::engine::general_purpose::STANDARD))
     }
 }
 
@@ -562,65 +544,121 @@ struct Out<'e> {
     omitted: Option<usize>,
 }
 
-impl Serialize for Out<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl Out<'_> {
+    /// Writes the event in the JSON format. Member names are constants written as they are;
+    /// string values are escaped only when they hold something JSON escapes (the same bytes
+    /// serde_json would write, without its per-byte pass over every name and value).
+    fn write(&self, w: &mut Vec<u8>) {
         let (ce, ctx) = (self.ce, self.ctx);
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("specversion", "1.0")?;
-        m.serialize_entry("id", &*ce.id)?;
-        m.serialize_entry("source", &*ce.source)?;
-        m.serialize_entry("type", &*ce.ce_type)?;
+        w.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+        put_str(w, &ce.id);
+        w.extend_from_slice(b",\"source\":");
+        put_str(w, &ce.source);
+        w.extend_from_slice(b",\"type\":");
+        put_str(w, &ce.ce_type);
         for (name, v) in [
-            ("subject", &ce.subject),
-            ("time", &ce.time),
-            ("datacontenttype", &ce.datacontenttype),
-            ("dataschema", &ce.dataschema),
+            (&b",\"subject\":"[..], &ce.subject),
+            (b",\"time\":", &ce.time),
+            (b",\"datacontenttype\":", &ce.datacontenttype),
+            (b",\"dataschema\":", &ce.dataschema),
         ] {
             if let Some(v) = v {
-                m.serialize_entry(name, &**v)?;
+                w.extend_from_slice(name);
+                put_str(w, v);
             }
         }
         for (name, v) in &ce.extensions {
-            m.serialize_entry(&**name, v)?;
+            w.push(b',');
+            put_str(w, name);
+            w.push(b':');
+            match v {
+                Ext::Str(t) => put_str(w, t),
+                Ext::Raw(r) => w.extend_from_slice(r.get().as_bytes()),
+            }
         }
-        m.serialize_entry("partition", &ctx.partition)?;
+        w.extend_from_slice(b",\"partition\":");
+        w.extend_from_slice(itoa::Buffer::new().format(ctx.partition).as_bytes());
         if let Some(o) = ctx.offset {
-            m.serialize_entry("offset", &Displayed(o))?;
+            w.extend_from_slice(b",\"offset\":\"");
+            w.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
+            w.push(b'"');
         }
-        m.serialize_entry("validation", ctx.outcome.label())?;
+        w.extend_from_slice(b",\"validation\":");
+        put_str(w, ctx.outcome.label());
         if let Some(e) = self.errors {
-            m.serialize_entry("validationerrors", e)?;
+            w.extend_from_slice(b",\"validationerrors\":");
+            put_str(w, e);
         }
         if let Some(p) = ctx.principal {
-            m.serialize_entry("principal", p)?;
+            w.extend_from_slice(b",\"principal\":");
+            put_str(w, p);
         }
         if let Some(c) = ctx.client_id {
-            m.serialize_entry("clientid", c)?;
+            w.extend_from_slice(b",\"clientid\":");
+            put_str(w, c);
         }
         if ce.overridden.0 != 0 {
-            m.serialize_entry("overridden", &Displayed(ce.overridden))?;
+            w.extend_from_slice(b",\"overridden\":");
+            put_str(w, &ce.overridden.to_string());
         }
-        if let Some(w) = &ce.wrapped {
-            m.serialize_entry("wrapped", w)?;
+        if let Some(wrapped) = &ce.wrapped {
+            w.extend_from_slice(b",\"wrapped\":");
+            put_str(w, wrapped);
         }
         match self.omitted {
             None => match &ce.data {
                 Data::None => {}
-                Data::Json(raw) => m.serialize_entry("data", raw)?,
-                Data::Text(t) => m.serialize_entry("data", t)?,
-                Data::Bytes(b) => m.serialize_entry("data_base64", &Base64Of(b))?,
-                Data::Base64(b) => m.serialize_entry("data_base64", &**b)?,
+                Data::Json(raw) => {
+                    w.extend_from_slice(b",\"data\":");
+                    w.extend_from_slice(raw.get().as_bytes());
+                }
+                Data::Text(t) => {
+                    w.extend_from_slice(b",\"data\":");
+                    put_str(w, t);
+                }
+                Data::Bytes(b) => {
+                    w.extend_from_slice(b",\"data_base64\":\"");
+                    let start = w.len();
+                    w.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+                    let written =
+                        base64::Engine::encode_slice(&base64::engine::general_purpose::STANDARD, b, &mut w[start..])
+                            .unwrap_or(0);
+                    w.truncate(start + written);
+                    w.push(b'"');
+                }
+                Data::Base64(b) => {
+                    w.extend_from_slice(b",\"data_base64\":");
+                    put_str(w, b);
+                }
             },
             Some(size) => {
-                m.serialize_entry("dataomitted", &true)?;
                 // An Integer is 32-bit; a Kafka record value always fits, but say so if not.
+                w.extend_from_slice(b",\"dataomitted\":true,\"datasize\":");
                 match i32::try_from(size) {
-                    Ok(n) => m.serialize_entry("datasize", &n)?,
-                    Err(_) => m.serialize_entry("datasize", &Displayed(size))?,
+                    Ok(n) => w.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+                    Err(_) => {
+                        w.push(b'"');
+                        w.extend_from_slice(itoa::Buffer::new().format(size).as_bytes());
+                        w.push(b'"');
+                    }
                 }
             }
         }
-        m.end()
+        w.push(b'}');
+    }
+}
+
+/// A JSON string: written as it is when nothing in it needs escaping (no `"`, `\\` or control
+/// character: what serde_json escapes), else escaped by serde_json.
+fn put_str(w: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        w.reserve(s.len() + 2);
+        w.push(b'"');
+        w.extend_from_slice(s.as_bytes());
+        w.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *w, s);
     }
 }
 
@@ -667,15 +705,14 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
         + errors.as_deref().map_or(0, str::len)
         + 512;
     let mut json = Vec::with_capacity(estimate.min(ctx.max_bytes.saturating_add(1024)));
-    if serde_json::to_writer(&mut json, &out).is_err() {
-        json.clear();
-    }
+    out.write(&mut json);
     let data_omitted = json.len() > ctx.max_bytes;
     let size = record.value.map_or(0, <[u8]>::len);
     let small;
     if data_omitted {
         out.omitted = Some(size);
-        json = serde_json::to_vec(&out).unwrap_or_default();
+        json.clear();
+        out.write(&mut json);
         if json.len() > ctx.max_bytes {
             // Still too large (long attributes or key): eventgate's attributes only.
             small = Ce {
@@ -687,7 +724,8 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
                 ..plain(record, ctx, None, None)
             };
             out.ce = &small;
-            json = serde_json::to_vec(&out).unwrap_or_default();
+            json.clear();
+            out.write(&mut json);
         }
     }
     Event {
