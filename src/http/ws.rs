@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::specs::ApiError;
-use crate::mirror::sink::{LiveEvent, TYPE_HEADER, VALIDATION_HEADER};
+use crate::mirror::sink::LiveEvent;
 
 /// Events a watcher's consumer pulls at a time.
 const WATCH_BATCH: i64 = 32;
@@ -634,9 +634,13 @@ async fn feed_jetstream(
             consumer.messages().await.map_err(|e| Ended::Close(1011, format!("cannot read the stream: {e}")))?;
         while let Some(m) = messages.next().await {
             let m = m.map_err(|e| Ended::Close(1011, format!("stream read failed: {e}")))?;
-            let header = |name: &str| m.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-            if !filter.keeps(header(TYPE_HEADER).as_deref(), header(VALIDATION_HEADER).as_deref()) {
-                continue;
+            // Filters on `type` or `validation` read the event itself (read in place, only then).
+            if filter.types.is_some() || filter.validations.is_some() {
+                let stored = crate::subscriptions::encode::Stored::parse(&m.payload).ok();
+                let attr = |name: &str| stored.as_ref().and_then(|s| s.attr(name));
+                if !filter.keeps(attr("type").as_deref(), attr("validation").as_deref()) {
+                    continue;
+                }
             }
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
             offer(&out, with_seq(&m.payload, seq)).await?;

@@ -39,11 +39,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::event::Event;
 
-/// NATS header naming the event's `type`, so watchers filter without parsing the body.
-pub const TYPE_HEADER: &str = "Eg-Type";
-/// NATS header naming the validation outcome.
-pub const VALIDATION_HEADER: &str = "Eg-Validation";
-
 /// An event on the in-process feed.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
@@ -275,22 +270,15 @@ pub struct JetStreamSink {
     degraded: bool,
 }
 
-/// The NATS headers of an event. A value NATS cannot carry (a line break, say, in a `type` from an
-/// AsyncAPI document) is left out rather than sent: the header is a convenience for watchers, the
-/// event itself is complete. The id is built by eventgate from a Kafka topic name and numbers, so
-/// it always fits.
+/// The NATS headers of an event: its id as `Nats-Msg-Id`, which the stream's duplicate window
+/// needs. Nothing else: every attribute is in the event itself, and each header costs the publisher
+/// and the server work per event (watchers filtering on `type` or `validation` read the event).
+/// The id is built by eventgate from a Kafka topic name and numbers, so it always fits a header.
 pub fn headers(e: &Event) -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(v) = value.parse::<async_nats::HeaderValue>() {
-            h.insert(name, v);
-        }
-    };
-    put("Nats-Msg-Id", &e.id);
-    if e.ce_type.len() <= super::event::MAX_TYPE_BYTES {
-        put(TYPE_HEADER, &e.ce_type);
+    if let Ok(v) = e.id.parse::<async_nats::HeaderValue>() {
+        h.insert("Nats-Msg-Id", v);
     }
-    put(VALIDATION_HEADER, e.validation);
     h
 }
 
@@ -713,21 +701,19 @@ mod answer_tests {
     use super::*;
 
     #[test]
-    fn a_type_nats_cannot_carry_leaves_its_header_out_instead_of_panicking() {
-        let event = |ce_type: &str| Event {
+    fn an_event_carries_only_its_id_as_a_nats_header() {
+        let event = Event {
             id: "t-0-1".into(),
-            ce_type: ce_type.into(),
+            ce_type: "a\r\nInjected: yes".into(),
             validation: "valid",
             json: Bytes::from_static(b"{}"),
             data_omitted: false,
             overridden: 0,
             wrapped: false,
         };
-        let h = headers(&event("a\r\nInjected: yes"));
-        assert!(h.get(TYPE_HEADER).is_none());
-        assert!(h.get("Injected").is_none());
+        let h = headers(&event);
         assert_eq!(h.get("Nats-Msg-Id").map(|v| v.as_str()), Some("t-0-1"));
-        assert_eq!(headers(&event("com.example.ok")).get(TYPE_HEADER).map(|v| v.as_str()), Some("com.example.ok"));
+        assert_eq!(h.iter().count(), 1, "a producer's type never reaches a header");
     }
 
     #[test]
