@@ -59,8 +59,21 @@ pub enum NatsError {
 
 /// Connects in the background: returns at once, and the client keeps retrying.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
+    connect_with(config, async_nats::ConnectOptions::new()).await
+}
+
+/// [`connect`] for the mirror's publisher: the subjects it publishes to are eventgate's own
+/// (`mirror::subject` makes every topic a valid one), so the client does not check each again.
+pub async fn connect_publisher(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
+    connect_with(config, async_nats::ConnectOptions::new().skip_subject_validation(true)).await
+}
+
+async fn connect_with(
+    config: &NatsConfig,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, NatsError> {
     let url = config.url.clone();
-    async_nats::ConnectOptions::new()
+    options
         .name("eventgate")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))

@@ -227,7 +227,8 @@ enum State {
 
 struct InFlight {
     token: u64,
-    subject: Arc<str>,
+    /// Made once per chunk of events; a clone is a reference count.
+    subject: async_nats::Subject,
     event: Event,
     sent: Instant,
     /// The highest stream sequence known to be taken when this was sent: if the event is
@@ -286,7 +287,8 @@ impl JetStreamSink {
     /// Connects a publisher of its own and makes sure the stream exists, retrying until both are
     /// there (jobs wait in the mirror's buffer meanwhile); `None` only if `abort` fires first.
     pub async fn connect(config: &crate::nats::NatsConfig, abort: &CancellationToken) -> Option<Self> {
-        let client = crate::nats::until_ready("mirror connection", abort, || crate::nats::connect(config)).await?;
+        let client =
+            crate::nats::until_ready("mirror connection", abort, || crate::nats::connect_publisher(config)).await?;
         let js = crate::nats::jetstream(client.clone(), config);
         let info = crate::nats::until_ready("mirror stream", abort, || crate::nats::ensure_stream(&js, config)).await?;
         crate::nats::report_stream(&info);
@@ -332,6 +334,7 @@ impl JetStreamSink {
     }
 
     async fn publish(&mut self, subject: &Arc<str>, events: Vec<Event>, shutdown: &CancellationToken) {
+        let subject = async_nats::Subject::from(&**subject);
         for event in events {
             while self.full() {
                 let wake = tokio::select! {
@@ -357,7 +360,7 @@ impl JetStreamSink {
     }
 
     /// Sends one event, retrying until the client takes it; false only on shutdown.
-    async fn send(&mut self, subject: Arc<str>, event: Event, shutdown: &CancellationToken) -> bool {
+    async fn send(&mut self, subject: async_nats::Subject, event: Event, shutdown: &CancellationToken) -> bool {
         let floor = self.last_seq;
         self.send_from(subject, event, floor, shutdown).await
     }
@@ -365,7 +368,13 @@ impl JetStreamSink {
     /// [`send`](Self::send) for an event first sent when the stream's known sequence was `floor`:
     /// a resend keeps the floor of the first send, so a later look into the stream still covers
     /// an original stored after all.
-    async fn send_from(&mut self, subject: Arc<str>, event: Event, floor: u64, shutdown: &CancellationToken) -> bool {
+    async fn send_from(
+        &mut self,
+        subject: async_nats::Subject,
+        event: Event,
+        floor: u64,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.acks.is_none() {
@@ -381,9 +390,12 @@ impl JetStreamSink {
                 }
             }
             let token = self.next_token;
-            let reply = format!("{}.{token}", self.inbox);
+            let mut reply = String::with_capacity(self.inbox.len() + 21);
+            reply.push_str(&self.inbox);
+            reply.push('.');
+            reply.push_str(itoa::Buffer::new().format(token));
             let sent = tokio::select! {
-                r = self.client.publish_with_reply_and_headers(subject.to_string(), reply, headers(&event), event.json.clone()) => r,
+                r = self.client.publish_with_reply_and_headers(subject.clone(), reply, headers(&event), event.json.clone()) => r,
                 _ = shutdown.cancelled() => return false,
             };
             match sent {
