@@ -709,3 +709,21 @@ fn prune_with_a_selector_deletes_only_what_carries_its_labels() {
     let (code, _) = apply(&s.eg, &a_channel, "?prune=true&selector=nonsense");
     assert_eq!(code, 400);
 }
+
+#[test]
+fn an_event_larger_than_the_batch_byte_limit_is_still_delivered() {
+    // The pull's byte limit once followed the channel's `maxBytes`: the server then refused every
+    // pull for an event larger than that, and the subscription never moved on.
+    let s = setup(&[]);
+    let rx = Receiver::start();
+    let big = format!(r#"{{"lumens":1,"sentAt":"2026-01-01T00:00:00Z","pad":"{}"}}"#, "x".repeat(3000));
+    let yaml = channel("hook", &rx.url("/in"), "mode: batch, batch: {maxEvents: 10, maxBytes: 1024, maxWait: 50ms}")
+        + &subscription("s", "hook", "delivery: {ordering: ordered, retry: 3, backoffDelay: 50ms}");
+    apply_ok(&s.eg, &yaml);
+    produce(&s.eg, &[&big], 3);
+    let got = rx.wait_accepted(3, Duration::from_secs(30));
+    // Each event alone: one is already past the batch's byte limit.
+    for r in got["requests"].as_array().unwrap() {
+        assert_eq!(r["events"].as_array().map(Vec::len), Some(1), "{r}");
+    }
+}

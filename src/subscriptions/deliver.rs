@@ -561,6 +561,12 @@ async fn worker(subs: Arc<Subscriptions>, plan: Plan, stop: CancellationToken) {
 /// Longest a pull request waits for events before the next one is sent.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 
+/// Bytes one pull may bring, whatever the channel says: the NATS maximum payload, so the largest
+/// event the stream can hold always fits (a pull whose byte limit is below the next event's size
+/// is refused by the server every time, and the subscription would never move on), and one pull
+/// never holds more than that. Batches are cut to the channel's `maxBytes` as events arrive.
+const PULL_MAX_BYTES: usize = 64 << 20;
+
 /// Hands events to deliveries until `stop` (true) or the consumer fails (false, to reopen it).
 ///
 /// Events come in pull requests eventgate reads to their end (full, or expired after
@@ -614,7 +620,7 @@ async fn pump(
             continue;
         }
         let n = held.num_permits();
-        let mut batch = match pull(consumer, n, PULL_WAIT, plan.channel.batch_bytes.max(1 << 20) * n).await {
+        let mut batch = match pull(consumer, n, PULL_WAIT).await {
             Ok(Some(b)) => b,
             Ok(None) => continue,
             Err(e) => {
@@ -654,12 +660,11 @@ async fn pull(
     consumer: &consumer::Consumer<consumer::pull::Config>,
     n: usize,
     wait: Duration,
-    max_bytes: usize,
 ) -> Result<Option<consumer::pull::Batch>, String> {
     consumer
         .batch()
         .max_messages(n)
-        .max_bytes(max_bytes)
+        .max_bytes(PULL_MAX_BYTES)
         .expires(wait)
         .messages()
         .await
@@ -680,8 +685,7 @@ async fn pull_batches(
 ) -> Result<(), String> {
     let ch = &ctx.plan.channel;
     let n = held.num_permits();
-    let mut pulled =
-        pull(consumer, n * ch.batch_events, PULL_WAIT, n.saturating_mul(ch.batch_bytes)).await?.ok_or("no pull")?;
+    let mut pulled = pull(consumer, n * ch.batch_events, PULL_WAIT).await?.ok_or("no pull")?;
     let mut current: Vec<jetstream::Message> = Vec::new();
     let mut bytes = 0usize;
     let mut deadline: Option<tokio::time::Instant> = None;
