@@ -105,15 +105,10 @@ impl<'a> Stored<'a> {
     }
 
     /// The HTTP request of binary mode: headers and body. `owner` is the buffer `raw` lies in:
-    /// JSON data is sent as a slice of it, not a copy.
+    /// JSON data is sent as a slice of it, not a copy (a copy when `raw` is not in `owner`).
     pub fn binary_in(&self, owner: &Bytes) -> Result<(Vec<(HeaderName, HeaderValue)>, Bytes), EncodeError> {
         let shared = owner.as_ptr_range().contains(&self.raw.as_ptr()) && self.raw.len() <= owner.len();
         self.encode_binary(|data: &[u8]| if shared { owner.slice_ref(data) } else { Bytes::copy_from_slice(data) })
-    }
-
-    /// The HTTP request of binary mode: headers and body (the data copied).
-    pub fn binary(&self) -> Result<(Vec<(HeaderName, HeaderValue)>, Bytes), EncodeError> {
-        self.encode_binary(Bytes::copy_from_slice)
     }
 
     fn encode_binary(
@@ -319,14 +314,14 @@ mod tests {
     #[test]
     fn text_and_base64_data_become_the_body_itself() {
         let text = r#"{"specversion":"1.0","id":"a","source":"s","type":"t","datacontenttype":"text/plain; charset=utf-8","data":"hello \"you\""}"#;
-        let (headers, body) = Stored::parse(text.as_bytes()).and_then(|s| s.binary()).expect("binary");
+        let (headers, body) = Stored::parse(text.as_bytes()).and_then(|s| s.binary_in(&Bytes::new())).expect("binary");
         assert_eq!(&body[..], b"hello \"you\"");
         assert!(headers.iter().any(|(k, v)| k == "content-type" && v == "text/plain; charset=utf-8"));
         let bin = r#"{"specversion":"1.0","id":"a","source":"s","type":"t","datacontenttype":"application/octet-stream","data_base64":"AAEC/w=="}"#;
-        let (_, body) = Stored::parse(bin.as_bytes()).and_then(|s| s.binary()).expect("binary");
+        let (_, body) = Stored::parse(bin.as_bytes()).and_then(|s| s.binary_in(&Bytes::new())).expect("binary");
         assert_eq!(&body[..], &[0, 1, 2, 255]);
         let none = r#"{"specversion":"1.0","id":"a","source":"s","type":"t"}"#;
-        let (headers, body) = Stored::parse(none.as_bytes()).and_then(|s| s.binary()).expect("binary");
+        let (headers, body) = Stored::parse(none.as_bytes()).and_then(|s| s.binary_in(&Bytes::new())).expect("binary");
         assert!(body.is_empty() && !headers.iter().any(|(k, _)| k == "content-type"));
     }
 
