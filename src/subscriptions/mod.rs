@@ -419,8 +419,13 @@ impl Subscriptions {
                 )));
             }
         }
+        // Only sinks whose address this apply changes are looked up (each lookup may take up to
+        // 5 s, under the apply lock); the others were checked when they were applied, and are
+        // checked again at every connection.
         for (name, _) in next.channels.iter() {
-            if let Ok(ch) = next.resolve_channel(name, &env) {
+            if let Ok(ch) = next.resolve_channel(name, &env)
+                && current.resolve_channel(name, &env).ok().map(|c| c.url) != Some(ch.url.clone())
+            {
                 self.sinks
                     .deny
                     .check_host(&ch.url)
