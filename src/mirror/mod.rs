@@ -219,7 +219,7 @@ impl Mirror {
 }
 
 fn batch_record_count(records: &[u8]) -> usize {
-    records::batches(records).filter_map(Result::ok).map(|b| b.header.record_count.max(0) as usize).sum()
+    usize::try_from(records::declared_records(records)).unwrap_or(usize::MAX)
 }
 
 /// What a queued job holds per record beyond its bytes: the record's validation outcome and

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::mirror::Job;
 use crate::telemetry::ValidationMetrics;
+use crate::telemetry::rates::Count;
 use crate::validate::batch::{Budget, Verdict, check_partition, codes, now_rfc3339};
 use crate::validate::{Decision, Outcome, Route, Validation};
 use crate::wire::WireError;
@@ -174,6 +175,9 @@ pub fn inspect(
         return Ok(Inspection { plan: refuse_all(meta, view.acks, Merge { refused, order })?, refused: Vec::new() });
     }
 
+    // Per-topic counts for the console's rates, added when the inspection ends, whichever way.
+    let mut tally = metrics.tally();
+    let declared = |records: Option<&[u8]>| records.map_or(0, crate::wire::records::declared_records);
     // One timestamp for every annotation of the request, taken only if something is validated.
     let checks = plans.iter().any(|d| matches!(d, TopicPlan::Decided(Decision::Check { .. })));
     let ts = if checks { now_rfc3339() } else { String::new() };
@@ -193,6 +197,7 @@ pub fn inspect(
                 for p in &topic.partitions {
                     metrics.partitions_rejected.increment(1);
                     refused.push(refuse(name, p.index, codes::INVALID_TOPIC_EXCEPTION, why.clone()));
+                    tally.0.push((topic.name, Count::Refused, declared(p.records)));
                 }
             }
             TopicPlan::Decided(Decision::Pass) => {
@@ -218,6 +223,7 @@ pub fn inspect(
                 for p in &topic.partitions {
                     metrics.partitions_rejected.increment(1);
                     refused.push(refuse(name, p.index, codes::INVALID_RECORD, why.clone()));
+                    tally.0.push((topic.name, Count::Refused, declared(p.records)));
                     if let (true, Some(records)) = (mirror_on, p.records) {
                         refused_jobs.push(refused_job(name, p.index, frame.slice_ref(records), None, None));
                     }
@@ -227,7 +233,7 @@ pub fn inspect(
                 for p in &topic.partitions {
                     let Some(records) = p.records else { continue };
                     let result = check_partition(route, *policy, records, &ts, &mut budget);
-                    metrics.count(&result.counts);
+                    metrics.count(topic.name, &result.counts, &mut tally);
                     let outcomes = Arc::new(result.outcomes);
                     let keep = |bytes: Bytes| Mirrored {
                         topic: name.clone(),
@@ -251,6 +257,7 @@ pub fn inspect(
                         }
                         Verdict::Rejected { invalid, errors } => {
                             metrics.partitions_rejected.increment(1);
+                            tally.0.push((topic.name, Count::Refused, outcomes.len() as u64));
                             let first = errors.first().map(|(i, e)| format!("record {i}: {e}")).unwrap_or_default();
                             let message = format!(
                                 "{invalid} record(s) do not match AsyncAPI document {}; first: {first}",
@@ -272,10 +279,12 @@ pub fn inspect(
                         }
                         Verdict::Unreadable { code, message } => {
                             metrics.partitions_unreadable.increment(1);
+                            tally.0.push((topic.name, Count::Refused, declared(Some(records))));
                             refused.push(refuse(name, p.index, code, StrBytes::from_string(message)));
                         }
                         Verdict::OverBudget(message) => {
                             metrics.partitions_over_budget.increment(1);
+                            tally.0.push((topic.name, Count::Refused, declared(Some(records))));
                             refused.push(refuse(
                                 name,
                                 p.index,

@@ -169,7 +169,14 @@ fn schema_errors(v: &Validator, instance: &Value, prefix: &str, out: &mut Vec<St
             ("", true) => "/".to_owned(),
             _ => format!("{prefix}{path}"),
         };
-        out.push(capped(format!("{path}: {e}")));
+        // Where in the document the failing keyword is (`#/components/schemas/Order/properties/
+        // amount/minimum`): every schema is compiled under the document's URN, so the location is
+        // the document's own pointer, `$ref`s followed.
+        let location = e.absolute_keyword_location().and_then(|u| u.as_str().split_once('#')).map(|(_, f)| f);
+        out.push(capped(match location {
+            Some(f) => format!("{path}: {e} (schema #{f})"),
+            None => format!("{path}: {e}"),
+        }));
     }
 }
 

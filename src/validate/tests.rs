@@ -37,15 +37,19 @@ fn demo_payloads() {
     assert_eq!(check(&d, t, None, Some(r#"{"lumens":5,"sentAt":"2026-01-01T00:00:00Z"}"#), &[]), Outcome::Valid(0));
     assert_eq!(
         errors(check(&d, t, None, Some(r#"{"lumens":-1,"sentAt":"2026-01-01T00:00:00Z"}"#), &[])),
-        vec!["/lumens: -1 is less than the minimum of 0"]
+        vec![
+            "/lumens: -1 is less than the minimum of 0 (schema #/components/schemas/lightMeasuredPayload/properties/lumens/minimum)"
+        ]
     );
     assert_eq!(
         errors(check(&d, t, None, Some(r#"{"lumens":1,"sentAt":"yesterday"}"#), &[])),
-        vec![r#"/sentAt: "yesterday" is not a "date-time""#]
+        vec![
+            r#"/sentAt: "yesterday" is not a "date-time" (schema #/components/schemas/lightMeasuredPayload/properties/sentAt/format)"#
+        ]
     );
     assert_eq!(
         errors(check(&d, t, None, Some(r#"{"sentAt":"2026-01-01T00:00:00Z"}"#), &[])),
-        vec![r#"/: "lumens" is a required property"#]
+        vec![r#"/: "lumens" is a required property (schema #/components/schemas/lightMeasuredPayload/required)"#]
     );
     let not_json = errors(check(&d, t, None, Some("lumens=5"), &[]));
     assert!(not_json[0].starts_with("/: payload is not JSON: expected value at line 1 column 1"), "{not_json:?}");
@@ -65,13 +69,29 @@ fn keys_and_headers_are_validated() {
     let good = r#"{"lumens":3,"sentAt":"2026-01-01T00:00:00Z"}"#;
     assert_eq!(check(&d, t, Some("light-7"), Some(good), &[("my-app-header", "42")]), Outcome::Valid(0));
     let e = errors(check(&d, t, Some("lamp-7"), Some(good), &[]));
-    assert_eq!(e, vec![r#"key: "lamp-7" does not match "^light-[0-9]+$""#]);
+    assert_eq!(
+        e,
+        vec![
+            r#"key: "lamp-7" does not match "^light-[0-9]+$" (schema #/components/messages/lightMeasured/bindings/kafka/key/pattern)"#
+        ]
+    );
     // A header declared as an integer is read as JSON.
     let e = errors(check(&d, t, Some("light-1"), Some(good), &[("my-app-header", "101")]));
-    assert_eq!(e, vec!["headers/my-app-header: 101 is greater than the maximum of 100"]);
+    assert_eq!(
+        e,
+        vec![
+            "headers/my-app-header: 101 is greater than the maximum of 100 \
+             (schema #/components/messageTraits/commonHeaders/headers/properties/my-app-header/maximum)"
+        ]
+    );
     // An unrelated header and a null key fail nothing but the key schema.
     let e = errors(check(&d, t, None, Some(good), &[("other", "x")]));
-    assert_eq!(e, vec![r#"key: null is not of type "string""#]);
+    assert_eq!(
+        e,
+        vec![
+            r#"key: null is not of type "string" (schema #/components/messages/lightMeasured/bindings/kafka/key/type)"#
+        ]
+    );
 }
 
 #[test]
@@ -81,7 +101,7 @@ fn one_of_messages_match_any_and_report_each() {
     assert_eq!(check(&d, t, None, Some(r#"{"orderId":"1","items":[{"sku":"a","qty":1}]}"#), &[]), Outcome::Valid(0));
     assert_eq!(check(&d, t, None, Some(r#"{"orderId":"1","reason":"late"}"#), &[]), Outcome::Valid(1));
     let e = errors(check(&d, t, None, Some(r#"{"orderId":"1","items":[{"sku":"a","qty":0}]}"#), &[]));
-    assert!(e.contains(&"[OrderPlaced] /items/0/qty: 0 is less than the minimum of 1".to_owned()), "{e:?}");
+    assert!(e.contains(&"[OrderPlaced] /items/0/qty: 0 is less than the minimum of 1 (schema #/components/schemas/Item/properties/qty/minimum)".to_owned()), "{e:?}");
     assert!(e.iter().any(|m| m.starts_with("[OrderCancelled]")), "{e:?}");
 }
 
@@ -93,7 +113,12 @@ fn recursive_schemas_and_patterns() {
         Outcome::Valid(0)
     );
     let e = errors(check(&d, "trees.v1", None, Some(r#"{"value":1,"children":[{"value":"x"}]}"#), &[]));
-    assert_eq!(e, vec![r#"/children/0/value: "x" is not of type "integer""#]);
+    assert_eq!(
+        e,
+        vec![
+            r#"/children/0/value: "x" is not of type "integer" (schema #/components/schemas/node/properties/value/type)"#
+        ]
+    );
     assert_eq!(check(&d, "user.9.us.signedup", None, Some(r#"{"name":"a"}"#), &[]), Outcome::Valid(0));
 }
 

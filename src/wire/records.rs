@@ -179,6 +179,12 @@ impl<'a> RawBatch<'a> {
     }
 }
 
+/// The records a records field's batches declare in their headers (unreadable batches count
+/// nothing): what a request claims, read without decompressing anything.
+pub fn declared_records(records: &[u8]) -> u64 {
+    batches(records).filter_map(Result::ok).map(|b| b.header.record_count.max(0) as u64).sum()
+}
+
 /// Iterates over the batches of a `records` field.
 pub fn batches(mut records: &[u8]) -> impl Iterator<Item = Result<RawBatch<'_>, RecordError>> {
     std::iter::from_fn(move || {

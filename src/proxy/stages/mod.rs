@@ -7,6 +7,7 @@ pub mod api_versions;
 pub mod identity;
 pub mod mirror_tap;
 pub mod produce;
+pub mod traffic;
 
 use super::chain::{Chain, Stage};
 
@@ -21,6 +22,8 @@ pub fn standard() -> Chain {
         Box::new(identity::Identity),
         Box::new(addresses::Addresses),
         Box::new(produce::Validate),
+        // Counts what the broker accepts of what the produce stage let through.
+        Box::new(traffic::Traffic),
         Box::new(acks_zero::AcksZero),
         // Innermost: sees the broker's answer first, as the broker sent it.
         Box::new(mirror_tap::MirrorTap),

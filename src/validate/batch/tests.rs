@@ -115,7 +115,10 @@ fn rejected_partitions_name_each_invalid_record() {
     );
     let Verdict::Rejected { invalid: 2, errors } = r.verdict else { panic!() };
     assert_eq!(errors.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 3]);
-    assert_eq!(errors[0].1, "/lumens: -1 is less than the minimum of 0");
+    assert_eq!(
+        errors[0].1,
+        "/lumens: -1 is less than the minimum of 0 (schema #/components/schemas/lightMeasuredPayload/properties/lumens/minimum)"
+    );
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //!
 //! Metric handles are created once and kept in plain structs, so recording on the hot path is one
 //! atomic add, never a registry lookup. Without an installed recorder (unit tests) they are no-ops.
+//! Per-topic rates for the console, which Prometheus labels cannot bound, are kept in [`rates`].
+
+pub mod rates;
 
 use std::sync::OnceLock;
 
@@ -112,6 +115,8 @@ pub struct ValidationMetrics {
     pub partitions_over_budget: Counter,
     pub legacy_refused: Counter,
     pub acks0_closed: Counter,
+    /// Per-topic counts for the console (`GET /stats/topics`).
+    pub topics: std::sync::Arc<rates::TopicRates>,
 }
 
 impl ValidationMetrics {
@@ -128,13 +133,37 @@ impl ValidationMetrics {
             partitions_over_budget: partitions("over_budget"),
             legacy_refused: counter!("eventgate_produce_legacy_refused_total"),
             acks0_closed: counter!("eventgate_produce_acks0_closed_total"),
+            topics: Default::default(),
         }
     }
 
-    pub fn count(&self, c: &crate::validate::batch::Counts) {
+    /// Counts one partition's validation outcomes, in the metrics and in `tally` (per topic).
+    pub fn count<'a>(&self, topic: &'a str, c: &crate::validate::batch::Counts, tally: &mut Tally<'a>) {
         self.records_valid.increment(c.valid);
         self.records_invalid.increment(c.invalid);
         self.records_unchecked.increment(c.unchecked);
+        tally.0.extend([
+            (topic, rates::Count::Valid, c.valid),
+            (topic, rates::Count::Invalid, c.invalid),
+            (topic, rates::Count::Unchecked, c.unchecked),
+        ]);
+    }
+
+    /// A request's per-topic counts, added to [`rates::TopicRates`] under one lock when dropped
+    /// (on every way out of the request's inspection).
+    pub fn tally(&self) -> Tally<'_> {
+        Tally(Vec::new(), &self.topics)
+    }
+}
+
+/// Per-topic counts gathered while one request is inspected; see [`ValidationMetrics::tally`].
+pub struct Tally<'a>(pub Vec<(&'a str, rates::Count, u64)>, &'a rates::TopicRates);
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            self.1.add(self.0.drain(..));
+        }
     }
 }
 

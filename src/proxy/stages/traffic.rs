@@ -1,0 +1,155 @@
+//! Traffic per topic: the records the broker accepted, counted from its answer into the console's
+//! rates ([`crate::telemetry::rates`]). Sits inside the produce stage, so it sees the request as it
+//! goes to the broker (partitions eventgate refused are gone; the produce stage counts those).
+//!
+//! Nothing is decoded on the way in: the hook keeps the forwarded frame (a reference count) and
+//! walks it once the answer is there, next to the answer's partition errors, so a partition the
+//! broker refused is not counted. An `acks=0` request gets no answer: its records are counted as
+//! they are forwarded. Counting never fails a request: an answer that cannot be walked is passed on
+//! uncounted.
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+
+use crate::proxy::chain::{AnswerCtx, AnswerHook, Ctx, Flow, Request, Stage, StageError};
+use crate::telemetry::rates::Count;
+use crate::wire::header::response_header_len;
+use crate::wire::produce::ProduceRequestView;
+use crate::wire::records::declared_records;
+use crate::wire::scan;
+
+pub struct Traffic;
+
+impl Stage for Traffic {
+    fn name(&self) -> &'static str {
+        "traffic"
+    }
+
+    fn wants(&self, api_key: i16, api_version: i16) -> bool {
+        // Message sets (v0–v2) are refused or passed untouched by the produce stage; their records
+        // carry no batch header to count from.
+        api_key == ApiKey::Produce as i16 && api_version >= 3
+    }
+
+    fn on_request(&self, cx: &Ctx<'_>, req: &mut Request) -> Result<Flow, StageError> {
+        let Ok(body_at) = req.meta.body_offset(&req.frame) else { return Ok(Flow::Next) };
+        let version = req.meta.api_version;
+        let acks = match ProduceRequestView::parse(&req.frame[body_at..], version) {
+            Ok(view) if view.acks == 0 => {
+                let rates = &cx.gw.validation_metrics.topics;
+                rates.add(view.topics.iter().flat_map(|t| {
+                    t.partitions.iter().map(|p| (t.name, Count::Records, p.records.map_or(0, declared_records)))
+                }));
+                0
+            }
+            Ok(view) => view.acks,
+            // The produce stage answers for malformed requests; there is nothing to count.
+            Err(_) => return Ok(Flow::Next),
+        };
+        if acks != 0 {
+            req.on_answer(Counted { frame: req.frame.clone(), body_at, version });
+        }
+        Ok(Flow::Next)
+    }
+}
+
+/// Counts a request's accepted records once the broker has answered.
+struct Counted {
+    frame: Bytes,
+    body_at: usize,
+    version: i16,
+}
+
+impl AnswerHook for Counted {
+    fn stage(&self) -> &'static str {
+        "traffic"
+    }
+
+    fn on_answer(self: Box<Self>, cx: &AnswerCtx<'_>, answer: Bytes) -> Result<Option<Bytes>, StageError> {
+        if let Some(counts) = accepted(&self.frame[self.body_at..], self.version, &answer) {
+            cx.gw.validation_metrics.topics.add(counts.iter().map(|&(t, n)| (t, Count::Records, n)));
+        }
+        Ok(Some(answer))
+    }
+}
+
+/// The records of each partition the broker accepted (error code 0), by topic; `None` when the
+/// request or the answer cannot be walked.
+fn accepted<'a>(body: &'a [u8], version: i16, answer: &[u8]) -> Option<Vec<(&'a str, u64)>> {
+    let view = ProduceRequestView::parse(body, version).ok()?;
+    // (topic, partition, declared records), sorted so each answer entry is found by binary search:
+    // linear in the request even for a request of many partitions.
+    let mut sent: Vec<(&str, i32, u64)> = view
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name, p.index, p.records.map_or(0, declared_records))))
+        .collect();
+    sent.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let hlen = response_header_len(ApiKey::Produce, version, answer.get(4..)?).ok()?;
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    scan::produce_response(answer.get(4 + hlen..)?, version, |p| {
+        if p.error_code != 0 {
+            return;
+        }
+        let Ok(topic) = std::str::from_utf8(p.topic) else { return };
+        let Ok(i) = sent.binary_search_by(|s| (s.0, s.1).cmp(&(topic, p.partition))) else { return };
+        let (name, _, n) = sent[i];
+        match counts.last_mut() {
+            Some((t, total)) if *t == name => *total += n,
+            _ => counts.push((name, n)),
+        }
+    })
+    .ok()?;
+    Some(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+    use kafka_protocol::messages::{ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+    use crate::proxy::produce::tests::{GOOD, request};
+    use crate::proxy::stages::testing::{answer_through, request_through, response_frame};
+
+    fn answer(parts: &[(&str, i32, i16)]) -> Bytes {
+        let topics = parts
+            .iter()
+            .map(|(t, p, code)| {
+                TopicProduceResponse::default()
+                    .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                    .with_partition_responses(vec![
+                        PartitionProduceResponse::default().with_index(*p).with_error_code(*code),
+                    ])
+            })
+            .collect();
+        response_frame(ApiKey::Produce, 9, 1, &ProduceResponse::default().with_responses(topics))
+    }
+
+    fn records_of(topic: &str) -> u64 {
+        let gw = crate::proxy::stages::testing::gateway();
+        let s = gw.validation_metrics.topics.snapshot();
+        s.topics.iter().find(|t| &*t.topic == topic).map_or(0, |t| t.records.iter().sum())
+    }
+
+    #[test]
+    fn acks_zero_records_are_counted_as_they_are_forwarded() {
+        let (_, req) = request_through(&Traffic, request(9, 0, &[("traffic-acks0", 0, &[GOOD, GOOD])]).1);
+        assert_eq!(records_of("traffic-acks0"), 2);
+        assert!(req.into_hooks().is_empty(), "no answer comes, so no hook waits for one");
+    }
+
+    #[test]
+    fn records_the_broker_accepted_are_counted_and_refused_ones_are_not() {
+        let (flow, req) = request_through(&Traffic, request(9, -1, &[("traffic-ok", 0, &[GOOD, GOOD, GOOD])]).1);
+        assert!(matches!(flow, Flow::Next));
+        let before = records_of("traffic-ok");
+        answer_through(req, answer(&[("traffic-ok", 0, 0)])).expect("answered");
+        assert_eq!(records_of("traffic-ok") - before, 3);
+
+        let (_, req) = request_through(&Traffic, request(9, -1, &[("traffic-refused", 0, &[GOOD, GOOD])]).1);
+        answer_through(req, answer(&[("traffic-refused", 0, 3)])).expect("answered");
+        assert_eq!(records_of("traffic-refused"), 0, "UNKNOWN_TOPIC_OR_PARTITION: nothing stored");
+    }
+}
