@@ -301,7 +301,10 @@ fn asyncapi_2_document_validates_keys_headers_and_parameterized_topics() {
     let by_key = |k: &str| got.iter().find(|r| r["key"] == k).unwrap().clone();
     assert!(annotation(&by_key("light-1")).is_none());
     let a = annotation(&by_key("lamp-1")).unwrap();
-    assert_eq!(a["errors"][0], r#"key: "lamp-1" does not match "^light-[0-9]+$""#);
+    assert_eq!(
+        a["errors"][0],
+        r#"key: "lamp-1" does not match "^light-[0-9]+$" (schema #/components/messages/lightMeasured/bindings/kafka/key/pattern)"#
+    );
 }
 
 #[test]

@@ -37,7 +37,7 @@ const INDEX: &str = include_str!("../../assets/console/index.html");
 
 /// Only this origin's scripts, styles and sockets; no inline code; never inside a frame.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'none'; \
+                   connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; \
                    frame-ancestors 'none'";
 
 fn page(content_type: &'static str, body: &'static str) -> Response {

@@ -11,6 +11,7 @@ a deadline. Screenshots of each view go to --shots.
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,9 +43,22 @@ def browser(width=1280, height=900):
         opts.add_argument(flag)
     # Both paths are given, so Selenium Manager never looks for (or downloads) a driver.
     service = Service(executable_path=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
-    d = webdriver.Chrome(service=service, options=opts)
+    try:
+        d = webdriver.Chrome(service=service, options=opts)
+    except Exception:
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
     d.set_page_load_timeout(20)
+    d.eg_profile = profile
     return d
+
+
+def close(d):
+    """Stops the browser and removes its temporary profile."""
+    try:
+        d.quit()
+    finally:
+        shutil.rmtree(d.eg_profile, ignore_errors=True)
 
 
 def wait(d, what, cond, timeout=10):
@@ -182,7 +196,7 @@ def scenario_events(a):
              "topics_shown_after_filter": topics_shown, "other_topic_shown": other_shown,
              "narrow_overflow_px": overflow, "unlabelled": unlabelled_fields(d), "logs": browser_log(d)})
     finally:
-        d.quit()
+        close(d)
 
 
 def scenario_documents(a):
@@ -249,7 +263,7 @@ def scenario_documents(a):
              "rate": rate, "sparklines": sparkline, "subscription": subscription,
              "unlabelled": unlabelled_fields(d), "logs": browser_log(d)})
     finally:
-        d.quit()
+        close(d)
 
 
 def scenario_wrong_token(a):
@@ -271,7 +285,7 @@ def scenario_wrong_token(a):
         out({"status": status, "ws_state": ws_state, "rows": rows_shown,
              "documents": len(rows(d, "document-row")), "logs": browser_log(d)})
     finally:
-        d.quit()
+        close(d)
 
 
 def main():
