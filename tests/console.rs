@@ -72,6 +72,7 @@ fn an_invalid_record_appears_live_with_its_errors_and_the_topic_filter_hides_oth
         &["--url", &url, "--token", TOKEN, "--bootstrap", &s.eg.addr(), "--topic", TOPIC, "--other-topic", OTHER],
     );
     let appeared = r["appeared_ms"].as_u64().expect("appeared_ms");
+    eprintln!("the invalid record appeared in the table {appeared} ms after it was produced");
     assert!(appeared <= 2000, "the invalid record took {appeared} ms to appear: {r}");
     assert_eq!(r["row"]["col-topic"], TOPIC, "{r}");
     assert_eq!(r["row"]["col-type"], "com.example.streetlights.light.measured", "{r}");
@@ -88,6 +89,7 @@ fn an_invalid_record_appears_live_with_its_errors_and_the_topic_filter_hides_oth
     assert_eq!(r["other_topic_shown"], false, "{r}");
     assert!(r["narrow_overflow_px"].as_i64().is_some_and(|px| px <= 0), "the page scrolls sideways when narrow: {r}");
     assert_eq!(r["unlabelled"], serde_json::json!([]), "every field has a label: {r}");
+    assert_eq!(r["low_contrast"], serde_json::json!([]), "every text meets WCAG AA contrast: {r}");
 }
 
 #[test]
@@ -141,6 +143,7 @@ fn documents_upload_with_line_and_column_validation_rates_and_subscriptions() {
     assert!(r["sparklines"].as_u64().is_some_and(|n| n >= 1), "{r}");
     assert!(r["subscription"].as_str().is_some_and(|t| t.contains("invalid-lights")), "{r}");
     assert_eq!(r["unlabelled"], serde_json::json!([]), "every field has a label: {r}");
+    assert_eq!(r["low_contrast"], serde_json::json!([]), "every text meets WCAG AA contrast: {r}");
     drop(s.tansu);
 }
 

@@ -146,6 +146,41 @@ def unlabelled_fields(d):
     """)
 
 
+def low_contrast(d):
+    """Visible text whose contrast with its background is below WCAG AA (4.5:1; 3:1 for large
+    text), computed from the rendered colours."""
+    return d.execute_script("""
+        const rgb = s => (s.match(/[\\d.]+/g) || []).map(Number);
+        const lum = ([r, g, b]) => {
+            const c = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+            return 0.2126 * c(r) + 0.7152 * c(g) + 0.0722 * c(b);
+        };
+        const background = e => {
+            for (; e; e = e.parentElement) {
+                const c = rgb(getComputedStyle(e).backgroundColor);
+                if (c.length < 4 || c[3] > 0) return c.slice(0, 3);
+            }
+            return [255, 255, 255];
+        };
+        const out = [];
+        for (const e of document.querySelectorAll('body *')) {
+            const own = [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+            if (!own || !e.getClientRects().length) continue;
+            const st = getComputedStyle(e);
+            if (st.visibility === 'hidden' || st.opacity === '0') continue;
+            const fg = rgb(st.color).slice(0, 3), bg = background(e);
+            const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+            const ratio = (hi + 0.05) / (lo + 0.05);
+            const size = parseFloat(st.fontSize), bold = parseInt(st.fontWeight, 10) >= 700;
+            const large = size >= 24 || (bold && size >= 18.66);
+            if (ratio < (large ? 3 : 4.5)) {
+                out.push((e.id || e.className || e.tagName) + ': ' + ratio.toFixed(2) + ' "' + e.textContent.trim().slice(0, 30) + '"');
+            }
+        }
+        return out;
+    """)
+
+
 def scenario_events(a):
     d = browser()
     try:
@@ -194,7 +229,8 @@ def scenario_events(a):
         shot(d, a.shots, "events-narrow")
         out({"appeared_ms": appeared_ms, "row": row, "badge": badge, "errors": errors, "detail_json": detail_json,
              "topics_shown_after_filter": topics_shown, "other_topic_shown": other_shown,
-             "narrow_overflow_px": overflow, "unlabelled": unlabelled_fields(d), "logs": browser_log(d)})
+             "narrow_overflow_px": overflow, "unlabelled": unlabelled_fields(d),
+             "low_contrast": low_contrast(d), "logs": browser_log(d)})
     finally:
         close(d)
 
@@ -261,7 +297,7 @@ def scenario_documents(a):
         shot(d, a.shots, "subscriptions")
         out({"listed": listed, "upload_error": upload_error, "error_context": context, "validate": validate,
              "rate": rate, "sparklines": sparkline, "subscription": subscription,
-             "unlabelled": unlabelled_fields(d), "logs": browser_log(d)})
+             "unlabelled": unlabelled_fields(d), "low_contrast": low_contrast(d), "logs": browser_log(d)})
     finally:
         close(d)
 
