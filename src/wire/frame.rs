@@ -5,6 +5,13 @@
 //! costs no copy; when every handed-out frame has been written and dropped, the allocation is reused.
 //! Memory is committed only as bytes actually arrive: a peer that announces a 100 MiB frame and sends
 //! ten bytes makes eventgate hold ten bytes, not 100 MiB.
+//!
+//! A frame still held elsewhere (a stage waiting for its answer, the mirror's queue) keeps the
+//! allocation from being reused, and the next frame is read into a new one. Grown step by step,
+//! that one would be copied at every step (about once its size in all, and fresh pages for the
+//! kernel to zero). So a frame is read into room for its whole announced size once the peer has
+//! already sent a whole frame of at least that size on the connection: what it has sent bounds
+//! what it can make eventgate hold.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -39,16 +46,20 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, WireError> {
 pub struct FrameBuffer {
     buf: BytesMut,
     max: usize,
+    /// The largest whole frame the peer has sent on this connection.
+    largest: usize,
 }
 
 impl FrameBuffer {
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(MIN_READ), max: max_frame_bytes }
+        Self { buf: BytesMut::with_capacity(MIN_READ), max: max_frame_bytes, largest: 0 }
     }
 
     /// Takes the next whole frame (size prefix included) out of the buffer, if one is there.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, WireError> {
-        Ok(check(&self.buf, self.max)?.map(|len| self.buf.split_to(len).freeze()))
+        let Some(len) = check(&self.buf, self.max)? else { return Ok(None) };
+        self.largest = self.largest.max(len);
+        Ok(Some(self.buf.split_to(len).freeze()))
     }
 
     /// Bytes buffered that do not yet make a whole frame.
@@ -59,11 +70,13 @@ impl FrameBuffer {
     /// Reads once from `src`. Returns the number of bytes read; 0 means end of stream.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> std::io::Result<usize> {
         // Size the read for the frame in progress, but never reserve more than twice what the
-        // peer has already sent: the announced size is a claim, not a promise.
+        // peer has already sent of it, or the largest whole frame it has already sent: the
+        // announced size is a claim, not a promise.
         let wanted = match self.buf.first_chunk::<4>() {
             Some(prefix) => {
                 let total = 4 + (i32::from_be_bytes(*prefix).max(0) as usize).min(self.max);
-                total.saturating_sub(self.buf.len()).min(self.buf.len().max(MIN_READ))
+                let missing = total.saturating_sub(self.buf.len());
+                missing.min(self.buf.len().max(MIN_READ).max(self.largest.saturating_sub(self.buf.len())))
             }
             None => 0,
         };
@@ -109,6 +122,32 @@ mod tests {
         assert!(matches!(check(&frame(&[0; 11]), 10), Err(WireError::FrameTooLarge { size: 11, max: 10 })));
         assert!(matches!(check(&(-5i32).to_be_bytes(), 10), Err(WireError::NegativeFrameSize(-5))));
         assert_eq!(check(&[0, 0], 10).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_frame_no_larger_than_one_already_sent_is_read_into_one_allocation() {
+        let big = frame(&[7u8; 700_000]);
+        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut src: &[u8] = &big;
+        let first = loop {
+            fb.fill(&mut src).await.unwrap();
+            if let Some(f) = fb.next_frame().unwrap() {
+                break f;
+            }
+        };
+        // `first` is still held, as a stage waiting for the broker's answer holds it. The next
+        // frame's size prefix alone gets room for the whole of it, not MIN_READ at a time.
+        let mut src: &[u8] = &big[..4];
+        fb.fill(&mut src).await.unwrap();
+        fb.fill(&mut &[][..]).await.unwrap();
+        assert!(fb.buf.capacity() >= big.len(), "capacity {}", fb.buf.capacity());
+        // A larger frame than any sent so far is still read step by step.
+        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut src: &[u8] = &(5_000_000i32).to_be_bytes();
+        fb.fill(&mut src).await.unwrap();
+        fb.fill(&mut &[][..]).await.unwrap();
+        assert!(fb.buf.capacity() < 1024 * 1024, "capacity {}", fb.buf.capacity());
+        drop(first);
     }
 
     #[tokio::test]
