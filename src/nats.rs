@@ -57,6 +57,28 @@ pub enum NatsError {
     JetStream(String),
 }
 
+/// `urls` (one or a comma-separated list) with any credentials replaced by `***`, for logs and
+/// errors: `nats://user:secret@host:4222` → `nats://***@host:4222`.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let (scheme, rest) = match u.split_once("://") {
+                Some((s, r)) => (Some(s), r),
+                None => (None, u),
+            };
+            let rest = match rest.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => rest.to_owned(),
+            };
+            match scheme {
+                Some(s) => format!("{s}://{rest}"),
+                None => rest,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Connects in the background: returns at once, and the client keeps retrying.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
     connect_with(config, async_nats::ConnectOptions::new()).await
@@ -72,7 +94,13 @@ async fn connect_with(
     config: &NatsConfig,
     options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, NatsError> {
-    let url = config.url.clone();
+    let url = redact_url(&config.url);
+    // async-nats does not send the credentials written in the URL: give them as options.
+    let options = match crate::mirror::publisher::url_credentials(&config.url) {
+        Some((Some(user), pass, _)) => options.user_and_password(user, pass.unwrap_or_default()),
+        Some((_, _, Some(token))) => options.token(token),
+        _ => options,
+    };
     options
         .name("eventgate")
         .retry_on_initial_connect()
@@ -89,7 +117,7 @@ async fn connect_with(
         })
         .connect(config.url.as_str())
         .await
-        .map_err(|e| NatsError::Connect { url: config.url.clone(), reason: e.to_string() })
+        .map_err(|e| NatsError::Connect { url: redact_url(&config.url), reason: e.to_string() })
 }
 
 /// A JetStream context with a bounded window of outstanding acknowledgements.
@@ -222,5 +250,15 @@ where
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.cancelled() => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_reach_logs() {
+        assert_eq!(super::redact_url("nats://u:secret@h:4222"), "nats://***@h:4222");
+        assert_eq!(super::redact_url("tls://tok@a,nats://b:1"), "tls://***@a,nats://b:1");
+        assert_eq!(super::redact_url("h:4222"), "h:4222");
     }
 }

@@ -59,7 +59,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let (mirror, worker) =
                 Mirror::start(config.mirror.clone(), SinkSpec::JetStream(nc.clone()), stop.clone(), None)
                     .map_err(ServeError::Mirror)?;
-            tracing::info!(url = nc.url, stream = nc.stream, "mirroring records to NATS JetStream");
+            tracing::info!(
+                url = crate::nats::redact_url(&nc.url),
+                stream = nc.stream,
+                "mirroring records to NATS JetStream"
+            );
             (store, mirror, worker, Some(js))
         }
         None => {

@@ -80,6 +80,29 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// The client side of the mirror's own NATS connection (`tls://` URLs, or a server that requires
+/// TLS): the platform's CA certificates (`SSL_CERT_FILE` names another bundle), as `async-nats`
+/// checks the rest of eventgate's NATS connections. Built once.
+pub fn nats_client_config() -> Result<Arc<ClientConfig>, TlsError> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<ClientConfig>, String>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            let (added, _) = store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                return Err("no platform CA certificates found for NATS over TLS (set SSL_CERT_FILE)".into());
+            }
+            let config = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(VERSIONS)
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(store)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+        .map_err(TlsError::Setup)
+}
+
 fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let fail = |reason: String| TlsError::File { what, path: path.to_owned(), reason };
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)

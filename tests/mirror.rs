@@ -329,6 +329,55 @@ async fn websocket_streams_filters_and_replays() {
     everything.close(None).await.ok();
 }
 
+/// The mirror's own publishing connection speaks TLS and sends the URL's credentials, as
+/// `async-nats` does for the rest of eventgate: a server that requires both stores
+/// every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_publishes_over_tls_with_the_credentials_of_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::Ca::root(dir.path(), "nats-ca");
+    let leaf = ca.issue("nats", pki::LOOPBACK);
+    let nats = Nats::start_with(&[
+        "--tls",
+        "--tlscert",
+        leaf.cert.to_str().unwrap(),
+        "--tlskey",
+        leaf.key.to_str().unwrap(),
+        "--user",
+        "eventgate",
+        "--pass",
+        "s3cret-pass",
+    ]);
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    let url = format!("tls://eventgate:s3cret-pass@localhost:{}", nats.port);
+    let eg = Eventgate::start_with_env(
+        &tansu.addr(),
+        &["--spec", &repo_path("asyncapi/demo.yaml"), "--cluster-name", "test", "--nats-url", &url],
+        &[("SSL_CERT_FILE", ca.cert.to_str().unwrap())],
+    );
+    let p = produce_values(&eg.addr(), TOPIC, &[GOOD, BAD], 30, &[]);
+    assert_eq!(p["delivered"], 30, "{p}");
+    let mut socket = ws(&eg, "?start=all").await;
+    let events = next_events(&mut socket, 30, Duration::from_secs(30)).await;
+    let ids: BTreeSet<String> = events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids, delivered_ids(TOPIC, &p), "every record once");
+    assert_eq!(eg.metric("eventgate_mirror_publish_retries_total{reason=\"send_failed\"}"), 0.0);
+    assert!(!eg.proc.log_text().contains("s3cret-pass"), "the password is never logged");
+
+    // A wrong password is refused by the server: nothing is stored, the Kafka path is unharmed.
+    let tansu2 = Tansu::start();
+    tansu2.create_topic(TOPIC, 1);
+    let wrong = format!("tls://eventgate:nope@localhost:{}", nats.port);
+    let eg2 = Eventgate::start_with_env(
+        &tansu2.addr(),
+        &["--spec", &repo_path("asyncapi/demo.yaml"), "--nats-url", &wrong],
+        &[("SSL_CERT_FILE", ca.cert.to_str().unwrap())],
+    );
+    assert_eq!(produce_values(&eg2.addr(), TOPIC, &[GOOD], 3, &[])["delivered"], 3);
+    assert!(eg2.metric("eventgate_mirror_events_total{kind=\"accepted\"}") <= 3.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_refuses_an_unrecoverable_position() {
     let tansu = Tansu::start();

