@@ -2,9 +2,11 @@
 //!
 //! # Exactly once in the stream
 //!
-//! The JetStream sink publishes as a pipeline: up to `window` events (and [`WINDOW_BYTES`]) are
-//! sent and not yet acknowledged. Acknowledgements are read as they arrive, between sends and
-//! while the worker waits for work, and each event's timeout runs from its own send. Every answer
+//! The JetStream sink publishes as a pipeline, over a NATS connection of its own
+//! ([`super::publisher`]): up to `window` events (and [`WINDOW_BYTES`]) are sent and not yet
+//! acknowledged. Acknowledgements are read as they arrive, between sends and while the worker
+//! waits for work, and each event's timeout runs from its own send; if the connection is lost,
+//! every unanswered event is in doubt at once. Every answer
 //! is parsed ([`Answer`]):
 //!
 //! ```text
