@@ -92,6 +92,10 @@ pub struct Context<'a> {
     /// The principal the producer authenticated as (`principal`), and its `client.id` (`clientid`).
     pub principal: Option<&'a str>,
     pub client_id: Option<&'a str>,
+    /// The outcome's `validationerrors`, already a JSON string literal
+    /// ([`validation_errors_literal`]), when the caller made it once for the many records that
+    /// share the outcome; `None`: made here.
+    pub errors: Option<&'a str>,
 }
 
 /// Longest `type` taken from a producer's own CloudEvent (a longer one is wrapped).
@@ -587,7 +591,7 @@ impl Out<'_> {
         put_str(w, ctx.outcome.label());
         if let Some(e) = self.errors {
             w.extend_from_slice(b",\"validationerrors\":");
-            put_str(w, e);
+            w.extend_from_slice(e.as_bytes());
         }
         if let Some(p) = ctx.principal {
             w.extend_from_slice(b",\"principal\":");
@@ -662,6 +666,12 @@ fn put_str(w: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// The `validationerrors` attribute of `outcome` as it is written into the event: a JSON string
+/// literal holding the JSON array of errors.
+pub fn validation_errors_literal(outcome: &Outcome) -> Option<String> {
+    serde_json::to_string(&validation_errors(outcome)?).ok()
+}
+
 fn validation_errors(outcome: &Outcome) -> Option<String> {
     match outcome {
         Outcome::Invalid(errors) => serde_json::to_string(&**errors).ok(),
@@ -696,13 +706,20 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
     };
     ce.overridden = overridden;
 
-    let errors = validation_errors(ctx.outcome);
-    let mut out = Out { ce: &ce, ctx, errors: errors.as_deref(), omitted: None };
+    let made;
+    let errors = match ctx.errors {
+        Some(e) => Some(e),
+        None => {
+            made = validation_errors_literal(ctx.outcome);
+            made.as_deref()
+        }
+    };
+    let mut out = Out { ce: &ce, ctx, errors, omitted: None };
     // Sized once for the record and eventgate's attributes, so the event is written without
     // growing its buffer.
     let estimate = record.value.map_or(0, <[u8]>::len).saturating_mul(4) / 3
         + record.key.map_or(0, <[u8]>::len)
-        + errors.as_deref().map_or(0, str::len)
+        + errors.map_or(0, str::len)
         + 512;
     let mut json = Vec::with_capacity(estimate.min(ctx.max_bytes.saturating_add(1024)));
     out.write(&mut json);

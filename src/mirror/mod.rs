@@ -329,6 +329,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
     let unvalidated = Outcome::Unchecked("no AsyncAPI document describes this topic".into());
     let single = job.route.as_ref().and_then(|r| (r.messages.len() == 1).then(|| r.messages[0].clone()));
     let mut next_offset = job.base_offset;
+    let mut errors_cache: Option<(*const u8, Option<String>)> = None;
     let source = format!("kafka://{}/{}", config.cluster, job.topic);
     let unix_nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
@@ -350,10 +351,30 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 _ => single.clone(),
             };
             let offset = batch_base.map(|b| b + position);
-            let id = match offset {
-                Some(o) => format!("{}-{}-{o}", job.topic, job.partition),
-                None => format!("{}-{}-rejected-{unix_nanos}-{index}", job.topic, job.partition),
+            let mut id = String::with_capacity(job.topic.len() + 48);
+            id.push_str(&job.topic);
+            id.push('-');
+            id.push_str(itoa::Buffer::new().format(job.partition));
+            id.push('-');
+            match offset {
+                Some(o) => id.push_str(itoa::Buffer::new().format(o)),
+                None => {
+                    id.push_str("rejected-");
+                    id.push_str(itoa::Buffer::new().format(unix_nanos));
+                    id.push('-');
+                    id.push_str(itoa::Buffer::new().format(index));
+                }
+            }
+            // Records that fail alike share their outcome: its errors are written once for all.
+            let errors_key = match outcome {
+                Outcome::Invalid(e) => Some(Arc::as_ptr(e).cast::<u8>()),
+                Outcome::Unchecked(why) => Some(Arc::as_ptr(why).cast::<u8>()),
+                Outcome::Valid(_) => None,
             };
+            if errors_key.is_some() && errors_cache.as_ref().map(|c| c.0) != errors_key {
+                errors_cache = errors_key.map(|k| (k, event::validation_errors_literal(outcome)));
+            }
+            let errors = errors_key.and(errors_cache.as_ref()).and_then(|c| c.1.as_deref());
             let timestamp_ms =
                 if log_append { job.log_append_time } else { batch.header.base_timestamp + rec.timestamp_delta };
             let ctx = event::Context {
@@ -369,6 +390,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 max_bytes: config.max_event_bytes,
                 principal: job.producer.principal.as_deref(),
                 client_id: job.producer.client_id.as_deref(),
+                errors,
             };
             let event = event::build(&rec, &ctx);
             out_bytes += event.json.len();

@@ -55,6 +55,44 @@ async fn events_get_broker_offsets_and_deterministic_ids() {
 }
 
 #[tokio::test]
+async fn each_event_carries_its_own_record_s_errors_when_outcomes_alternate() {
+    let a: Outcome = Outcome::Invalid(Arc::from(vec!["/a: first".to_owned()]));
+    let b: Outcome = Outcome::Invalid(Arc::from(vec!["/b: \"second\"".to_owned()]));
+    let why: Outcome = Outcome::Unchecked("no message eventgate can check".into());
+    let outcomes = vec![a.clone(), a.clone(), b, why, Outcome::Valid(0), a];
+    let job = Job {
+        topic: "orders".into(),
+        partition: 0,
+        base_offset: Some(0),
+        log_append_time: -1,
+        records: batch(outcomes.len()),
+        outcomes: Some(Arc::new(outcomes)),
+        route: None,
+        producer: Default::default(),
+    };
+    let errors: Vec<Option<String>> = events_of(&config(), &job)
+        .await
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.json).unwrap();
+            v.get("validationerrors").and_then(|x| x.as_str()).map(str::to_owned)
+        })
+        .collect();
+    let first = Some(r#"["/a: first"]"#.to_owned());
+    assert_eq!(
+        errors,
+        vec![
+            first.clone(),
+            first.clone(),
+            Some(r#"["/b: \"second\""]"#.to_owned()),
+            Some(r#"["no message eventgate can check"]"#.to_owned()),
+            None,
+            first,
+        ]
+    );
+}
+
+#[tokio::test]
 async fn refused_records_get_unique_ids_without_offsets() {
     let job = Job {
         topic: "orders".into(),

@@ -26,6 +26,7 @@ fn context<'a>(outcome: &'a Outcome, max: usize) -> Context<'a> {
         max_bytes: max,
         principal: None,
         client_id: None,
+        errors: None,
     }
 }
 
