@@ -38,6 +38,8 @@ use tokio::net::TcpStream;
 pub const MAX_CONTROL_LINE: usize = 4096;
 /// The largest message accepted on the reply subscription: acknowledgements and errors are small.
 pub const MAX_REPLY: usize = 64 * 1024;
+/// The most unparsed input [`Publisher::fill_ready`] buffers.
+const READ_AHEAD: usize = 256 * 1024;
 /// Writes are gathered up to this size before they are sent.
 const WRITE_CHUNK: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -302,10 +304,11 @@ impl Publisher {
         Ok(self.io.read_buf(&mut self.read).await?)
     }
 
-    /// Reads what has already arrived, without waiting; false when the server closed the
-    /// connection.
+    /// Reads what has already arrived, without waiting, up to [`READ_AHEAD`] bytes buffered (a
+    /// server that never stops sending cannot make the buffer grow without bound between two
+    /// parses); false when the server closed the connection.
     pub fn fill_ready(&mut self) -> Result<bool, PublishError> {
-        loop {
+        while self.read.len() < READ_AHEAD {
             self.read.reserve(16 * 1024);
             match self.io.read_buf(&mut self.read).now_or_never() {
                 None => return Ok(true),
@@ -314,6 +317,7 @@ impl Publisher {
                 Some(Err(e)) => return Err(e.into()),
             }
         }
+        Ok(true)
     }
 
     /// The next thing the server sent that the sink must act on, from what has been read;
@@ -575,6 +579,21 @@ mod tests {
             p.next_incoming().unwrap(),
             Some(Incoming::Reply { token: Some(43), status: None, payload: Bytes::from_static(b"abcde") })
         );
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_stops_sending_is_read_in_bounded_steps() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut p = publisher(b"");
+        p.io = Box::new(client);
+        let pings = b"PING\r\n".repeat(100_000);
+        tokio::io::AsyncWriteExt::write_all(&mut server, &pings[..600_000]).await.unwrap();
+        assert!(p.fill_ready().unwrap());
+        assert!(p.read.len() < READ_AHEAD + 16 * 1024, "buffered {}", p.read.len());
+        while p.next_incoming().unwrap().is_some() {}
+        assert!(p.read.len() < 6, "all but a partial line parsed");
+        assert_eq!(p.write.len() % 6, 0, "whole PONGs, one per PING read");
+        assert!(p.write.len() >= 6 * 40_000);
     }
 
     #[test]
