@@ -59,6 +59,7 @@ TICKS=$(getconf CLK_TCK)
 tls_dir=""
 if [[ $TARGETS == *-tls* ]]; then
   tls_dir=$(mktemp -d)
+  trap 'cleanup; rm -rf "$tls_dir"' EXIT
   openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem" -days 2 -subj /CN=bench-ca 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -keyout "$tls_dir/server.key" -out "$tls_dir/server.csr" -subj /CN=127.0.0.1 2>/dev/null
   printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls_dir/ext.cnf"
@@ -100,7 +101,7 @@ run_target() {
         *-tls) mode_args="--tls-cert $tls_dir/server.pem --tls-key $tls_dir/server.key" ;;
         *-mirror|*-ws)
           local nport ndir
-          nport=$(free_port); ndir=$(mktemp -d)
+          nport=$(free_port); new_scratch ndir
           nice -n "$NATS_NICE" "$(nats_server)" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
           nats_pid=$!
           pids+=($!)

@@ -40,8 +40,8 @@ attack() {
     refused-partitions) args=(--unknown-topic reject) ;;
     long-topic) args=(--spec tests/fixtures/asyncapi/recursive-3.0.yaml) ;;
     mirror-bomb|ws-readers)
-      nport=$(free_port)
-      "$NATS" -js -a 127.0.0.1 -p "$nport" -sd "$(mktemp -d)" >/dev/null 2>&1 &
+      nport=$(free_port); new_scratch ndir
+      "$NATS" -js -a 127.0.0.1 -p "$nport" -sd "$ndir" >/dev/null 2>&1 &
       pids+=($!)
       wait_port "$nport"
       args=(--nats-url "nats://127.0.0.1:$nport") ;;

@@ -2,12 +2,24 @@
 # Background processes go in `pids`; `cleanup` (run on exit) stops them and waits for them.
 
 pids=()
+scratch=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
+  # The servers are gone: their data (a JetStream store holds every event of a run) goes too.
+  for d in "${scratch[@]}"; do rm -rf "$d"; done
+  scratch=()
 }
 trap cleanup EXIT
+
+# Makes a temporary directory that `cleanup` removes, and puts its path in the variable named $1
+# (not `$(...)`: a subshell could not record it).
+new_scratch() {
+  local d; d=$(mktemp -d)
+  scratch+=("$d")
+  printf -v "$1" '%s' "$d"
+}
 
 # A loopback port nobody listens on right now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
