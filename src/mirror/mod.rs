@@ -276,8 +276,9 @@ async fn run(
             biased;
             // Given up on (shutdown took too long): stop at once.
             _ = shutdown.cancelled() => None,
-            w = sink.wake(), if sink.busy() => Some(Step::Sink(w)),
+            // Work first: answers that have arrived are also read after each send.
             j = rx.recv() => j.map(Step::Job),
+            w = sink.wake(), if sink.busy() => Some(Step::Sink(w)),
             // Once draining, stop when nothing is left; the caller bounds how long that takes.
             _ = stop.drain.cancelled(), if rx.is_empty() => None,
         };

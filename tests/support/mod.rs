@@ -188,7 +188,9 @@ impl Eventgate {
     pub fn start_with_env(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Eventgate {
         let port = free_port();
         // Broker ports default to listen+1..=listen+1024; eventgate refuses an admin port inside them.
-        let outside = |p: u16| !(port.saturating_add(1)..=port.saturating_add(1024)).contains(&p);
+        // (and never the listen port itself: two free ports asked for one after the other can be
+        // the same one).
+        let outside = |p: u16| p != port && !(port.saturating_add(1)..=port.saturating_add(1024)).contains(&p);
         let http_port = std::iter::repeat_with(free_port).find(|p| outside(*p)).expect("free port");
         let node_port = std::iter::repeat_with(free_port).find(|p| *p != port && *p != http_port).expect("free port");
         let spec_dir = (!extra.contains(&"--spec-dir")).then(|| tempfile::tempdir().expect("tempdir"));
