@@ -177,7 +177,8 @@ pub fn inspect(
 
     // Per-topic counts for the console's rates, added when the inspection ends, whichever way.
     let mut tally = metrics.tally();
-    let declared = |records: Option<&[u8]>| records.map_or(0, crate::wire::records::declared_records);
+    // Refused partitions are not read: count what their bytes can hold, not what they claim.
+    let declared = |records: Option<&[u8]>| records.map_or(0, crate::wire::records::plausible_records);
     // One timestamp for every annotation of the request, taken only if something is validated.
     let checks = plans.iter().any(|d| matches!(d, TopicPlan::Decided(Decision::Check { .. })));
     let ts = if checks { now_rfc3339() } else { String::new() };

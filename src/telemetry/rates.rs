@@ -31,6 +31,9 @@ pub const INTERVAL_SECS: u64 = 5;
 pub const BUCKETS: usize = 60;
 /// Topics kept by name.
 pub const MAX_TOPICS: usize = 1000;
+/// Where names that are not legal Kafka topic names are counted (a request may carry names of up
+/// to 32 KiB; none is kept).
+pub const ILLEGAL_TOPICS: &str = "(illegal topic names)";
 /// Where the topics beyond [`MAX_TOPICS`] are summed (not a legal Kafka topic name).
 pub const OTHER_TOPICS: &str = "(other topics)";
 
@@ -67,7 +70,7 @@ impl Ring {
         if slot.interval != interval {
             *slot = Slot { interval, counts: [0; KINDS] };
         }
-        slot.counts[kind as usize] += n;
+        slot.counts[kind as usize] = slot.counts[kind as usize].saturating_add(n);
     }
 
     /// The counts of one kind for the `BUCKETS` intervals ending with `last`, oldest first.
@@ -132,7 +135,8 @@ impl TopicRates {
     }
 
     /// Counts `n` of `kind` for each `(topic, kind, n)`, under one lock. Topics beyond
-    /// [`MAX_TOPICS`] count under [`OTHER_TOPICS`].
+    /// [`MAX_TOPICS`] count under [`OTHER_TOPICS`], names that are not legal topic names under
+    /// [`ILLEGAL_TOPICS`]; counts saturate.
     pub fn add<'a>(&self, counts: impl IntoIterator<Item = (&'a str, Count, u64)>) {
         let interval = (self.clock)() / INTERVAL_SECS;
         let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
@@ -140,11 +144,19 @@ impl TopicRates {
             if n == 0 {
                 continue;
             }
-            if let Some(ring) = topics.get_mut(topic) {
+            // A producer's name is kept only if it is a legal topic name (at most 249 bytes), so
+            // it can also never be one of the two sums' names.
+            let name: &str = if !crate::proxy::produce::legal_topic(topic) {
+                ILLEGAL_TOPICS
+            } else if topics.len() < MAX_TOPICS || topics.contains_key(topic) {
+                topic
+            } else {
+                OTHER_TOPICS
+            };
+            if let Some(ring) = topics.get_mut(name) {
                 ring.add(interval, kind, n);
                 continue;
             }
-            let name: &str = if topics.len() < MAX_TOPICS { topic } else { OTHER_TOPICS };
             topics.entry(Arc::from(name)).or_insert_with(Ring::new).add(interval, kind, n);
         }
     }
@@ -226,5 +238,22 @@ mod tests {
         assert!(s.other_topics);
         let other = s.topics.iter().find(|t| &*t.topic == OTHER_TOPICS).map(|t| t.records.iter().sum::<u64>());
         assert_eq!(other, Some(50));
+    }
+
+    #[test]
+    fn hostile_names_and_counts_cost_nothing_and_forge_nothing() {
+        let r = TopicRates::new();
+        let long = "x".repeat(32_000);
+        r.add([
+            (long.as_str(), Count::Refused, 1),
+            ("(other topics)", Count::Refused, 1),
+            ("bad name", Count::Refused, u64::MAX),
+            ("bad name", Count::Refused, u64::MAX),
+        ]);
+        let s = r.snapshot();
+        assert_eq!(s.topics.len(), 1, "every illegal name lands in one sum, none is kept");
+        assert_eq!(s.topics[0].topic, ILLEGAL_TOPICS);
+        assert_eq!(s.topics[0].refused.iter().copied().max(), Some(u64::MAX), "saturates, never wraps or panics");
+        assert!(!s.other_topics, "a producer cannot write into the other topics' sum");
     }
 }

@@ -185,6 +185,27 @@ pub fn declared_records(records: &[u8]) -> u64 {
     batches(records).filter_map(Result::ok).map(|b| b.header.record_count.max(0) as u64).sum()
 }
 
+/// How many records a records field can be said to hold without reading them: each batch's declared
+/// count, but no more than its bytes could carry (7 bytes per record uncompressed, the smallest a v2
+/// record can be; one per byte compressed). The declared count is the producer's word; this is what
+/// eventgate reports of records it refused unread, so a few bytes claiming two billion records count
+/// as what they can be. (A compressed batch of tiny, alike records may hold more: it is undercounted,
+/// never overcounted.)
+pub fn plausible_records(records: &[u8]) -> u64 {
+    const SMALLEST_RECORD: u64 = 7;
+    batches(records)
+        .filter_map(Result::ok)
+        .map(|b| {
+            let body = b.bytes.len().saturating_sub(BATCH_HEADER_LEN) as u64;
+            let most = match b.header.codec() {
+                Ok(Codec::None) => body / SMALLEST_RECORD,
+                _ => body,
+            };
+            (b.header.record_count.max(0) as u64).min(most)
+        })
+        .sum()
+}
+
 /// Iterates over the batches of a `records` field.
 pub fn batches(mut records: &[u8]) -> impl Iterator<Item = Result<RawBatch<'_>, RecordError>> {
     std::iter::from_fn(move || {

@@ -2,8 +2,8 @@
 //! rates ([`crate::telemetry::rates`]). Sits inside the produce stage, so it sees the request as it
 //! goes to the broker (partitions eventgate refused are gone; the produce stage counts those).
 //!
-//! The request is walked once on its way (topic and partition headers, and each batch's declared
-//! record count; no record is read) and what the answer needs is kept in a small list of its own:
+//! The request is walked once on its way (topic and partition headers, and each batch's record
+//! count, no more than its bytes can hold: [`plausible_records`]; no record is read) and what the answer needs is kept in a small list of its own:
 //! the frame itself is let go as soon as it is written, so the connection's read buffer is reused
 //! rather than copied while the broker answers. The answer's partition errors then decide what is
 //! counted: a partition the broker refused is not. An `acks=0` request gets no answer: its records
@@ -17,7 +17,7 @@ use crate::proxy::chain::{AnswerCtx, AnswerHook, Ctx, Flow, Request, Stage, Stag
 use crate::telemetry::rates::Count;
 use crate::wire::header::response_header_len;
 use crate::wire::produce::ProduceRequestView;
-use crate::wire::records::declared_records;
+use crate::wire::records::plausible_records;
 use crate::wire::scan;
 
 pub struct Traffic;
@@ -41,7 +41,7 @@ impl Stage for Traffic {
         if view.acks == 0 {
             let rates = &cx.gw.validation_metrics.topics;
             rates.add(view.topics.iter().flat_map(|t| {
-                t.partitions.iter().map(|p| (t.name, Count::Records, p.records.map_or(0, declared_records)))
+                t.partitions.iter().map(|p| (t.name, Count::Records, p.records.map_or(0, plausible_records)))
             }));
         } else {
             req.on_answer(Sent::of(&view));
@@ -50,12 +50,12 @@ impl Stage for Traffic {
     }
 }
 
-/// What a request sent, kept for its answer: each partition's declared records, sorted by
+/// What a request sent, kept for its answer: each partition's records (plausible count), sorted by
 /// (topic, partition) so each answer entry is found by binary search, linear in the request even
 /// for many partitions. Topic names live in one string: two allocations per request.
 struct Sent {
     names: String,
-    /// (name's range in `names`, partition, declared records).
+    /// (name's range in `names`, partition, records).
     parts: Vec<(u32, u32, i32, u64)>,
     version: i16,
 }
@@ -68,7 +68,7 @@ impl Sent {
             let at = names.len() as u32;
             names.push_str(t.name);
             let end = names.len() as u32;
-            parts.extend(t.partitions.iter().map(|p| (at, end, p.index, p.records.map_or(0, declared_records))));
+            parts.extend(t.partitions.iter().map(|p| (at, end, p.index, p.records.map_or(0, plausible_records))));
         }
         let mut sent = Self { names, parts, version: view.version };
         let mut parts = std::mem::take(&mut sent.parts);

@@ -178,3 +178,24 @@ fn codec_errors_become_the_record_errors_of_the_same_name_and_text() {
     let header = BatchHeader { attributes: 7, ..BatchHeader::new(1, Codec::None, 0) };
     assert!(matches!(header.codec(), Err(RecordError::Codec(CodecError::UnknownCodec(7)))));
 }
+
+#[test]
+fn plausible_records_are_what_the_bytes_can_hold() {
+    let mut section = Vec::new();
+    for i in 0..3 {
+        write_record(&mut section, i, i as i32, None, Some(b"v"), std::iter::empty());
+    }
+    let honest = batch_bytes(3, &section);
+    assert_eq!(plausible_records(&honest), 3);
+    // The same bytes claiming two billion records: what 3 small records' bytes can hold.
+    let liar = batch_bytes(i32::MAX, &section);
+    assert_eq!(declared_records(&liar), i32::MAX as u64);
+    assert!(plausible_records(&liar) <= section.len() as u64 / 7, "{}", plausible_records(&liar));
+}
+
+fn batch_bytes(count: i32, section: &[u8]) -> Vec<u8> {
+    let header = BatchHeader::new(count, crate::wire::compression::Codec::None, 0);
+    let mut out = bytes::BytesMut::new();
+    write_batch(&mut out, &header, section, crate::wire::compression::Framing::Standard).unwrap();
+    out.to_vec()
+}
