@@ -79,6 +79,16 @@ pub fn redact_url(urls: &str) -> String {
         .join(",")
 }
 
+/// `options` with the credentials written in `url` (`user:password@`, `token@`): async-nats does
+/// not send them from the URL itself. Every connection eventgate makes goes through this.
+pub fn with_url_credentials(options: async_nats::ConnectOptions, url: &str) -> async_nats::ConnectOptions {
+    match crate::mirror::publisher::url_credentials(url) {
+        Some((Some(user), pass, _)) => options.user_and_password(user, pass.unwrap_or_default()),
+        Some((_, _, Some(token))) => options.token(token),
+        _ => options,
+    }
+}
+
 /// Connects in the background: returns at once, and the client keeps retrying.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, NatsError> {
     connect_with(config, async_nats::ConnectOptions::new()).await
@@ -95,13 +105,7 @@ async fn connect_with(
     options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, NatsError> {
     let url = redact_url(&config.url);
-    // async-nats does not send the credentials written in the URL: give them as options.
-    let options = match crate::mirror::publisher::url_credentials(&config.url) {
-        Some((Some(user), pass, _)) => options.user_and_password(user, pass.unwrap_or_default()),
-        Some((_, _, Some(token))) => options.token(token),
-        _ => options,
-    };
-    options
+    with_url_credentials(options, &config.url)
         .name("eventgate")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))

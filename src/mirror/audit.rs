@@ -61,7 +61,8 @@ const EXAMPLES: usize = 10;
 /// Reads the stream and reports.
 pub async fn run(args: AuditArgs) -> Result<Report, NatsError> {
     let err = |e: &dyn std::fmt::Display| NatsError::JetStream(format!("stream {}: {e}", args.stream));
-    let client = async_nats::connect(args.nats_url.as_str())
+    let client = crate::nats::with_url_credentials(async_nats::ConnectOptions::new(), &args.nats_url)
+        .connect(args.nats_url.as_str())
         .await
         .map_err(|e| NatsError::Connect { url: crate::nats::redact_url(&args.nats_url), reason: e.to_string() })?;
     let js = jetstream::new(client);

@@ -34,8 +34,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The longest protocol line accepted from the server (NATS's own default limit).
-pub const MAX_CONTROL_LINE: usize = 4096;
+/// The longest protocol line accepted from the server. Clients' lines are limited to 4 KiB by
+/// NATS, but the server's `INFO` lists the cluster's addresses and grows with it: room for that,
+/// still bounded.
+pub const MAX_CONTROL_LINE: usize = 64 * 1024;
 /// The largest message accepted on the reply subscription: acknowledgements and errors are small.
 pub const MAX_REPLY: usize = 64 * 1024;
 /// The most unparsed input [`Publisher::fill_ready`] buffers.
@@ -186,7 +188,7 @@ impl Publisher {
             if let Some(end) = first.windows(2).position(|w| w == b"\r\n") {
                 break first.split_to(end);
             }
-            if first.len() > MAX_CONTROL_LINE * 4 {
+            if first.len() > MAX_CONTROL_LINE {
                 return Err(fail("INFO line too long".into()));
             }
             if tcp.read_buf(&mut first).await.map_err(|e| fail(e.to_string()))? == 0 {
@@ -579,6 +581,16 @@ mod tests {
             p.next_incoming().unwrap(),
             Some(Incoming::Reply { token: Some(43), status: None, payload: Bytes::from_static(b"abcde") })
         );
+    }
+
+    #[test]
+    fn a_large_cluster_s_info_update_is_taken_in_passing() {
+        let urls: Vec<String> = (0..400).map(|i| format!("\"10.0.{}.{}:4222\"", i / 250, i % 250)).collect();
+        let info = format!("INFO {{\"max_payload\":2048,\"connect_urls\":[{}]}}\r\n", urls.join(","));
+        assert!(info.len() > 4096);
+        let mut p = publisher(info.as_bytes());
+        assert_eq!(p.next_incoming().unwrap(), None);
+        assert_eq!(p.max_payload, 2048);
     }
 
     #[tokio::test]
