@@ -210,3 +210,34 @@ export function timeEl(value) {
 export function num(value) {
   return typeof value === 'number' && Number.isFinite(value) ? String(value) : '–';
 }
+
+/**
+ * Calls `load` now and every `ms` while started and the tab is visible, never two at once:
+ * the views that refresh themselves (rates, subscriptions) share it.
+ */
+export function poller(load, ms) {
+  let timer = 0;
+  let busy = false;
+  const run = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      await load();
+    } finally {
+      busy = false;
+    }
+  };
+  return {
+    start() {
+      clearInterval(timer);
+      timer = setInterval(() => {
+        if (!document.hidden) run();
+      }, ms);
+      run();
+    },
+    stop() {
+      clearInterval(timer);
+      timer = 0;
+    },
+  };
+}

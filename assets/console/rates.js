@@ -2,15 +2,14 @@
 // every 5 s while it is visible), the per-topic figures (records/s over the last minute, invalid
 // share and refused records over the whole window) and the SVG sparklines of records/s.
 
-import { api, clearStatus, el, reportError } from './api.js';
+import { api, clearStatus, el, poller, reportError } from './api.js';
 
 const POLL_MS = 5000;
 const SVG = 'http://www.w3.org/2000/svg';
 const OTHER = '(other topics)';
 
 let dom = null;
-let timer = 0;
-let loading = false;
+const refresh = poller(load, POLL_MS);
 
 export function init() {
   dom = {
@@ -20,29 +19,20 @@ export function init() {
 }
 
 export function show() {
-  load();
-  clearInterval(timer);
-  timer = setInterval(() => {
-    if (!document.hidden) load();
-  }, POLL_MS);
+  refresh.start();
 }
 
 export function hide() {
-  clearInterval(timer);
-  timer = 0;
+  refresh.stop();
 }
 
 async function load() {
-  if (loading) return;
-  loading = true;
   try {
     render(await api('/stats/topics'));
     clearStatus('rates');
   } catch (e) {
     dom.info.textContent = `Could not load the rates: ${e.message}`;
     reportError('Rates', e, 'rates');
-  } finally {
-    loading = false;
   }
 }
 

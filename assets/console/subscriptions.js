@@ -3,15 +3,14 @@
 // status table, the "needs the admin token" / "needs NATS" explanations, and the per-row
 // Pause/Resume buttons (POST /subscriptions/{name}/pause|resume, shown only with a token).
 
-import { ApiError, api, authMessage, clearStatus, el, getToken, num, onTokenChange, reportError, seg, showStatus, timeEl } from './api.js';
+import { ApiError, api, authMessage, clearStatus, el, getToken, num, onTokenChange, poller, reportError, seg, showStatus, timeEl } from './api.js';
 
 const POLL_MS = 5000;
 const PARALLEL = 6; // GET /subscriptions/{name} at a time
 
 let dom = null;
-let timer = 0;
 let visible = false;
-let loading = false;
+const refresh = poller(load, POLL_MS);
 
 export function init() {
   dom = {
@@ -26,27 +25,15 @@ export function init() {
 
 export function show() {
   visible = true;
-  clearInterval(timer);
-  timer = setInterval(() => {
-    if (!document.hidden) load();
-  }, POLL_MS);
-  load();
+  refresh.start();
 }
 
 export function hide() {
   visible = false;
-  clearInterval(timer);
-  timer = 0;
-}
-
-function stopPolling() {
-  clearInterval(timer);
-  timer = 0;
+  refresh.stop();
 }
 
 async function load() {
-  if (loading) return;
-  loading = true;
   try {
     const list = await api('/subscriptions', { authPhrase: 'Subscriptions need the admin token' });
     const names = (Array.isArray(list?.subscriptions) ? list.subscriptions : [])
@@ -63,8 +50,6 @@ async function load() {
     clearStatus('subscriptions');
   } catch (e) {
     failed(e);
-  } finally {
-    loading = false;
   }
 }
 
@@ -86,10 +71,10 @@ function failed(e) {
   dom.tbody.replaceChildren();
   if (e instanceof ApiError && e.status === 401) {
     dom.message.textContent = authMessage('Subscriptions: this view needs the admin token');
-    stopPolling(); // a new token restarts it (onTokenChange)
+    refresh.stop(); // a new token restarts it (onTokenChange)
   } else if (e instanceof ApiError && e.kind === 'nats_required') {
     dom.message.textContent = 'This eventgate runs without NATS, and subscriptions need NATS (start eventgate with --nats-url).';
-    stopPolling();
+    refresh.stop();
   } else {
     dom.message.textContent = `Could not load the subscriptions: ${e.message}`;
     reportError('Subscriptions', e, 'subscriptions');
