@@ -37,7 +37,7 @@ bench-micro:
 # Every fuzz target for FUZZ_SECONDS each, on the stable toolchain (no sanitizer). Corpora grow in
 # fuzz/corpus/<target> (not committed), crashes land in fuzz/artifacts/<target>.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= response records produce produce_mirror asyncapi
+FUZZ_TARGETS ?= response records produce produce_mirror asyncapi json_value
 
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

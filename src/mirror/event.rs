@@ -182,9 +182,52 @@ fn is_base64(s: &str) -> bool {
     b.len().is_multiple_of(4) && body.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
-fn rfc3339_ms(ms: i64) -> Option<String> {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339).ok()
+/// Writes `ms` (milliseconds since the epoch) as a JSON string holding its RFC 3339 UTC time,
+/// exactly as the `time` crate formats it (fraction without trailing zeros, none when zero);
+/// `false` (nothing written) outside the years 0 to 9999, which RFC 3339 cannot write.
+fn put_rfc3339_ms(w: &mut Vec<u8>, ms: i64) -> bool {
+    const MS_PER_DAY: i64 = 86_400_000;
+    /// The Julian day of 1970-01-01.
+    const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
+    let Some(julian) = ms.div_euclid(MS_PER_DAY).checked_add(UNIX_EPOCH_JULIAN_DAY) else { return false };
+    let Some(date) = i32::try_from(julian).ok().and_then(|d| time::Date::from_julian_day(d).ok()) else {
+        return false;
+    };
+    let (year, month, day) = date.to_calendar_date();
+    let Ok(year) = u32::try_from(year) else { return false };
+    if year > 9999 {
+        return false;
+    }
+    let in_day = ms.rem_euclid(MS_PER_DAY);
+    let (secs, millis) = (in_day / 1000, in_day % 1000);
+    let digits = |w: &mut Vec<u8>, n: i64, width: u32| {
+        for p in (0..width).rev() {
+            w.push(b'0' + (n / 10i64.pow(p) % 10) as u8);
+        }
+    };
+    w.push(b'"');
+    digits(w, i64::from(year), 4);
+    w.push(b'-');
+    digits(w, i64::from(u8::from(month)), 2);
+    w.push(b'-');
+    digits(w, i64::from(day), 2);
+    w.push(b'T');
+    digits(w, secs / 3600, 2);
+    w.push(b':');
+    digits(w, secs / 60 % 60, 2);
+    w.push(b':');
+    digits(w, secs % 60, 2);
+    if millis != 0 {
+        w.push(b'.');
+        let (mut n, mut width) = (millis, 3);
+        while n % 10 == 0 {
+            n /= 10;
+            width -= 1;
+        }
+        digits(w, n, width);
+    }
+    w.extend_from_slice(b"Z\"");
+    true
 }
 
 /// A producer's text in a note, short and quoted.
@@ -202,8 +245,8 @@ fn quoted(text: &[u8]) -> String {
 enum Data<'a> {
     #[default]
     None,
-    /// JSON, embedded as the producer wrote it (validated, never re-formatted).
-    Json(&'a RawValue),
+    /// JSON, embedded as the producer wrote it (checked to be one value, never re-formatted).
+    Json(&'a str),
     Text(&'a str),
     /// Bytes, base64-encoded as the event is written.
     Bytes(&'a [u8]),
@@ -213,8 +256,8 @@ enum Data<'a> {
 
 /// `value` as data, and the content type to declare: see the module doc.
 fn select<'a>(value: &'a [u8], declared: Option<&'a str>) -> (Data<'a>, Option<&'a str>) {
-    let text = std::str::from_utf8(value).ok();
-    let json = || text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok());
+    let text = simdutf8::basic::from_utf8(value).ok();
+    let json = || text.and_then(json::value);
     match declared {
         Some(ct) => {
             let data = match Kind::of(ct) {
@@ -278,13 +321,19 @@ impl fmt::Display for Overridden {
     }
 }
 
+/// The `time` attribute: a producer's own, or a record timestamp written as the event is.
+enum Time<'a> {
+    Given(Cow<'a, str>),
+    Millis(i64),
+}
+
 /// Everything of an event but eventgate's own extensions (which come from [`Context`]).
 struct Ce<'a> {
     id: Cow<'a, str>,
     source: Cow<'a, str>,
     ce_type: Cow<'a, str>,
     subject: Option<Cow<'a, str>>,
-    time: Option<Cow<'a, str>>,
+    time: Option<Time<'a>>,
     datacontenttype: Option<Cow<'a, str>>,
     dataschema: Option<Cow<'a, str>>,
     /// The producer's extensions, names checked and distinct, none of them [`RESERVED`].
@@ -372,7 +421,7 @@ impl<'a> Own<'a> {
             source,
             ce_type,
             subject: self.subject,
-            time: self.time,
+            time: self.time.map(Time::Given),
             datacontenttype: self.datacontenttype,
             dataschema: self.dataschema,
             extensions: self.extensions,
@@ -401,7 +450,7 @@ fn plain<'a>(
         source: Cow::Borrowed(ctx.source),
         ce_type: Cow::Borrowed(plain_type(ctx)),
         subject: record.key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()).map(Cow::Borrowed),
-        time: rfc3339_ms(ctx.timestamp_ms).map(Cow::Owned),
+        time: Some(Time::Millis(ctx.timestamp_ms)),
         datacontenttype: datacontenttype.map(Cow::Borrowed),
         dataschema: ctx.message.map(|m| m.dataschema.as_str()).filter(|d| !d.is_empty()).map(Cow::Borrowed),
         extensions: Vec::new(),
@@ -499,7 +548,7 @@ fn structured<'a>(value: Option<&'a [u8]>, overridden: &mut Overridden) -> Resul
             continue;
         }
         match name.as_str() {
-            "data" => own.data = Data::Json(raw),
+            "data" => own.data = Data::Json(raw.get()),
             "data_base64" => match json_str(raw).filter(|s| is_base64(s)) {
                 Some(b) => base64 = Some(b),
                 None => return Err(format!("{MODE}: data_base64 is not a base64 string")),
@@ -560,12 +609,25 @@ impl Out<'_> {
         put_str(w, &ce.source);
         w.extend_from_slice(b",\"type\":");
         put_str(w, &ce.ce_type);
-        for (name, v) in [
-            (&b",\"subject\":"[..], &ce.subject),
-            (b",\"time\":", &ce.time),
-            (b",\"datacontenttype\":", &ce.datacontenttype),
-            (b",\"dataschema\":", &ce.dataschema),
-        ] {
+        if let Some(v) = &ce.subject {
+            w.extend_from_slice(b",\"subject\":");
+            put_str(w, v);
+        }
+        match &ce.time {
+            None => {}
+            Some(Time::Given(v)) => {
+                w.extend_from_slice(b",\"time\":");
+                put_str(w, v);
+            }
+            Some(Time::Millis(ms)) => {
+                let at = w.len();
+                w.extend_from_slice(b",\"time\":");
+                if !put_rfc3339_ms(w, *ms) {
+                    w.truncate(at);
+                }
+            }
+        }
+        for (name, v) in [(&b",\"datacontenttype\":"[..], &ce.datacontenttype), (b",\"dataschema\":", &ce.dataschema)] {
             if let Some(v) = v {
                 w.extend_from_slice(name);
                 put_str(w, v);
@@ -614,7 +676,7 @@ impl Out<'_> {
                 Data::None => {}
                 Data::Json(raw) => {
                     w.extend_from_slice(b",\"data\":");
-                    w.extend_from_slice(raw.get().as_bytes());
+                    w.extend_from_slice(raw.as_bytes());
                 }
                 Data::Text(t) => {
                     w.extend_from_slice(b",\"data\":");
@@ -655,7 +717,7 @@ impl Out<'_> {
 /// A JSON string: written as it is when nothing in it needs escaping (no `"`, `\\` or control
 /// character: what serde_json escapes), else escaped by serde_json.
 fn put_str(w: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if json::plain_run(s.as_bytes(), 0) == s.len() {
         w.reserve(s.len() + 2);
         w.push(b'"');
         w.extend_from_slice(s.as_bytes());
@@ -755,6 +817,8 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
         wrapped: out.ce.wrapped.is_some(),
     }
 }
+
+pub mod json;
 
 #[cfg(test)]
 mod tests;

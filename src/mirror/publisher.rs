@@ -28,7 +28,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use futures_util::FutureExt;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -64,12 +64,13 @@ pub enum PublishError {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// What the server sent that the sink acts on.
+/// What the server sent that the sink acts on. A reply's payload is borrowed from the read
+/// buffer, which moves past it on the next call.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Incoming {
+pub enum Incoming<'a> {
     /// A message on the reply subscription: `token` is the last token of its subject (`None` if
     /// it is not a number), `status` the NATS status of a header-only answer (503: no responders).
-    Reply { token: Option<u64>, status: Option<u16>, payload: Bytes },
+    Reply { token: Option<u64>, status: Option<u16>, payload: &'a [u8] },
     /// `-ERR`: the server's complaint (it may close the connection after it).
     Error(String),
 }
@@ -150,6 +151,9 @@ pub fn url_credentials(urls: &str) -> Option<(Option<String>, Option<String>, Op
 pub struct Publisher {
     io: Box<dyn Stream>,
     read: BytesMut,
+    /// The bytes of the reply last handed out by [`Publisher::next_incoming`], dropped from `read`
+    /// on its next call.
+    consumed: usize,
     write: Vec<u8>,
     /// How much of `write` is already sent.
     written: usize,
@@ -220,6 +224,7 @@ impl Publisher {
         let mut p = Self {
             io,
             read: BytesMut::with_capacity(16 * 1024),
+            consumed: 0,
             write: Vec::with_capacity(WRITE_CHUNK + 4096),
             written: 0,
             pong: false,
@@ -247,15 +252,13 @@ impl Publisher {
         p.flush().await?;
         // PONG means the server took CONNECT (a refused one gets -ERR and a close).
         while !p.pong {
-            match p.next_incoming()? {
+            let read_more = match p.next_incoming()? {
                 Some(Incoming::Error(e)) => return Err(fail(e)),
-                Some(Incoming::Reply { .. }) => {}
-                None if p.pong => break,
-                None => {
-                    if p.fill().await? == 0 {
-                        return Err(fail("closed during CONNECT".into()));
-                    }
-                }
+                Some(Incoming::Reply { .. }) => false,
+                None => true,
+            };
+            if read_more && !p.pong && p.fill().await? == 0 {
+                return Err(fail("closed during CONNECT".into()));
             }
         }
         p.write.extend_from_slice(b"SUB ");
@@ -324,7 +327,9 @@ impl Publisher {
 
     /// The next thing the server sent that the sink must act on, from what has been read;
     /// `PING`s are answered (on the next flush) and `PONG`, `+OK` and `INFO` taken in passing.
-    pub fn next_incoming(&mut self) -> Result<Option<Incoming>, PublishError> {
+    pub fn next_incoming(&mut self) -> Result<Option<Incoming<'_>>, PublishError> {
+        // The reply handed out last time is done with.
+        self.read.advance(std::mem::take(&mut self.consumed));
         loop {
             let Some(end) = find_crlf(&self.read) else {
                 if self.read.len() > MAX_CONTROL_LINE {
@@ -353,14 +358,13 @@ impl Publisher {
                     let token = m.token;
                     let (header, total) = (m.header, m.total);
                     // The message and its closing CRLF must all be there.
-                    if self.read.len() < end + 2 + total + 2 {
+                    let body = end + 2;
+                    if self.read.len() < body + total + 2 {
                         return Ok(None);
                     }
-                    self.read.advance(end + 2);
-                    let mut body = self.read.split_to(total).freeze();
-                    self.read.advance(2);
-                    let status = if headers { status_of(&body[..header]) } else { None };
-                    let payload = body.split_off(header);
+                    self.consumed = body + total + 2;
+                    let status = if headers { status_of(&self.read[body..body + header]) } else { None };
+                    let payload = &self.read[body + header..body + total];
                     return Ok(Some(Incoming::Reply { token, status, payload }));
                 }
                 Op::Ping => {
@@ -437,6 +441,10 @@ enum Op {
 
 impl Op {
     fn of(name: &[u8]) -> Self {
+        // Replies, nearly everything the server sends, as servers write them.
+        if name == b"MSG" {
+            return Op::Msg;
+        }
         const NAMES: [(&[u8], Op); 7] = [
             (b"MSG", Op::Msg),
             (b"HMSG", Op::Hmsg),
@@ -465,19 +473,23 @@ impl MsgLine {
             *parts.get_mut(n)? = p;
             n += 1;
         }
-        let num = |p: &[u8]| std::str::from_utf8(p).ok()?.parse::<usize>().ok();
+        let num = |p: &[u8]| decimal(p).and_then(|n| usize::try_from(n).ok());
         let (subject, header, total) = match (headers, &parts[..n]) {
             (false, [subject, _sid, bytes] | [subject, _sid, _, bytes]) => (*subject, 0, num(bytes)?),
             (true, [subject, _sid, h, t] | [subject, _sid, _, h, t]) => (*subject, num(h)?, num(t)?),
             _ => return None,
         };
-        let token = subject
-            .rsplit(|b| *b == b'.')
-            .next()
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .and_then(|t| t.parse::<u64>().ok());
+        let token = subject.rsplit(|b| *b == b'.').next().and_then(decimal);
         Some(Self { token, header, total })
     }
+}
+
+/// A decimal number of up to 19 digits (`u64` holds them all), nothing else.
+fn decimal(p: &[u8]) -> Option<u64> {
+    if p.is_empty() || p.len() > 19 || !p.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(p.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// The status of a header block (`NATS/1.0 503` → 503).
@@ -520,6 +532,7 @@ mod tests {
         let mut p = Publisher {
             io: Box::new(client),
             read: BytesMut::new(),
+            consumed: 0,
             write: Vec::new(),
             written: 0,
             pong: false,
@@ -567,19 +580,19 @@ mod tests {
         let mut p = publisher(&wire);
         assert_eq!(
             p.next_incoming().unwrap(),
-            Some(Incoming::Reply { token: Some(41), status: None, payload: Bytes::from_static(ack) })
+            Some(Incoming::Reply { token: Some(41), status: None, payload: &ack[..] })
         );
         assert_eq!(p.write, b"PONG\r\n");
         assert_eq!(
             p.next_incoming().unwrap(),
-            Some(Incoming::Reply { token: Some(42), status: Some(503), payload: Bytes::new() })
+            Some(Incoming::Reply { token: Some(42), status: Some(503), payload: &[][..] })
         );
         assert_eq!(p.next_incoming().unwrap(), Some(Incoming::Error("Authorization Violation".into())));
         assert_eq!(p.next_incoming().unwrap(), None, "the last message is not all there yet");
         p.read.extend_from_slice(b"cde\r\n");
         assert_eq!(
             p.next_incoming().unwrap(),
-            Some(Incoming::Reply { token: Some(43), status: None, payload: Bytes::from_static(b"abcde") })
+            Some(Incoming::Reply { token: Some(43), status: None, payload: &b"abcde"[..] })
         );
     }
 

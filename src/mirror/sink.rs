@@ -417,7 +417,8 @@ impl JetStreamSink {
             match conn.next_incoming() {
                 Ok(Some(Incoming::Reply { token, status, payload })) => {
                     if let Some(token) = token {
-                        self.on_answer(token, Answer::parse(status, &payload));
+                        let answer = Answer::parse(status, payload);
+                        self.on_answer(token, answer);
                     }
                 }
                 Ok(Some(Incoming::Error(e))) => {

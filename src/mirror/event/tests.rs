@@ -487,3 +487,55 @@ fn a_type_with_line_breaks_or_too_long_is_wrapped() {
         assert!(v["wrapped"].as_str().unwrap().contains("type"), "{v}");
     }
 }
+
+/// The `time` attribute of a record timestamp is what the `time` crate's RFC 3339 formatting
+/// writes, fraction and range included.
+#[test]
+fn record_times_are_written_as_the_time_crate_formats_them() {
+    let reference = |ms: i64| {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+        t.format(&time::format_description::well_known::Rfc3339).ok().map(|t| format!("\"{t}\""))
+    };
+    let mut cases: Vec<i64> = vec![
+        0,
+        1,
+        10,
+        100,
+        999,
+        1000,
+        1001,
+        1010,
+        1100,
+        -1,
+        -999,
+        -1000,
+        -1001,
+        86_399_999,
+        86_400_000,
+        1_764_000_000_123,
+        1_764_000_000_120,
+        1_764_000_000_100,
+        951_782_400_000,     // 2000-02-29
+        253_402_300_799_999, // 9999-12-31T23:59:59.999Z, the last writable instant
+        253_402_300_800_000, // year 10000
+        -62_167_219_200_000, // 0000-01-01T00:00:00Z
+        -62_167_219_200_001, // year -1
+        i64::MIN,
+        i64::MAX,
+        i64::MIN / 1_000_000,
+        i64::MAX / 1_000_000,
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        cases.push((x % 600_000_000_000_000) as i64 - 300_000_000_000_000);
+    }
+    for ms in cases {
+        let mut w = Vec::new();
+        let wrote = put_rfc3339_ms(&mut w, ms);
+        let expected = reference(ms);
+        assert_eq!(wrote.then(|| String::from_utf8(w).unwrap_or_default()), expected, "{ms}");
+    }
+}
