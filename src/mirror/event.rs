@@ -80,7 +80,7 @@ pub struct Context<'a> {
     /// The record's offset; `None` for records refused by policy (never written to Kafka).
     pub offset: Option<i64>,
     /// The event id (see the module doc).
-    pub id: String,
+    pub id: &'a str,
     pub default_type: &'a str,
     /// The AsyncAPI message the record matched (or the channel's only message).
     pub message: Option<&'a CompiledMessage>,
@@ -200,31 +200,34 @@ fn put_rfc3339_ms(w: &mut Vec<u8>, ms: i64) -> bool {
     }
     let in_day = ms.rem_euclid(MS_PER_DAY);
     let (secs, millis) = (in_day / 1000, in_day % 1000);
-    let digits = |w: &mut Vec<u8>, n: i64, width: u32| {
-        for p in (0..width).rev() {
-            w.push(b'0' + (n / 10i64.pow(p) % 10) as u8);
+    // `"YYYY-MM-DDTHH:MM:SS.mmmZ"`, digits put in place, then one copy.
+    let mut t = *b"\"0000-00-00T00:00:00.000Z\"";
+    let mut put = |at: usize, mut n: i64, width: usize| {
+        for k in (at..at + width).rev() {
+            t[k] = b'0' + (n % 10) as u8;
+            n /= 10;
         }
     };
-    w.push(b'"');
-    digits(w, i64::from(year), 4);
-    w.push(b'-');
-    digits(w, i64::from(u8::from(month)), 2);
-    w.push(b'-');
-    digits(w, i64::from(day), 2);
-    w.push(b'T');
-    digits(w, secs / 3600, 2);
-    w.push(b':');
-    digits(w, secs / 60 % 60, 2);
-    w.push(b':');
-    digits(w, secs % 60, 2);
-    if millis != 0 {
-        w.push(b'.');
-        let (mut n, mut width) = (millis, 3);
-        while n % 10 == 0 {
-            n /= 10;
-            width -= 1;
-        }
-        digits(w, n, width);
+    put(1, i64::from(year), 4);
+    put(6, i64::from(u8::from(month)), 2);
+    put(9, i64::from(day), 2);
+    put(12, secs / 3600, 2);
+    put(15, secs / 60 % 60, 2);
+    put(18, secs % 60, 2);
+    put(21, millis, 3);
+    if millis == 0 {
+        // No fraction at all.
+        w.extend_from_slice(&t[..20]);
+    } else {
+        // The fraction without its trailing zeros.
+        let digits = if millis % 100 == 0 {
+            1
+        } else if millis % 10 == 0 {
+            2
+        } else {
+            3
+        };
+        w.extend_from_slice(&t[..21 + digits]);
     }
     w.extend_from_slice(b"Z\"");
     true
@@ -446,7 +449,7 @@ fn plain<'a>(
         None => (Data::None, declared),
     };
     Ce {
-        id: Cow::Borrowed(&ctx.id),
+        id: Cow::Borrowed(ctx.id),
         source: Cow::Borrowed(ctx.source),
         ce_type: Cow::Borrowed(plain_type(ctx)),
         subject: record.key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()).map(Cow::Borrowed),
@@ -717,7 +720,7 @@ impl Out<'_> {
 /// A JSON string: written as it is when nothing in it needs escaping (no `"`, `\\` or control
 /// character: what serde_json escapes), else escaped by serde_json.
 fn put_str(w: &mut Vec<u8>, s: &str) {
-    if json::plain_run(s.as_bytes(), 0) == s.len() {
+    if json::is_plain(s.as_bytes()) {
         w.reserve(s.len() + 2);
         w.push(b'"');
         w.extend_from_slice(s.as_bytes());
@@ -808,7 +811,7 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
         }
     }
     Event {
-        id: ctx.id.clone(),
+        id: ctx.id.to_owned(),
         ce_type: out.ce.ce_type.to_string(),
         validation: ctx.outcome.label(),
         json: Bytes::from(json),

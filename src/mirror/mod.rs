@@ -331,6 +331,8 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
     let single = job.route.as_ref().and_then(|r| (r.messages.len() == 1).then(|| r.messages[0].clone()));
     let mut next_offset = job.base_offset;
     let mut errors_cache: Option<(*const u8, Option<String>)> = None;
+    // Each record's event id, made in one reused buffer.
+    let mut id = String::with_capacity(job.topic.len() + 48);
     let source = format!("kafka://{}/{}", config.cluster, job.topic);
     let unix_nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
@@ -352,7 +354,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 _ => single.clone(),
             };
             let offset = batch_base.map(|b| b + position);
-            let mut id = String::with_capacity(job.topic.len() + 48);
+            id.clear();
             id.push_str(&job.topic);
             id.push('-');
             id.push_str(itoa::Buffer::new().format(job.partition));
@@ -383,7 +385,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 topic: &job.topic,
                 partition: job.partition,
                 offset,
-                id,
+                id: &id,
                 default_type: &config.default_type,
                 message: message.as_deref(),
                 outcome,

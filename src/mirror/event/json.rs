@@ -271,6 +271,17 @@ mod avx2 {
     }
 }
 
+/// Whether `b` holds nothing JSON must escape (no [`special`] byte). Short strings (eventgate's
+/// attribute values) are folded byte by byte with no early exit, which the compiler vectorizes;
+/// longer ones are scanned like string contents.
+pub(super) fn is_plain(b: &[u8]) -> bool {
+    if b.len() < 32 {
+        !b.iter().fold(false, |hit, &c| hit | (c < 0x20) | (c == b'"') | (c == b'\\'))
+    } else {
+        plain_run(b, 0) == b.len()
+    }
+}
+
 /// The position of the first [`special`] byte of `chunk`.
 #[cfg(target_arch = "x86_64")]
 fn first_special(chunk: &[u8; 32]) -> Option<usize> {
@@ -456,6 +467,15 @@ mod tests {
             }
         }
         assert_eq!(plain_run(b"abc", 7), 3);
+        for len in 0..70 {
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    let mut b = vec![b'x'; len];
+                    b[at] = c;
+                    assert_eq!(super::is_plain(&b), !special(c), "len {len} at {at} byte {c:#x}");
+                }
+            }
+        }
     }
 
     /// JSON-ish text: the bytes a grammar check has to tell apart, in any order.

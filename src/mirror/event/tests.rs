@@ -18,7 +18,7 @@ fn context<'a>(outcome: &'a Outcome, max: usize) -> Context<'a> {
         topic: "orders",
         partition: 2,
         offset: Some(41),
-        id: "orders-2-41".into(),
+        id: "orders-2-41",
         default_type: "eventgate.record",
         message: None,
         outcome,
