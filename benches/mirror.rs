@@ -72,6 +72,24 @@ fn building(c: &mut Criterion) {
     let config = config();
     let mut g = c.benchmark_group("mirror");
     g.throughput(Throughput::Elements(RECORDS as u64));
+    {
+        // Building alone: the measure (events/s for 1 KiB JSON records, one core).
+        let (records, _) = batch(Codec::None);
+        let job = job(records);
+        g.bench_function("1 KiB JSON records to events", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut n = 0usize;
+                    expand(&config, &job, async |events: Vec<event::Event>| {
+                        n += events.len();
+                        black_box(events);
+                    })
+                    .await;
+                    n
+                })
+            })
+        });
+    }
     for (name, codec) in
         [("1 KiB JSON records to events and NATS publishes", Codec::None), ("the same, lz4 batch", Codec::Lz4)]
     {

@@ -96,6 +96,70 @@ pub struct Context<'a> {
     /// ([`validation_errors_literal`]), when the caller made it once for the many records that
     /// share the outcome; `None`: made here.
     pub errors: Option<&'a str>,
+    /// The attributes this context shares with the others of its job, already written
+    /// ([`Prepared::new`] from a context of the same job and message); `None`: written here.
+    pub prepared: Option<&'a Prepared>,
+}
+
+/// The attributes of a plain event that every record of one job (topic, partition, producer)
+/// and one AsyncAPI message shares, written once, with the same escaping, and copied into each
+/// event: `source` and `type`, `dataschema` and `partition`, `principal` and `clientid`. An event
+/// whose attributes are not exactly these (a producer's own CloudEvent, a wrapped one, another
+/// message) is written attribute by attribute, and a test checks the two ways write the same bytes.
+pub struct Prepared {
+    /// The message these were made for (its address), and the default type.
+    message: usize,
+    default_type: String,
+    /// `,"source":…,"type":…`
+    source_type: Vec<u8>,
+    /// `,"dataschema":…` (when the message has one) `,"partition":N`
+    schema_partition: Vec<u8>,
+    /// `,"principal":…,"clientid":…` (those known)
+    producer: Vec<u8>,
+}
+
+impl Prepared {
+    /// The shared attributes of `ctx` (and every context of its job with the same message).
+    pub fn new(ctx: &Context<'_>) -> Self {
+        let mut source_type = Vec::with_capacity(64 + ctx.source.len());
+        source_type.extend_from_slice(b",\"source\":");
+        put_str(&mut source_type, ctx.source);
+        source_type.extend_from_slice(b",\"type\":");
+        put_str(&mut source_type, plain_type(ctx));
+        let mut schema_partition = Vec::with_capacity(64);
+        if let Some(d) = ctx.message.map(|m| m.dataschema.as_str()).filter(|d| !d.is_empty()) {
+            schema_partition.extend_from_slice(b",\"dataschema\":");
+            put_str(&mut schema_partition, d);
+        }
+        schema_partition.extend_from_slice(b",\"partition\":");
+        schema_partition.extend_from_slice(itoa::Buffer::new().format(ctx.partition).as_bytes());
+        let mut producer = Vec::new();
+        if let Some(p) = ctx.principal {
+            producer.extend_from_slice(b",\"principal\":");
+            put_str(&mut producer, p);
+        }
+        if let Some(c) = ctx.client_id {
+            producer.extend_from_slice(b",\"clientid\":");
+            put_str(&mut producer, c);
+        }
+        Self {
+            message: Self::address(ctx.message),
+            default_type: ctx.default_type.to_owned(),
+            source_type,
+            schema_partition,
+            producer,
+        }
+    }
+
+    fn address(message: Option<&CompiledMessage>) -> usize {
+        message.map_or(0, |m| std::ptr::from_ref(m) as usize)
+    }
+
+    /// Whether these are `ctx`'s shared attributes (same message and default type; the job's
+    /// source, partition and producer are the caller's promise).
+    pub fn fits(&self, ctx: &Context<'_>) -> bool {
+        self.message == Self::address(ctx.message) && self.default_type == ctx.default_type
+    }
 }
 
 /// Longest `type` taken from a producer's own CloudEvent (a longer one is wrapped).
@@ -344,6 +408,8 @@ struct Ce<'a> {
     data: Data<'a>,
     overridden: Overridden,
     wrapped: Option<String>,
+    /// Made by [`plain`]: `id`, `source`, `type` and `dataschema` are the context's.
+    plain: bool,
 }
 
 /// The attributes a producer's event gives (binary or structured mode), before they are checked.
@@ -431,6 +497,7 @@ impl<'a> Own<'a> {
             data: self.data,
             overridden: Overridden::default(),
             wrapped: None,
+            plain: false,
         })
     }
 }
@@ -460,6 +527,7 @@ fn plain<'a>(
         data,
         overridden: Overridden::default(),
         wrapped,
+        plain: true,
     }
 }
 
@@ -606,12 +674,22 @@ impl Out<'_> {
     /// serde_json would write, without its per-byte pass over every name and value).
     fn write(&self, w: &mut Vec<u8>) {
         let (ce, ctx) = (self.ce, self.ctx);
+        // The shared attributes, when they are this event's: a plain event with no extensions,
+        // nothing overridden or wrapped, made for the same message.
+        let prepared = ctx.prepared.filter(|p| {
+            ce.plain && ce.extensions.is_empty() && ce.overridden.0 == 0 && ce.wrapped.is_none() && p.fits(ctx)
+        });
         w.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
         put_str(w, &ce.id);
-        w.extend_from_slice(b",\"source\":");
-        put_str(w, &ce.source);
-        w.extend_from_slice(b",\"type\":");
-        put_str(w, &ce.ce_type);
+        match prepared {
+            Some(p) => w.extend_from_slice(&p.source_type),
+            None => {
+                w.extend_from_slice(b",\"source\":");
+                put_str(w, &ce.source);
+                w.extend_from_slice(b",\"type\":");
+                put_str(w, &ce.ce_type);
+            }
+        }
         if let Some(v) = &ce.subject {
             w.extend_from_slice(b",\"subject\":");
             put_str(w, v);
@@ -630,11 +708,19 @@ impl Out<'_> {
                 }
             }
         }
-        for (name, v) in [(&b",\"datacontenttype\":"[..], &ce.datacontenttype), (b",\"dataschema\":", &ce.dataschema)] {
-            if let Some(v) = v {
-                w.extend_from_slice(name);
+        if let Some(v) = &ce.datacontenttype {
+            w.extend_from_slice(b",\"datacontenttype\":");
+            put_str(w, v);
+        }
+        if let Some(p) = prepared {
+            w.extend_from_slice(&p.schema_partition);
+        } else {
+            if let Some(v) = &ce.dataschema {
+                w.extend_from_slice(b",\"dataschema\":");
                 put_str(w, v);
             }
+            w.extend_from_slice(b",\"partition\":");
+            w.extend_from_slice(itoa::Buffer::new().format(ctx.partition).as_bytes());
         }
         for (name, v) in &ce.extensions {
             w.push(b',');
@@ -645,26 +731,32 @@ impl Out<'_> {
                 Ext::Raw(r) => w.extend_from_slice(r.get().as_bytes()),
             }
         }
-        w.extend_from_slice(b",\"partition\":");
-        w.extend_from_slice(itoa::Buffer::new().format(ctx.partition).as_bytes());
         if let Some(o) = ctx.offset {
             w.extend_from_slice(b",\"offset\":\"");
             w.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
             w.push(b'"');
         }
-        w.extend_from_slice(b",\"validation\":");
-        put_str(w, ctx.outcome.label());
+        w.extend_from_slice(match ctx.outcome {
+            Outcome::Valid(_) => &b",\"validation\":\"valid\""[..],
+            Outcome::Invalid(_) => b",\"validation\":\"invalid\"",
+            Outcome::Unchecked(_) => b",\"validation\":\"unchecked\"",
+        });
         if let Some(e) = self.errors {
             w.extend_from_slice(b",\"validationerrors\":");
             w.extend_from_slice(e.as_bytes());
         }
-        if let Some(p) = ctx.principal {
-            w.extend_from_slice(b",\"principal\":");
-            put_str(w, p);
-        }
-        if let Some(c) = ctx.client_id {
-            w.extend_from_slice(b",\"clientid\":");
-            put_str(w, c);
+        match prepared {
+            Some(p) => w.extend_from_slice(&p.producer),
+            None => {
+                if let Some(p) = ctx.principal {
+                    w.extend_from_slice(b",\"principal\":");
+                    put_str(w, p);
+                }
+                if let Some(c) = ctx.client_id {
+                    w.extend_from_slice(b",\"clientid\":");
+                    put_str(w, c);
+                }
+            }
         }
         if ce.overridden.0 != 0 {
             w.extend_from_slice(b",\"overridden\":");

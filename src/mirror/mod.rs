@@ -331,6 +331,8 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
     let single = job.route.as_ref().and_then(|r| (r.messages.len() == 1).then(|| r.messages[0].clone()));
     let mut next_offset = job.base_offset;
     let mut errors_cache: Option<(*const u8, Option<String>)> = None;
+    // The attributes shared by the job's events, one entry per AsyncAPI message met.
+    let mut prepared: Vec<event::Prepared> = Vec::new();
     // Each record's event id, made in one reused buffer.
     let mut id = String::with_capacity(job.topic.len() + 48);
     let source = format!("kafka://{}/{}", config.cluster, job.topic);
@@ -394,7 +396,17 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 principal: job.producer.principal.as_deref(),
                 client_id: job.producer.client_id.as_deref(),
                 errors,
+                prepared: None,
             };
+            // The attributes the job's events share, written once per message.
+            let shared = match prepared.iter().position(|p| p.fits(&ctx)) {
+                Some(i) => i,
+                None => {
+                    prepared.push(event::Prepared::new(&ctx));
+                    prepared.len() - 1
+                }
+            };
+            let ctx = event::Context { prepared: prepared.get(shared), ..ctx };
             let event = event::build(&rec, &ctx);
             out_bytes += event.json.len();
             out.push(event);

@@ -27,6 +27,7 @@ fn context<'a>(outcome: &'a Outcome, max: usize) -> Context<'a> {
         principal: None,
         client_id: None,
         errors: None,
+        prepared: None,
     }
 }
 
@@ -537,5 +538,68 @@ fn record_times_are_written_as_the_time_crate_formats_them() {
         let wrote = put_rfc3339_ms(&mut w, ms);
         let expected = reference(ms);
         assert_eq!(wrote.then(|| String::from_utf8(w).unwrap_or_default()), expected, "{ms}");
+    }
+}
+
+/// Events written with a job's shared attributes ([`Prepared`]) are byte for byte the events
+/// written attribute by attribute, whatever the record, the outcome, the message and the producer;
+/// a context the shared attributes were not made for is written attribute by attribute.
+#[test]
+fn shared_attributes_write_the_same_bytes() {
+    let doc = crate::asyncapi::load(
+        "asyncapi: 2.6.0\ninfo: {title: users, version: 1.0.0}\nchannels:\n  user.{userId}.signedup:\n    \
+         publish:\n      message:\n        name: signedUp\n        payload: {type: object}\n",
+    )
+    .unwrap();
+    let compiled = crate::validate::compile("users", doc).unwrap();
+    let route = compiled.route_for("user.42.signedup").unwrap();
+    let message = &route.messages[0];
+    let raws: Vec<Vec<u8>> = vec![
+        record_bytes(Some("k1"), Some(br#"{"a":1}"#), &[]),
+        record_bytes(None, Some(b"plain text"), &[]),
+        record_bytes(None, Some(b"\x00\x01bytes"), &[]),
+        record_bytes(Some("k\"q"), None, &[("content-type", "text/plain")]),
+        record_bytes(None, Some(b"{}"), &[("ce_specversion", "1.0"), ("ce_validation", "valid")]),
+        record_bytes(
+            None,
+            Some(b"{}"),
+            &[("ce_specversion", "1.0"), ("ce_id", "x"), ("ce_source", "/s"), ("ce_type", "t"), ("ce_ext", "v")],
+        ),
+        record_bytes(
+            None,
+            Some(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"x":1}}"#),
+            &[("content-type", "application/cloudevents+json")],
+        ),
+        record_bytes(Some("k"), Some(&[b'x'; 5000]), &[]),
+    ];
+    let outcomes = [Outcome::Valid(0), invalid(), Outcome::Unchecked(Arc::from("no document"))];
+    for outcome in &outcomes {
+        for with_message in [false, true] {
+            for (principal, client_id) in [(None, None), (Some("User:alice"), Some("app \"1\""))] {
+                for offset in [Some(41), None] {
+                    let mut ctx = context(outcome, 2000);
+                    ctx.source = "kafka://prod/or\"ders";
+                    ctx.message = with_message.then_some(message);
+                    (ctx.principal, ctx.client_id, ctx.offset) = (principal, client_id, offset);
+                    let shared = Prepared::new(&ctx);
+                    for raw in &raws {
+                        let rec = records(raw).next().unwrap().unwrap();
+                        let plain = build(&rec, &ctx);
+                        let with_shared = build(&rec, &Context { prepared: Some(&shared), ..ctx });
+                        assert_eq!(
+                            String::from_utf8_lossy(&plain.json),
+                            String::from_utf8_lossy(&with_shared.json),
+                            "{outcome:?} message {with_message} producer {principal:?}"
+                        );
+                        // Made for another message: not used, so still the same bytes.
+                        let mut other = context(outcome, 2000);
+                        other.message = (!with_message).then_some(message);
+                        let stale = Prepared::new(&other);
+                        let with_stale = build(&rec, &Context { prepared: Some(&stale), ..ctx });
+                        assert_eq!(plain.json, with_stale.json);
+                    }
+                }
+            }
+        }
     }
 }
