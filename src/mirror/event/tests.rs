@@ -336,14 +336,19 @@ fn forged_headers_on_a_wrapped_record_are_still_reported() {
     assert_eq!((e.overridden, e.wrapped), (1, true));
 }
 
-#[test]
-fn a_templated_channel_s_dataschema_is_a_valid_uri() {
+/// A document with one templated channel and its one message, `signedUp`.
+fn users_doc() -> crate::validate::CompiledDoc {
     let doc = crate::asyncapi::load(
         "asyncapi: 2.6.0\ninfo: {title: users, version: 1.0.0}\nchannels:\n  user.{userId}.signedup:\n    \
          publish:\n      message:\n        name: signedUp\n        payload: {type: object}\n",
     )
     .unwrap();
-    let compiled = crate::validate::compile("users", doc).unwrap();
+    crate::validate::compile("users", doc).unwrap()
+}
+
+#[test]
+fn a_templated_channel_s_dataschema_is_a_valid_uri() {
+    let compiled = users_doc();
     let route = compiled.route_for("user.42.signedup").unwrap();
     let message = &route.messages[0];
     assert_eq!(message.dataschema, "urn:eventgate:spec:users#/channels/user.%7BuserId%7D.signedup/publish/message");
@@ -546,12 +551,7 @@ fn record_times_are_written_as_the_time_crate_formats_them() {
 /// a context the shared attributes were not made for is written attribute by attribute.
 #[test]
 fn shared_attributes_write_the_same_bytes() {
-    let doc = crate::asyncapi::load(
-        "asyncapi: 2.6.0\ninfo: {title: users, version: 1.0.0}\nchannels:\n  user.{userId}.signedup:\n    \
-         publish:\n      message:\n        name: signedUp\n        payload: {type: object}\n",
-    )
-    .unwrap();
-    let compiled = crate::validate::compile("users", doc).unwrap();
+    let compiled = users_doc();
     let route = compiled.route_for("user.42.signedup").unwrap();
     let message = &route.messages[0];
     let raws: Vec<Vec<u8>> = vec![
