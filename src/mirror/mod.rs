@@ -398,15 +398,17 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 errors,
                 prepared: None,
             };
-            // The attributes the job's events share, written once per message.
+            // The attributes the job's events share, written once per message from the job's
+            // second record on (a job of one record gains nothing from them).
             let shared = match prepared.iter().position(|p| p.fits(&ctx)) {
-                Some(i) => i,
-                None => {
+                Some(i) => Some(i),
+                None if index > 0 => {
                     prepared.push(event::Prepared::new(&ctx));
-                    prepared.len() - 1
+                    Some(prepared.len() - 1)
                 }
+                None => None,
             };
-            let ctx = event::Context { prepared: prepared.get(shared), ..ctx };
+            let ctx = event::Context { prepared: shared.and_then(|i| prepared.get(i)), ..ctx };
             let event = event::build(&rec, &ctx);
             out_bytes += event.json.len();
             out.push(event);
