@@ -107,9 +107,14 @@ pub struct Context<'a> {
 /// whose attributes are not exactly these (a producer's own CloudEvent, a wrapped one, another
 /// message) is written attribute by attribute, and a test checks the two ways write the same bytes.
 pub struct Prepared {
-    /// The message these were made for (its address), and the default type.
+    /// What these were made from: the message (its address), the default type, the source, the
+    /// partition and the producer.
     message: usize,
     default_type: String,
+    source: String,
+    partition: i32,
+    principal: Option<String>,
+    client_id: Option<String>,
     /// `,"source":…,"type":…`
     source_type: Vec<u8>,
     /// `,"dataschema":…` (when the message has one) `,"partition":N`
@@ -145,6 +150,10 @@ impl Prepared {
         Self {
             message: Self::address(ctx.message),
             default_type: ctx.default_type.to_owned(),
+            source: ctx.source.to_owned(),
+            partition: ctx.partition,
+            principal: ctx.principal.map(str::to_owned),
+            client_id: ctx.client_id.map(str::to_owned),
             source_type,
             schema_partition,
             producer,
@@ -155,10 +164,15 @@ impl Prepared {
         message.map_or(0, |m| std::ptr::from_ref(m) as usize)
     }
 
-    /// Whether these are `ctx`'s shared attributes (same message and default type; the job's
-    /// source, partition and producer are the caller's promise).
+    /// Whether these are `ctx`'s shared attributes: made from the same message, default type,
+    /// source, partition and producer.
     pub fn fits(&self, ctx: &Context<'_>) -> bool {
-        self.message == Self::address(ctx.message) && self.default_type == ctx.default_type
+        self.message == Self::address(ctx.message)
+            && self.partition == ctx.partition
+            && self.default_type == ctx.default_type
+            && self.source == ctx.source
+            && self.principal.as_deref() == ctx.principal
+            && self.client_id.as_deref() == ctx.client_id
     }
 }
 
@@ -712,15 +726,15 @@ impl Out<'_> {
             w.extend_from_slice(b",\"datacontenttype\":");
             put_str(w, v);
         }
-        if let Some(p) = prepared {
-            w.extend_from_slice(&p.schema_partition);
-        } else {
-            if let Some(v) = &ce.dataschema {
-                w.extend_from_slice(b",\"dataschema\":");
-                put_str(w, v);
+        match prepared {
+            // No extensions on this path, so `partition` comes right after `dataschema`.
+            Some(p) => w.extend_from_slice(&p.schema_partition),
+            None => {
+                if let Some(v) = &ce.dataschema {
+                    w.extend_from_slice(b",\"dataschema\":");
+                    put_str(w, v);
+                }
             }
-            w.extend_from_slice(b",\"partition\":");
-            w.extend_from_slice(itoa::Buffer::new().format(ctx.partition).as_bytes());
         }
         for (name, v) in &ce.extensions {
             w.push(b',');
@@ -730,6 +744,10 @@ impl Out<'_> {
                 Ext::Str(t) => put_str(w, t),
                 Ext::Raw(r) => w.extend_from_slice(r.get().as_bytes()),
             }
+        }
+        if prepared.is_none() {
+            w.extend_from_slice(b",\"partition\":");
+            w.extend_from_slice(itoa::Buffer::new().format(ctx.partition).as_bytes());
         }
         if let Some(o) = ctx.offset {
             w.extend_from_slice(b",\"offset\":\"");

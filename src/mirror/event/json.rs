@@ -291,6 +291,12 @@ fn first_special(chunk: &[u8; 32]) -> Option<usize> {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn first_special(chunk: &[u8; 32]) -> Option<usize> {
+    first_special_portable(chunk)
+}
+
+/// [`first_special`] without vector instructions (tested on every machine).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn first_special_portable(chunk: &[u8; 32]) -> Option<usize> {
     chunk.iter().position(|&c| special(c))
 }
 
@@ -460,8 +466,10 @@ mod tests {
                     for from in [0, 1, 5, 31, 32, 33].into_iter().filter(|f| *f <= len) {
                         let naive = (from..len).find(|&i| special(b[i])).unwrap_or(len);
                         assert_eq!(plain_run(&b, from), naive, "len {len} at {at} byte {c:#x} from {from}");
-                        let portable = super::plain_run_with(&b, from, super::first_special);
-                        assert_eq!(portable, naive, "without AVX2: len {len} at {at} byte {c:#x} from {from}");
+                        let sse2 = super::plain_run_with(&b, from, super::first_special);
+                        assert_eq!(sse2, naive, "without AVX2: len {len} at {at} byte {c:#x} from {from}");
+                        let portable = super::plain_run_with(&b, from, super::first_special_portable);
+                        assert_eq!(portable, naive, "portable: len {len} at {at} byte {c:#x} from {from}");
                     }
                 }
             }

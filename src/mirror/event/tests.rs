@@ -603,3 +603,49 @@ fn shared_attributes_write_the_same_bytes() {
         }
     }
 }
+
+/// The shared attributes are used for the plain events they describe, and only for those: a
+/// marked copy shows up in a plain record's event, never in a producer's own CloudEvent, a wrapped
+/// record's event, or the event of a context with another default type, partition or producer.
+#[test]
+fn shared_attributes_are_used_exactly_where_they_fit() {
+    let outcome = Outcome::Valid(0);
+    let ctx = context(&outcome, 1 << 20);
+    let mut marked = Prepared::new(&ctx);
+    marked.source_type = br#","source":"MARK","type":"MARK""#.to_vec();
+    let json_of = |raw: &[u8], ctx: &Context<'_>| {
+        let rec = records(raw).next().unwrap().unwrap();
+        String::from_utf8(build(&rec, ctx).json.to_vec()).unwrap()
+    };
+    let with_mark = Context { prepared: Some(&marked), ..ctx };
+    let plain = record_bytes(Some("k"), Some(br#"{"a":1}"#), &[]);
+    assert!(json_of(&plain, &with_mark).contains("MARK"), "a plain record's event uses them");
+    let own = [
+        record_bytes(
+            None,
+            Some(b"{}"),
+            &[("ce_specversion", "1.0"), ("ce_id", "x"), ("ce_source", "/s"), ("ce_type", "t")],
+        ),
+        record_bytes(
+            None,
+            Some(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#),
+            &[("content-type", "application/cloudevents+json")],
+        ),
+        record_bytes(None, Some(b"{}"), &[("ce_specversion", "1.0")]),
+        record_bytes(None, Some(b"{}"), &[("ce_specversion", "1.0"), ("ce_validation", "invalid")]),
+    ];
+    for raw in &own {
+        assert!(!json_of(raw, &with_mark).contains("MARK"), "{}", json_of(raw, &ctx));
+    }
+    let others = [
+        Context { default_type: "other.type", ..with_mark },
+        Context { partition: 3, ..with_mark },
+        Context { source: "kafka://prod/payments", ..with_mark },
+        Context { principal: Some("User:mallory"), ..with_mark },
+        Context { client_id: Some("another"), ..with_mark },
+    ];
+    for other in &others {
+        assert!(!json_of(&plain, other).contains("MARK"));
+        assert_eq!(json_of(&plain, other), json_of(&plain, &Context { prepared: None, ..*other }));
+    }
+}
