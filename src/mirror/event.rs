@@ -754,11 +754,10 @@ impl Out<'_> {
             w.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
             w.push(b'"');
         }
-        w.extend_from_slice(match ctx.outcome {
-            Outcome::Valid(_) => &b",\"validation\":\"valid\""[..],
-            Outcome::Invalid(_) => b",\"validation\":\"invalid\"",
-            Outcome::Unchecked(_) => b",\"validation\":\"unchecked\"",
-        });
+        // A label is plain ASCII: nothing to escape.
+        w.extend_from_slice(b",\"validation\":\"");
+        w.extend_from_slice(ctx.outcome.label().as_bytes());
+        w.push(b'"');
         if let Some(e) = self.errors {
             w.extend_from_slice(b",\"validationerrors\":");
             w.extend_from_slice(e.as_bytes());

@@ -455,6 +455,18 @@ mod tests {
         }
     }
 
+    /// A producer's megabyte of brackets costs one bit of nesting per bracket and one pass.
+    #[test]
+    fn a_megabyte_of_nesting_is_read_in_one_pass() {
+        let n = 1 << 20;
+        let open = "[".repeat(n);
+        assert_eq!(value(&open), None);
+        let whole = format!("{open}{}", "]".repeat(n));
+        assert_eq!(value(&whole), Some(whole.as_str()));
+        let objects = format!("{}0{}", "{\"a\":".repeat(n / 8), "}".repeat(n / 8));
+        assert_eq!(value(&objects), serde(&objects));
+    }
+
     /// Every byte value at every position of runs around the chunk size, from every start.
     #[test]
     fn plain_run_finds_the_first_special_byte() {
