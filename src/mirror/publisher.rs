@@ -556,6 +556,22 @@ mod tests {
         assert!(parse_servers("").is_err());
     }
 
+    /// Sizes and tokens are plain decimals that fit a `u64`: anything else is not a number.
+    #[test]
+    fn decimals_are_digits_only_and_never_overflow() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"1234567890123456789"), Some(1_234_567_890_123_456_789));
+        for bad in [&b""[..], b"+5", b"-5", b" 5", b"5x", b"12345678901234567890", b"99999999999999999999"] {
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A reply token too long for a number is no token; the line is still read.
+        let mut p = publisher(b"MSG _INBOX.x.12345678901234567890 1 2\r\n{}\r\n");
+        assert_eq!(
+            p.next_incoming().unwrap(),
+            Some(Incoming::Reply { token: None, status: None, payload: &b"{}"[..] })
+        );
+    }
+
     #[test]
     fn a_publish_carries_the_id_header_and_the_payload() {
         let mut p = publisher(b"");
