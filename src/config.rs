@@ -395,6 +395,12 @@ settings! {
         #[arg(long, env = "EVENTGATE_MIRROR_WINDOW")]
         mirror_window: Option<usize> = "1024",
 
+        /// Publish in JetStream's fast-ingest batches where the server has them (nats-server
+        /// 2.14+; the stream gets `allow_batched`): acknowledged every few hundred events. Off by
+        /// default: end to end it measured slower here (BENCHMARKS.md).
+        #[arg(long, env = "EVENTGATE_MIRROR_BATCH", num_args = 0..=1, default_missing_value = "true")]
+        mirror_batch: Option<bool> = "false",
+
         /// Cluster name in each event's `source` (`kafka://<cluster>/<topic>`).
         #[arg(long, env = "EVENTGATE_CLUSTER_NAME")]
         cluster_name: Option<String> = "kafka",
@@ -708,6 +714,7 @@ impl Settings {
             discard: v.mirror_discard,
             spec_bucket: v.spec_bucket,
             window: v.mirror_window,
+            batch: v.mirror_batch,
         });
         let deny = crate::subscriptions::sink::DenyList::parse(&v.sink_deny_networks)
             .map_err(|m| invalid("sink_deny_networks", m))?;

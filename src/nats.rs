@@ -26,6 +26,8 @@ pub struct NatsConfig {
     pub spec_bucket: String,
     /// Outstanding publish acknowledgements.
     pub window: usize,
+    /// Publish in fast-ingest batches where the server has them.
+    pub batch: bool,
 }
 
 /// Where JetStream keeps the stream.
@@ -152,6 +154,10 @@ pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Resu
             Discard::New => stream::DiscardPolicy::New,
         },
         description: Some("Kafka records mirrored by eventgate as CloudEvents".into()),
+        // With `--mirror-batch`, the mirror publishes in fast-ingest batches where the server has
+        // them (2.14+; older servers ignore the setting, and the mirror then waits for one answer
+        // per event).
+        allow_batch_publish: config.batch,
         ..Default::default()
     };
     js.create_or_update_stream(stream_config)

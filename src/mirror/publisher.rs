@@ -13,7 +13,8 @@
 //! by piece, and hands each answer to a subscription channel: about 14,000 instructions of the
 //! mirror's ~23,000 per event (`callgrind`, BENCHMARKS.md). Here the same work is a few hundred:
 //! the header block is written directly (the event id, nothing else), and one `read` brings many
-//! answers, each matched by the token at the end of its reply subject.
+//! answers, each matched by its reply subject: the token at its end, or a fast-ingest batch and the
+//! publish's place in it ([`ReplyTo`]).
 //!
 //! The connection is owned by the sink's one task: no locks, no channel. The sink reads it while
 //! it waits for anything ([`Publisher::readable`]), so the server's `PING`s are answered even when
@@ -68,11 +69,50 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// buffer, which moves past it on the next call.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
-    /// A message on the reply subscription: `token` is the last token of its subject (`None` if
-    /// it is not a number), `status` the NATS status of a header-only answer (503: no responders).
-    Reply { token: Option<u64>, status: Option<u16>, payload: &'a [u8] },
+    /// A message on the reply subscription: `to` is which publish it answers, read from its
+    /// subject; `status` the NATS status of a header-only answer (503: no responders).
+    Reply { to: ReplyTo, status: Option<u16>, payload: &'a [u8] },
     /// `-ERR`: the server's complaint (it may close the connection after it).
     Error(String),
+}
+
+/// Which publish a reply answers, read from the reply subject the sink gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// `<inbox>.<token>`: the one publish sent with that token.
+    Token(u64),
+    /// `<inbox>.<tag>-<first>.<flow>.<gap>.<seq>.<op>.$FI`: a fast-ingest batch (JetStream's
+    /// batch publishing, nats-server 2.14+) whose first publish had token `first`; `seq` counts
+    /// the batch's publishes from 1, and `op` says what the publish was ([`BATCH_START`],
+    /// [`BATCH_APPEND`], [`BATCH_END`]).
+    Batch { first: u64, seq: u64, op: u8 },
+    /// Not a subject the sink makes.
+    Unknown,
+}
+
+/// Fast-ingest operations, the `<op>` of a batch's reply subject: the publish that opens a batch,
+/// one that adds to it, and the empty publish that ends it (stores nothing).
+pub const BATCH_START: u8 = 0;
+pub const BATCH_APPEND: u8 = 1;
+pub const BATCH_END: u8 = 3;
+
+impl ReplyTo {
+    fn of(subject: &[u8]) -> Self {
+        let Some(rest) = subject.strip_suffix(b".$FI") else {
+            return subject.rsplit(|b| *b == b'.').next().and_then(decimal).map_or(Self::Unknown, Self::Token);
+        };
+        let mut parts = rest.rsplitn(6, |b| *b == b'.');
+        let (Some(op), Some(seq), Some(_gap), Some(_flow), Some(batch)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Self::Unknown;
+        };
+        let first = batch.iter().rposition(|b| *b == b'-').and_then(|i| decimal(&batch[i + 1..]));
+        match (first, decimal(seq), decimal(op).and_then(|o| u8::try_from(o).ok())) {
+            (Some(first), Some(seq), Some(op)) if seq > 0 => Self::Batch { first, seq, op },
+            _ => Self::Unknown,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -166,7 +206,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects to the first server of `urls` that answers, and subscribes to `<inbox>.*`.
+    /// Connects to the first server of `urls` that answers, and subscribes to `<inbox>.>`.
     pub async fn connect(urls: &str, inbox: &str) -> Result<Self, PublishError> {
         let servers = parse_servers(urls)
             .map_err(|reason| PublishError::Connect { url: crate::nats::redact_url(urls), reason })?;
@@ -263,7 +303,7 @@ impl Publisher {
         }
         p.write.extend_from_slice(b"SUB ");
         p.write.extend_from_slice(inbox.as_bytes());
-        p.write.extend_from_slice(b".* 1\r\n");
+        p.write.extend_from_slice(b".> 1\r\n");
         p.flush().await?;
         Ok(p)
     }
@@ -274,6 +314,17 @@ impl Publisher {
     pub fn push(&mut self, subject: &str, reply: &str, id: &str, payload: &[u8]) -> bool {
         encode_publish(&mut self.write, subject, reply, id, payload);
         self.write.len() >= WRITE_CHUNK
+    }
+
+    /// Appends the empty publish that ends a fast-ingest batch (`reply` says so): the server
+    /// stores nothing and answers with the batch's final acknowledgement.
+    pub fn push_end(&mut self, subject: &str, reply: &str) {
+        let w = &mut self.write;
+        w.extend_from_slice(b"PUB ");
+        w.extend_from_slice(subject.as_bytes());
+        w.push(b' ');
+        w.extend_from_slice(reply.as_bytes());
+        w.extend_from_slice(b" 0\r\n\r\n");
     }
 
     /// The bytes a publish of `payload` with `id` takes against the server's `max_payload`
@@ -355,7 +406,7 @@ impl Publisher {
                     if m.total > MAX_REPLY || m.header > m.total {
                         return Err(PublishError::Protocol(format!("a reply of {} bytes", m.total)));
                     }
-                    let token = m.token;
+                    let to = m.to;
                     let (header, total) = (m.header, m.total);
                     // The message and its closing CRLF must all be there.
                     let body = end + 2;
@@ -365,7 +416,7 @@ impl Publisher {
                     self.consumed = body + total + 2;
                     let status = if headers { status_of(&self.read[body..body + header]) } else { None };
                     let payload = &self.read[body + header..body + total];
-                    return Ok(Some(Incoming::Reply { token, status, payload }));
+                    return Ok(Some(Incoming::Reply { to, status, payload }));
                 }
                 Op::Ping => {
                     self.read.advance(end + 2);
@@ -460,7 +511,7 @@ impl Op {
 
 /// `MSG <subject> <sid> [reply] <bytes>` or `HMSG <subject> <sid> [reply] <header> <total>`.
 struct MsgLine {
-    token: Option<u64>,
+    to: ReplyTo,
     header: usize,
     total: usize,
 }
@@ -479,13 +530,12 @@ impl MsgLine {
             (true, [subject, _sid, h, t] | [subject, _sid, _, h, t]) => (*subject, num(h)?, num(t)?),
             _ => return None,
         };
-        let token = subject.rsplit(|b| *b == b'.').next().and_then(decimal);
-        Some(Self { token, header, total })
+        Some(Self { to: ReplyTo::of(subject), header, total })
     }
 }
 
 /// A decimal number of up to 19 digits (`u64` holds them all), nothing else.
-fn decimal(p: &[u8]) -> Option<u64> {
+pub(crate) fn decimal(p: &[u8]) -> Option<u64> {
     if p.is_empty() || p.len() > 19 || !p.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -568,7 +618,7 @@ mod tests {
         let mut p = publisher(b"MSG _INBOX.x.12345678901234567890 1 2\r\n{}\r\n");
         assert_eq!(
             p.next_incoming().unwrap(),
-            Some(Incoming::Reply { token: None, status: None, payload: &b"{}"[..] })
+            Some(Incoming::Reply { to: ReplyTo::Unknown, status: None, payload: &b"{}"[..] })
         );
     }
 
@@ -596,20 +646,55 @@ mod tests {
         let mut p = publisher(&wire);
         assert_eq!(
             p.next_incoming().unwrap(),
-            Some(Incoming::Reply { token: Some(41), status: None, payload: &ack[..] })
+            Some(Incoming::Reply { to: ReplyTo::Token(41), status: None, payload: &ack[..] })
         );
         assert_eq!(p.write, b"PONG\r\n");
         assert_eq!(
             p.next_incoming().unwrap(),
-            Some(Incoming::Reply { token: Some(42), status: Some(503), payload: &[][..] })
+            Some(Incoming::Reply { to: ReplyTo::Token(42), status: Some(503), payload: &[][..] })
         );
         assert_eq!(p.next_incoming().unwrap(), Some(Incoming::Error("Authorization Violation".into())));
         assert_eq!(p.next_incoming().unwrap(), None, "the last message is not all there yet");
         p.read.extend_from_slice(b"cde\r\n");
         assert_eq!(
             p.next_incoming().unwrap(),
-            Some(Incoming::Reply { token: Some(43), status: None, payload: &b"abcde"[..] })
+            Some(Incoming::Reply { to: ReplyTo::Token(43), status: None, payload: &b"abcde"[..] })
         );
+    }
+
+    /// A batch's reply subject names the batch by its first token and the publish by its
+    /// sequence in it; anything else the sink did not make is no publish of its own.
+    #[test]
+    fn reply_subjects_name_a_token_or_a_batch_s_publish() {
+        let to = |s: &str| ReplyTo::of(s.as_bytes());
+        assert_eq!(to("_INBOX.abc.41"), ReplyTo::Token(41));
+        assert_eq!(to("_INBOX.abc.abc-1000.500.fail.7.1.$FI"), ReplyTo::Batch { first: 1000, seq: 7, op: 1 });
+        assert_eq!(to("_INBOX.abc.abc-0.1.fail.1.0.$FI"), ReplyTo::Batch { first: 0, seq: 1, op: BATCH_START });
+        assert_eq!(to("_INBOX.abc.abc-5.1.fail.9.3.$FI"), ReplyTo::Batch { first: 5, seq: 9, op: BATCH_END });
+        for bad in [
+            "_INBOX.abc.x",
+            "_INBOX.abc.abc-5.1.fail.0.1.$FI",
+            "_INBOX.abc.abc-5.1.fail.1.256.$FI",
+            "_INBOX.abc.abc-x.1.fail.1.1.$FI",
+            "_INBOX.abc.abc-5.1.fail.-1.1.$FI",
+            "5.1.fail.1.1.$FI",
+            "$FI",
+            "_INBOX.abc.abc-5.1.fail.99999999999999999999.1.$FI",
+        ] {
+            assert_eq!(to(bad), ReplyTo::Unknown, "{bad}");
+        }
+        let mut p = publisher(b"MSG _INBOX.a.a-3.10.fail.2.1.$FI 1 2\r\n{}\r\n");
+        assert_eq!(
+            p.next_incoming().unwrap(),
+            Some(Incoming::Reply { to: ReplyTo::Batch { first: 3, seq: 2, op: 1 }, status: None, payload: &b"{}"[..] })
+        );
+    }
+
+    #[test]
+    fn a_batch_ends_with_an_empty_publish() {
+        let mut p = publisher(b"");
+        p.push_end("eg.t", "_INBOX.a.a-3.10.fail.5.3.$FI");
+        assert_eq!(p.write, b"PUB eg.t _INBOX.a.a-3.10.fail.5.3.$FI 0\r\n\r\n");
     }
 
     #[test]

@@ -24,6 +24,31 @@
 //! away, and whatever the stream's duplicate window. The `Nats-Msg-Id` header (the event id)
 //! closes the one remaining gap: an original still on its way inside the server while its resend
 //! is sent is dropped by the stream's duplicate window, which only has to cover that race.
+//!
+//! # Fast-ingest batches (nats-server 2.14+)
+//!
+//! With `--mirror-batch`, where the stream allows them (`allow_batched`, which eventgate then sets
+//! and only a 2.14+ server keeps), events go out in JetStream's fast-ingest batches ([`Batching`]): still one message,
+//! one CloudEvent, per event in the stream, but the server answers every `flow` events (up to
+//! 500) instead of each one, and eventgate no longer reads and matches an answer per event (the
+//! server's own cost per message measured the same, BENCHMARKS.md). Each event's
+//! reply subject names its batch (`<tag>-<first token>`, unique to this sink) and its place in
+//! it, so the answers map onto the same window of tokens ([`BatchAnswer`]):
+//!
+//! ```text
+//!  {"type":"ack","seq":N}              publishes 1..=N of the batch stored (gap mode `fail`)
+//!  {"stream":…,"seq":S,"count":C}      the batch's end: 1..=C stored, the last at sequence S
+//!  an error on publish k               the batch is over: k as above (dropped or sent again),
+//!                                      and its later publishes come back as "unknown batch",
+//!                                      not stored: sent again
+//!  "batch publish is disabled"         the stream stopped taking batches: one answer per event
+//! ```
+//!
+//! A batch ends (an empty publish, stored as nothing) [`BATCH_LINGER`] after the worker first
+//! waits with it open, at once when the window is full and no acknowledgement is on its way, and
+//! after [`BATCH_EVENTS`] events; its end answers for all of it. After an error the sink sends one
+//! answer per event for [`BATCH_PAUSE`], so a stream that refuses every event does not end a
+//! batch per event. Timeouts, lookups and resends are the same as above.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -33,14 +58,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use metrics::{Counter, counter};
+use metrics::{Counter, Gauge, counter, gauge};
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::event::Event;
-use super::publisher::{Incoming, PublishError, Publisher};
+use super::publisher::{BATCH_APPEND, BATCH_END, BATCH_START, Incoming, PublishError, Publisher, ReplyTo};
 
 /// An event on the in-process feed.
 #[derive(Debug, Clone)]
@@ -121,6 +146,8 @@ impl LocalSink {
     }
 }
 
+/// Events sent between two looks at the answers while the worker is busy sending.
+const READ_EVERY: u64 = 32;
 /// How long an event may stay unanswered before it is in doubt.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most event bytes sent and not yet answered, whatever `window` says: events of up to a
@@ -180,15 +207,18 @@ impl Answer {
             }
         };
         match (raw.error, raw.seq) {
-            (Some(e), _) => {
-                let description = format!("{} (code {}, err_code {})", e.description, e.code, e.err_code);
-                match refusal_reason(e.err_code, &e.description) {
-                    Some(reason) => Answer::Refused { reason, description },
-                    None => Answer::Retry { description },
-                }
-            }
+            (Some(e), _) => Answer::of_error(&e),
             (None, Some(seq)) => Answer::Stored { seq, duplicate: raw.duplicate },
             (None, None) => Answer::Retry { description: "answer without a sequence or an error".into() },
+        }
+    }
+
+    /// What an error answer means for the event: dropped for good, or sent again.
+    fn of_error(e: &RawError) -> Answer {
+        let description = format!("{} (code {}, err_code {})", e.description, e.code, e.err_code);
+        match refusal_reason(e.err_code, &e.description) {
+            Some(reason) => Answer::Refused { reason, description },
+            None => Answer::Retry { description },
         }
     }
 }
@@ -221,6 +251,81 @@ fn plain_puback(payload: &[u8]) -> Option<Answer> {
     Some(Answer::Stored { seq, duplicate })
 }
 
+/// What an answer on a fast-ingest batch's reply subject says (nats-server 2.14+, ADR-50).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchAnswer {
+    /// `{"type":"ack","seq":N,"msgs":M}`: the batch's publishes 1..=N are stored (the batch
+    /// fails on a gap, so none is missing); the server acknowledges every M from now on.
+    Flow { stored: u64 },
+    /// `{"type":"gap",…}`: the server missed a publish and ends the batch; its final
+    /// acknowledgement follows, and the publishes after the gap are answered as unknown.
+    Gap,
+    /// The batch's final acknowledgement, `{"stream":…,"seq":S,"batch":…,"count":C}`: its
+    /// publishes 1..=C are stored (duplicates count: stored before), the last at stream sequence
+    /// `S` (0 when none was new), and the batch is over.
+    End { seq: u64, count: u64 },
+    /// A plain answer to one publish (a server that took the publish outside any batch), or an
+    /// error about one: `at` is the batch sequence it names, if it names one (`"type":"err"`).
+    One { at: Option<u64>, answer: Answer, err_code: u32 },
+}
+
+/// JetStream's error codes the batching sink acts on.
+pub const BATCH_DISABLED: u32 = 10205;
+pub const BATCH_UNKNOWN: u32 = 10208;
+
+#[derive(Deserialize)]
+struct RawBatchAnswer {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    error: Option<RawError>,
+}
+
+impl BatchAnswer {
+    pub fn parse(status: Option<u16>, payload: &[u8]) -> BatchAnswer {
+        if let Some(stored) = payload.strip_prefix(br#"{"type":"ack","seq":"#).and_then(flow_ack) {
+            return BatchAnswer::Flow { stored };
+        }
+        let one = |at, err_code| BatchAnswer::One { at, answer: Answer::parse(status, payload), err_code };
+        if status.is_some() {
+            return one(None, 0);
+        }
+        let Ok(raw) = serde_json::from_slice::<RawBatchAnswer>(payload) else { return one(None, 0) };
+        if let Some(error) = raw.error {
+            let at = if raw.kind.as_deref() == Some("err") { raw.seq } else { None };
+            return BatchAnswer::One { at, answer: Answer::of_error(&error), err_code: error.err_code };
+        }
+        match (raw.kind.as_deref(), raw.seq, raw.count) {
+            (Some("ack"), Some(stored), _) => BatchAnswer::Flow { stored },
+            (Some("gap"), _, _) => BatchAnswer::Gap,
+            (None, Some(seq), Some(count)) => BatchAnswer::End { seq, count },
+            // A plain acknowledgement.
+            (None, Some(_), None) => one(None, 0),
+            _ => {
+                let text = String::from_utf8_lossy(&payload[..payload.len().min(200)]).into_owned();
+                BatchAnswer::One {
+                    at: None,
+                    answer: Answer::Retry { description: format!("unknown answer: {text}") },
+                    err_code: 0,
+                }
+            }
+        }
+    }
+}
+
+/// The rest of `{"type":"ack","seq":` as the common flow acknowledgement: `N,"msgs":M}`.
+fn flow_ack(rest: &[u8]) -> Option<u64> {
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (n, tail) = rest.split_at(digits);
+    let m = tail.strip_prefix(br#","msgs":"#)?.strip_suffix(b"}")?;
+    (!m.is_empty() && m.iter().all(u8::is_ascii_digit)).then_some(())?;
+    super::publisher::decimal(n)
+}
+
 /// Errors the stream would give again for the same event: its limits with the `new` discard
 /// policy, and the message size limit. Matched by JetStream error code where the server has a
 /// stable one, else by the server's description (stable across 2.9–2.15).
@@ -235,6 +340,99 @@ fn refusal_reason(err_code: u32, description: &str) -> Option<&'static str> {
         Some("stream_full")
     } else {
         None
+    }
+}
+
+/// The most publishes in one fast-ingest batch: it is then ended, and its final answer brings the
+/// stream's sequence (the floor of later lookups) up to date.
+const BATCH_EVENTS: u64 = 4096;
+/// The most the server is asked to let pass between two acknowledgements of a batch (it takes at
+/// most 500); never more than half the window, so that a full window always has one coming.
+const BATCH_FLOW: usize = 500;
+/// How long an open batch waits for more events once the worker has nothing to send, before it
+/// is ended (its last events are answered only then, or at the next acknowledgement interval).
+const BATCH_LINGER: Duration = Duration::from_millis(50);
+/// After a batch ends on an error, events are sent one answer each for this long: with a stream
+/// that refuses every event (full, with discard `new`), each batch would end at its first event
+/// and send the rest again, over and over.
+const BATCH_PAUSE: Duration = Duration::from_secs(5);
+
+/// How the sink publishes in fast-ingest batches (see the module doc).
+struct Batching {
+    /// `<inbox>.<tag>-`: what every batch's reply subject starts with. The server knows a batch
+    /// by `<tag>-<first token>`, across all its clients, and the tag is the inbox's own random
+    /// token: no other publisher's batch has the same id.
+    base: String,
+    /// Requested acknowledgement interval (`<flow>` of the reply subject).
+    flow: usize,
+    open: Option<OpenBatch>,
+    /// The open batch's reply subjects up to the publish's sequence.
+    prefix: String,
+    /// When the open batch is ended ([`BATCH_LINGER`] after the worker first waited).
+    end_at: Option<Instant>,
+    /// Until then, events are sent one answer each ([`BATCH_PAUSE`]).
+    paused_until: Option<Instant>,
+}
+
+/// The batch being sent.
+struct OpenBatch {
+    /// The token of its first publish, which names it.
+    first: u64,
+    /// Publishes in it so far.
+    sent: u64,
+    /// Publishes the server has acknowledged (its last flow acknowledgement).
+    acked: u64,
+    /// The subject of the last one: the batch is ended on it.
+    subject: Arc<str>,
+}
+
+impl Batching {
+    fn new(inbox: &str, window: usize) -> Self {
+        let tag = inbox.rsplit('.').next().unwrap_or(inbox);
+        Self {
+            base: format!("{inbox}.{tag}-"),
+            flow: (window / 2).clamp(1, BATCH_FLOW),
+            open: None,
+            prefix: String::new(),
+            end_at: None,
+            paused_until: None,
+        }
+    }
+
+    /// Opens a batch whose first publish is token `first`.
+    fn open(&mut self, first: u64, subject: &Arc<str>) {
+        let mut n = itoa::Buffer::new();
+        self.prefix.clear();
+        self.prefix.push_str(&self.base);
+        self.prefix.push_str(n.format(first));
+        self.prefix.push('.');
+        self.prefix.push_str(n.format(self.flow));
+        self.prefix.push_str(".fail.");
+        self.open = Some(OpenBatch { first, sent: 0, acked: 0, subject: subject.clone() });
+        self.end_at = None;
+    }
+
+    /// Writes into `reply` the reply subject of the open batch's publish `seq` (`op`):
+    /// `<inbox>.<tag>-<first>.<flow>.fail.<seq>.<op>.$FI`. The gap mode `fail` makes every
+    /// acknowledgement cover all the batch's publishes before it.
+    fn reply(&self, reply: &mut String, seq: u64, op: u8) {
+        const OPS: [&str; 4] = [".0.$FI", ".1.$FI", ".2.$FI", ".3.$FI"];
+        reply.clear();
+        reply.push_str(&self.prefix);
+        reply.push_str(itoa::Buffer::new().format(seq));
+        reply.push_str(OPS[usize::from(op & 3)]);
+    }
+
+    /// Whether the next event goes into a batch (false while paused).
+    fn active(&mut self) -> bool {
+        match self.paused_until {
+            None => true,
+            Some(until) if Instant::now() >= until => {
+                self.paused_until = None;
+                true
+            }
+            Some(_) => false,
+        }
     }
 }
 
@@ -271,13 +469,19 @@ struct InFlight {
     /// stored, it is stored after this.
     floor: u64,
     state: State,
+    /// The first token of the fast-ingest batch it was sent in (`None`: sent on its own).
+    batch: Option<u64>,
 }
 
 struct SinkMetrics {
     no_ack: Counter,
     refused_retry: Counter,
     send_failed: Counter,
+    /// Events sent into a batch the server had already ended: not stored, sent again.
+    batch_ended: Counter,
     confirmed: Counter,
+    /// 1 while events are published in fast-ingest batches, 0 while each has its own answer.
+    batched: Gauge,
     /// `eventgate_mirror_refused_events_total`, by the reasons [`refusal_reason`] gives.
     refused: [(&'static str, Counter); 3],
 }
@@ -292,8 +496,11 @@ pub struct JetStreamSink {
     urls: String,
     stream: String,
     inbox: String,
-    /// `<inbox>.`, and the token of the event being sent after it (reused, no allocation).
+    /// The reply subject of the publish being written (reused, no allocation).
     reply: String,
+    /// Fast-ingest batches, when the stream allows them (nats-server 2.14+); else one answer per
+    /// event.
+    batching: Option<Batching>,
     conn: Option<Publisher>,
     window: usize,
     /// Sent and not yet done, in send order (tokens increase).
@@ -326,6 +533,18 @@ impl JetStreamSink {
         }
         let mut sink = Self::new(js, config.url.clone(), client.new_inbox(), config.stream.clone(), config.window);
         sink.last_seq = info.state.last_sequence;
+        // Only a server that knows fast-ingest batches (2.14+) says the stream allows them: older
+        // ones drop the setting, and would store a batch's empty end as a message.
+        if config.batch && info.config.allow_batch_publish {
+            sink.batching = Some(Batching::new(&sink.inbox, sink.window));
+            sink.metrics.batched.set(1.0);
+            tracing::info!(stream = sink.stream, "mirror publishes in fast-ingest batches");
+        } else if config.batch {
+            tracing::info!(
+                stream = sink.stream,
+                "the stream takes no batches (nats-server before 2.14): one answer per event"
+            );
+        }
         // Ready before the first event (a failure here is retried with the first event).
         match Publisher::connect(&sink.urls, &sink.inbox).await {
             Ok(c) => sink.conn = Some(c),
@@ -338,15 +557,14 @@ impl JetStreamSink {
 
     pub fn new(js: jetstream::Context, urls: String, inbox: String, stream: String, window: usize) -> Self {
         let retries = |reason: &'static str| counter!("eventgate_mirror_publish_retries_total", "reason" => reason);
-        let mut reply = String::with_capacity(inbox.len() + 21);
-        reply.push_str(&inbox);
-        reply.push('.');
+        let reply = String::with_capacity(2 * inbox.len() + 64);
         Self {
             js,
             urls,
             stream,
             inbox,
             reply,
+            batching: None,
             conn: None,
             window: window.max(1),
             pending: VecDeque::new(),
@@ -359,7 +577,9 @@ impl JetStreamSink {
                 no_ack: retries("no_ack"),
                 refused_retry: retries("refused"),
                 send_failed: retries("send_failed"),
+                batch_ended: retries("batch_ended"),
                 confirmed: counter!("eventgate_mirror_unanswered_found_stored_total"),
+                batched: gauge!("eventgate_mirror_publish_batched"),
                 refused: ["stream_full", "subject_full", "message_too_large"]
                     .map(|r| (r, counter!("eventgate_mirror_refused_events_total", "reason" => r))),
             },
@@ -378,6 +598,9 @@ impl JetStreamSink {
     }
 
     async fn publish(&mut self, subject: &Arc<str>, events: Vec<Event>, shutdown: &CancellationToken) {
+        // One reading of the clock for the events sent without a wait (a chunk takes far less
+        // than ACK_TIMEOUT to send).
+        let mut now = Instant::now();
         for event in events {
             while self.full() {
                 let wake = tokio::select! {
@@ -385,11 +608,16 @@ impl JetStreamSink {
                     _ = shutdown.cancelled() => return,
                 };
                 self.handle(wake, shutdown).await;
+                now = Instant::now();
             }
-            if !self.send(subject.clone(), event, shutdown).await {
+            if !self.send(subject.clone(), event, now, shutdown).await {
                 return;
             }
-            self.take_ready_answers();
+            // Answers that have arrived are read now and then (each look costs a poll of the
+            // socket); a full window, or the worker's next wait, reads them all.
+            if self.next_token.is_multiple_of(READ_EVERY) {
+                self.take_ready_answers();
+            }
         }
     }
 
@@ -415,12 +643,17 @@ impl JetStreamSink {
         loop {
             let Some(conn) = self.conn.as_mut() else { return };
             match conn.next_incoming() {
-                Ok(Some(Incoming::Reply { token, status, payload })) => {
-                    if let Some(token) = token {
+                Ok(Some(Incoming::Reply { to, status, payload })) => match to {
+                    ReplyTo::Token(token) => {
                         let answer = Answer::parse(status, payload);
                         self.on_answer(token, answer);
                     }
-                }
+                    ReplyTo::Batch { first, seq, op } => {
+                        let answer = BatchAnswer::parse(status, payload);
+                        self.on_batch_answer(first, seq, op, answer);
+                    }
+                    ReplyTo::Unknown => {}
+                },
                 Ok(Some(Incoming::Error(e))) => {
                     // The server may close the connection after it; events it dropped are never
                     // answered and come back through the timeouts.
@@ -438,6 +671,11 @@ impl JetStreamSink {
     /// again), not after its timeout.
     fn lost(&mut self, why: &str) {
         let Some(conn) = self.conn.take() else { return };
+        // The server forgets the open batch (after its timeout); the next event opens another.
+        if let Some(b) = self.batching.as_mut() {
+            b.open = None;
+            b.end_at = None;
+        }
         let mut waiting = 0u64;
         for f in self.pending.iter_mut().filter(|f| f.state == State::Sent) {
             f.state = State::Doubt;
@@ -456,15 +694,23 @@ impl JetStreamSink {
     }
 
     /// Sends one event, retrying until the connection takes it; false only on shutdown.
-    async fn send(&mut self, subject: Arc<str>, event: Event, shutdown: &CancellationToken) -> bool {
+    async fn send(&mut self, subject: Arc<str>, event: Event, sent: Instant, shutdown: &CancellationToken) -> bool {
         let floor = self.last_seq;
-        self.send_from(subject, event, floor, shutdown).await
+        self.send_from(subject, event, floor, sent, shutdown).await
     }
 
     /// [`send`](Self::send) for an event first sent when the stream's known sequence was `floor`:
     /// a resend keeps the floor of the first send, so a later look into the stream still covers
     /// an original stored after all.
-    async fn send_from(&mut self, subject: Arc<str>, event: Event, floor: u64, shutdown: &CancellationToken) -> bool {
+    /// `sent` is when it is sent (for its timeout), or a moment before.
+    async fn send_from(
+        &mut self,
+        subject: Arc<str>,
+        event: Event,
+        floor: u64,
+        sent: Instant,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.conn.is_none() {
@@ -502,12 +748,38 @@ impl JetStreamSink {
                 return true;
             }
             let token = self.next_token;
-            self.reply.truncate(self.inbox.len() + 1);
-            self.reply.push_str(itoa::Buffer::new().format(token));
-            let flush_now = conn.push(&subject, &self.reply, &event.id, &event.json);
+            let batched = self.batching.as_mut().is_some_and(Batching::active);
+            let (batch, end_batch) = match self.batching.as_mut() {
+                Some(b) if batched => {
+                    if b.open.is_none() {
+                        b.open(token, &subject);
+                    }
+                    let Some(open) = b.open.as_mut() else { continue };
+                    open.sent += 1;
+                    if !Arc::ptr_eq(&open.subject, &subject) {
+                        open.subject = subject.clone();
+                    }
+                    let (first, seq) = (open.first, open.sent);
+                    b.reply(&mut self.reply, seq, if seq == 1 { BATCH_START } else { BATCH_APPEND });
+                    (Some(first), seq >= BATCH_EVENTS)
+                }
+                _ => {
+                    self.reply.clear();
+                    self.reply.push_str(&self.inbox);
+                    self.reply.push('.');
+                    self.reply.push_str(itoa::Buffer::new().format(token));
+                    (None, false)
+                }
+            };
+            let mut flush_now = conn.push(&subject, &self.reply, &event.id, &event.json);
+            if end_batch {
+                self.end_batch();
+                flush_now = true;
+            }
+            let Some(conn) = self.conn.as_mut() else { continue };
             self.next_token += 1;
             self.pending_bytes += event.json.len();
-            self.pending.push_back(InFlight { token, subject, event, sent: Instant::now(), floor, state: State::Sent });
+            self.pending.push_back(InFlight { token, subject, event, sent, floor, state: State::Sent, batch });
             if flush_now {
                 let flushed = tokio::select! {
                     r = conn.flush() => r,
@@ -525,15 +797,44 @@ impl JetStreamSink {
     /// retry of events refused for now or in doubt.
     fn next_due(&self) -> Option<Instant> {
         let timeout = self.pending.iter().find(|f| f.state == State::Sent).map(|f| f.sent + ACK_TIMEOUT);
-        match (timeout, self.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let batch_end = self.batching.as_ref().and_then(|b| b.end_at);
+        [timeout, self.retry_at, batch_end].into_iter().flatten().min()
+    }
+
+    /// Appends the end of the open batch, if any: the server then answers for all of it.
+    fn end_batch(&mut self) {
+        let (Some(b), Some(conn)) = (self.batching.as_mut(), self.conn.as_mut()) else { return };
+        let Some(open) = b.open.as_ref() else { return };
+        b.reply(&mut self.reply, open.sent + 1, BATCH_END);
+        conn.push_end(&open.subject, &self.reply);
+        b.open = None;
+        b.end_at = None;
+    }
+
+    /// The worker is about to wait, with a batch open: its events after the last acknowledgement
+    /// interval are answered only at the next one or at its end. It ends at once when the window
+    /// is full and no acknowledgement is on its way (nothing else would free the window), or when
+    /// it has lingered [`BATCH_LINGER`]; otherwise it lingers, so that a worker that keeps up with
+    /// its input and waits between jobs still sends long batches.
+    fn linger_or_end(&mut self) {
+        let full = self.full();
+        let Some(b) = self.batching.as_mut() else { return };
+        let Some(open) = b.open.as_ref() else { return };
+        // The server acknowledges at least every `flow` publishes.
+        let ack_coming = open.sent - open.acked.min(open.sent) >= b.flow as u64;
+        let now = Instant::now();
+        if (full && !ack_coming) || b.end_at.is_some_and(|at| at <= now) {
+            self.end_batch();
+        } else if b.end_at.is_none() {
+            b.end_at = Some(now + BATCH_LINGER);
         }
     }
 
-    /// Sends what was appended, then waits for the server or the next timer. Cancel-safe: a
-    /// flush cut short resumes where it stopped, and a read keeps what it read.
+    /// Sends what was appended, then waits for the server or the next timer (the open batch
+    /// lingers, see [`linger_or_end`](Self::linger_or_end)). Cancel-safe: a flush cut short resumes where it
+    /// stopped, and a read keeps what it read.
     async fn wake(&mut self) -> Wake {
+        self.linger_or_end();
         if let Some(conn) = self.conn.as_mut()
             && conn.pending_writes()
             && let Err(e) = conn.flush().await
@@ -591,11 +892,7 @@ impl JetStreamSink {
             Answer::Stored { seq, .. } => {
                 self.last_seq = self.last_seq.max(seq);
                 self.pending[i].state = State::Done;
-                self.backoff = Duration::from_millis(50);
-                if self.degraded {
-                    self.degraded = false;
-                    tracing::info!("JetStream stores mirrored events again");
-                }
+                self.storing();
             }
             Answer::Refused { reason, description } => {
                 self.pending[i].state = State::Done;
@@ -622,6 +919,119 @@ impl JetStreamSink {
         }
     }
 
+    /// An answer said events were stored: pauses start short again, and an outage is over.
+    fn storing(&mut self) {
+        self.backoff = Duration::from_millis(50);
+        if self.degraded {
+            self.degraded = false;
+            tracing::info!("JetStream stores mirrored events again");
+        }
+    }
+
+    /// Acts on an answer to a batch's publish (`seq`, `op`) of the batch first sent as `first`.
+    fn on_batch_answer(&mut self, first: u64, seq: u64, op: u8, answer: BatchAnswer) {
+        match answer {
+            BatchAnswer::Flow { stored } => {
+                if let Some(open) = self.batching.as_mut().and_then(|b| b.open.as_mut()).filter(|o| o.first == first) {
+                    open.acked = open.acked.max(stored);
+                }
+                self.settle(first, stored);
+            }
+            BatchAnswer::Gap => tracing::debug!(batch = first, "JetStream missed a publish of a batch and ends it"),
+            BatchAnswer::End { seq: stream_seq, count } => {
+                self.last_seq = self.last_seq.max(stream_seq);
+                self.settle(first, count);
+                self.close_batch(first);
+            }
+            BatchAnswer::One { at, answer, err_code } => {
+                // The event it is about: the one the error names, else the one it answers (a
+                // batch's end is no event).
+                let token = match at {
+                    Some(k) => k.checked_sub(1).and_then(|k| first.checked_add(k)),
+                    None if op == BATCH_END => None,
+                    None => first.checked_add(seq - 1),
+                };
+                if matches!(answer, Answer::Stored { .. }) {
+                    // Stored outside any batch: this server does not batch after all (and would
+                    // store a batch's empty end as a message).
+                    self.stop_batching("the server answered a batch's event on its own", false);
+                } else {
+                    // The server ends a batch at its first error; new events open another.
+                    self.close_batch(first);
+                    if err_code == BATCH_DISABLED {
+                        self.stop_batching("the stream no longer allows batches", true);
+                    } else if err_code != BATCH_UNKNOWN {
+                        // No batch stays open while paused: events sent on their own must not
+                        // take tokens from the middle of one.
+                        self.end_batch();
+                        if let Some(b) = self.batching.as_mut() {
+                            b.paused_until = Some(Instant::now() + BATCH_PAUSE);
+                        }
+                    }
+                }
+                let Some(token) = token else { return };
+                if err_code == BATCH_UNKNOWN || err_code == BATCH_DISABLED {
+                    // Refused before the stream saw it: not stored, so sending it again (one
+                    // answer each, or in a new batch) cannot duplicate it.
+                    self.again_quietly(token);
+                } else {
+                    self.on_answer(token, answer);
+                }
+            }
+        }
+    }
+
+    /// Marks the events a batch's acknowledgement covers (its publishes 1..=`count`) as stored.
+    fn settle(&mut self, first: u64, count: u64) {
+        let end = first.saturating_add(count);
+        let start = self.pending.partition_point(|f| f.token < first);
+        let mut any = false;
+        for f in self.pending.range_mut(start..) {
+            if f.token >= end {
+                break;
+            }
+            if f.batch == Some(first) && matches!(f.state, State::Sent | State::Doubt) {
+                f.state = State::Done;
+                any = true;
+            }
+        }
+        if any {
+            self.storing();
+        }
+    }
+
+    /// The server has ended batch `first`: new events open another.
+    fn close_batch(&mut self, first: u64) {
+        if let Some(b) = self.batching.as_mut()
+            && b.open.as_ref().is_some_and(|o| o.first == first)
+        {
+            b.open = None;
+            b.end_at = None;
+        }
+    }
+
+    /// Sends every event on its own from now on; `end` ends the open batch first (only where the
+    /// server knows batches: others would store the end as a message).
+    fn stop_batching(&mut self, why: &str, end: bool) {
+        if end {
+            self.end_batch();
+        }
+        if self.batching.take().is_some() {
+            self.metrics.batched.set(0.0);
+            tracing::info!(stream = self.stream, why, "mirror publishes one answer per event from now on");
+        }
+    }
+
+    /// Sends an event again at the next retry, without counting it as refused.
+    fn again_quietly(&mut self, token: u64) {
+        let Ok(i) = self.pending.binary_search_by_key(&token, |f| f.token) else { return };
+        if self.pending[i].state != State::Done {
+            self.pending[i].state = State::Again;
+            self.metrics.batch_ended.increment(1);
+            self.schedule_retry();
+        }
+    }
+
     fn degrade(&mut self, id: &str, why: &str) {
         if !self.degraded {
             self.degraded = true;
@@ -637,6 +1047,9 @@ impl JetStreamSink {
 
     async fn on_timer(&mut self, shutdown: &CancellationToken) {
         let now = Instant::now();
+        if self.batching.as_ref().and_then(|b| b.end_at).is_some_and(|at| at <= now) {
+            self.end_batch();
+        }
         let mut timed_out = 0u64;
         for f in self.pending.iter_mut().filter(|f| f.state == State::Sent && f.sent + ACK_TIMEOUT <= now) {
             f.state = State::Doubt;
@@ -712,7 +1125,7 @@ impl JetStreamSink {
         let resent = !again.is_empty();
         for f in again {
             self.pending_bytes -= f.event.json.len();
-            if !self.send_from(f.subject, f.event, f.floor, shutdown).await {
+            if !self.send_from(f.subject, f.event, f.floor, Instant::now(), shutdown).await {
                 return;
             }
         }
@@ -824,6 +1237,54 @@ mod answer_tests {
             br#"{"stream":"S","seq":1,"duplicate":nope}"#,
         ] {
             assert_eq!(plain_puback(p), None, "{}", String::from_utf8_lossy(p));
+        }
+    }
+
+    /// Every answer a 2.15 server gives on a batch's reply subject (seen on the wire), and what
+    /// it means for the batch's events.
+    #[test]
+    fn batch_answers_say_how_much_of_the_batch_is_stored() {
+        let parse = |p: &str| BatchAnswer::parse(None, p.as_bytes());
+        assert_eq!(parse(r#"{"type":"ack","seq":500,"msgs":500}"#), BatchAnswer::Flow { stored: 500 });
+        assert_eq!(parse(r#"{"type":"ack","seq":0,"msgs":10}"#), BatchAnswer::Flow { stored: 0 });
+        // The same, written otherwise, through serde.
+        assert_eq!(parse(r#"{ "msgs": 10, "seq": 20, "type": "ack" }"#), BatchAnswer::Flow { stored: 20 });
+        assert_eq!(parse(r#"{"type":"gap","last_seq":27,"seq":28}"#), BatchAnswer::Gap);
+        assert_eq!(
+            parse(r#"{"stream":"EV","seq":3001,"batch":"L-1","count":3000}"#),
+            BatchAnswer::End { seq: 3001, count: 3000 }
+        );
+        let unknown = parse(
+            r#"{"error":{"code":400,"err_code":10208,"description":"batch publish ID unknown"},"stream":"EV","seq":0}"#,
+        );
+        assert!(matches!(
+            unknown,
+            BatchAnswer::One { at: None, answer: Answer::Retry { .. }, err_code: BATCH_UNKNOWN }
+        ));
+        let big = parse(
+            r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"},"stream":"EV","seq":0}"#,
+        );
+        assert!(matches!(
+            big,
+            BatchAnswer::One { at: None, answer: Answer::Refused { reason: "message_too_large", .. }, err_code: 10054 }
+        ));
+        let err = parse(
+            r#"{"type":"err","seq":7,"error":{"code":400,"err_code":10071,"description":"wrong last sequence"}}"#,
+        );
+        assert!(matches!(err, BatchAnswer::One { at: Some(7), answer: Answer::Retry { .. }, err_code: 10071 }));
+        // A server that took the publish on its own (no batch) answers it plainly.
+        assert_eq!(
+            parse(r#"{"stream":"EV","seq":4}"#),
+            BatchAnswer::One { at: None, answer: Answer::Stored { seq: 4, duplicate: false }, err_code: 0 }
+        );
+        assert!(matches!(BatchAnswer::parse(Some(503), b""), BatchAnswer::One { answer: Answer::Retry { .. }, .. }));
+        for junk in
+            ["", "{}", "[1]", r#"{"type":"ack"}"#, r#"{"type":"ack","seq":1,"msgs":}"#, r#"{"type":"nope","seq":1}"#]
+        {
+            assert!(
+                matches!(parse(junk), BatchAnswer::One { answer: Answer::Retry { .. }, .. }),
+                "{junk} stores nothing"
+            );
         }
     }
 
