@@ -392,7 +392,7 @@ impl Publisher {
                 return Err(PublishError::Protocol(format!("a line longer than {MAX_CONTROL_LINE} bytes")));
             }
             let line = &self.read[..end];
-            let (op, args) = match line.iter().position(|b| *b == b' ' || *b == b'\t') {
+            let (op, args) = match memchr::memchr2(b' ', b'\t', line) {
                 Some(i) => (&line[..i], &line[i + 1..]),
                 None => (line, &line[..0]),
             };
@@ -520,9 +520,13 @@ impl MsgLine {
     fn parse(args: &[u8], headers: bool) -> Option<Self> {
         let mut parts: [&[u8]; 5] = [&[]; 5];
         let mut n = 0;
-        for p in args.split(|b| *b == b' ' || *b == b'\t').filter(|p| !p.is_empty()) {
-            *parts.get_mut(n)? = p;
-            n += 1;
+        let mut start = 0;
+        for end in memchr::memchr2_iter(b' ', b'\t', args).chain(std::iter::once(args.len())) {
+            if end > start {
+                *parts.get_mut(n)? = &args[start..end];
+                n += 1;
+            }
+            start = end + 1;
         }
         let num = |p: &[u8]| decimal(p).and_then(|n| usize::try_from(n).ok());
         let (subject, header, total) = match (headers, &parts[..n]) {

@@ -237,7 +237,7 @@ fn plain_puback(payload: &[u8]) -> Option<Answer> {
     }
     let rest = rest.strip_prefix(b",\"seq\":")?;
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let seq = super::publisher::decimal(&rest[..digits])?;
     let mut rest = &rest[digits..];
     if let Some(r) = rest.strip_prefix(b",").and_then(|r| skip_string(r, b"domain")) {
         rest = r;
@@ -882,9 +882,20 @@ impl JetStreamSink {
         }
     }
 
+    /// Where the event sent as `token` is in `pending`, if it still is.
+    fn position(&self, token: u64) -> Option<usize> {
+        // Tokens increase along `pending` and are usually consecutive (only a resend takes one
+        // out of the middle): look where it would be if they are, else search.
+        let first = self.pending.front()?.token;
+        let guess = usize::try_from(token.checked_sub(first)?).ok()?;
+        if self.pending.get(guess).is_some_and(|f| f.token == token) {
+            return Some(guess);
+        }
+        self.pending.binary_search_by_key(&token, |f| f.token).ok()
+    }
+
     fn on_answer(&mut self, token: u64, answer: Answer) {
-        // Tokens increase along `pending`, so the entry is found by binary search.
-        let Ok(i) = self.pending.binary_search_by_key(&token, |f| f.token) else { return };
+        let Some(i) = self.position(token) else { return };
         if self.pending[i].state == State::Done {
             return;
         }
@@ -1024,7 +1035,7 @@ impl JetStreamSink {
 
     /// Sends an event again at the next retry, without counting it as refused.
     fn again_quietly(&mut self, token: u64) {
-        let Ok(i) = self.pending.binary_search_by_key(&token, |f| f.token) else { return };
+        let Some(i) = self.position(token) else { return };
         if self.pending[i].state != State::Done {
             self.pending[i].state = State::Again;
             self.metrics.batch_ended.increment(1);
