@@ -66,7 +66,7 @@ async def run(mode, n, size=1100):
             answered = 0
             all_answered = asyncio.Event()
             # Batches: the highest publish acknowledged in the open batch, and batches ended.
-            acked, ended = 0, 0
+            acked, ended, current = 0, 0, -1
             progress = asyncio.Event()
 
             async def on_answer(msg):
@@ -74,7 +74,10 @@ async def run(mode, n, size=1100):
                 if mode.startswith("batch"):
                     answer = json.loads(msg.data)
                     if answer.get("type") == "ack":
-                        acked = max(acked, answer["seq"])
+                        # Only the open batch's acknowledgements count (a late one of the last
+                        # batch would lift the flow control).
+                        if f".{tag}-{current}." in msg.subject:
+                            acked = max(acked, answer["seq"])
                     elif "count" in answer:
                         ended += 1
                     else:
@@ -85,14 +88,14 @@ async def run(mode, n, size=1100):
                 if answered >= n:
                     all_answered.set()
 
+            tag = inbox.rsplit(".", 1)[1]
             await nc.subscribe(inbox + ".>", cb=on_answer)
             payload = b"x" * size
             before = cpu_seconds(server.pid)
             if mode.startswith("batch"):
-                tag = inbox.rsplit(".", 1)[1]
                 for first in range(0, n, BATCH):
                     size_of = min(BATCH, n - first)
-                    acked = 0
+                    acked, current = 0, first
                     for k in range(1, size_of + 1):
                         # Flow control: at most two acknowledgement intervals unanswered.
                         while k - acked > 2 * FLOW:

@@ -397,7 +397,7 @@ settings! {
 
         /// Publish in JetStream's fast-ingest batches where the server has them (nats-server
         /// 2.14+; the stream gets `allow_batched`): acknowledged every few hundred events. Off by
-        /// default: end to end it measured slower here (BENCHMARKS.md).
+        /// default: end to end it measured no faster here (BENCHMARKS.md).
         #[arg(long, env = "EVENTGATE_MIRROR_BATCH", num_args = 0..=1, default_missing_value = "true")]
         mirror_batch: Option<bool> = "false",
 

@@ -137,6 +137,12 @@ pub fn jetstream(client: async_nats::Client, config: &NatsConfig) -> jetstream::
 
 /// Creates the mirror stream, or updates it to the configured subjects and limits.
 pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Result<stream::Info, NatsError> {
+    // A gateway without `--mirror-batch` leaves batches on where another one (or an operator)
+    // turned them on: the setting is only ever added here.
+    let batched_now = match js.get_stream(&config.stream).await {
+        Ok(s) => s.cached_info().config.allow_batch_publish,
+        Err(_) => false,
+    };
     let stream_config = stream::Config {
         name: config.stream.clone(),
         subjects: config.subjects.clone(),
@@ -157,7 +163,7 @@ pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Resu
         // With `--mirror-batch`, the mirror publishes in fast-ingest batches where the server has
         // them (2.14+; older servers ignore the setting, and the mirror then waits for one answer
         // per event).
-        allow_batch_publish: config.batch,
+        allow_batch_publish: config.batch || batched_now,
         ..Default::default()
     };
     js.create_or_update_stream(stream_config)

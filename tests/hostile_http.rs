@@ -102,7 +102,8 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
     // passes frees the cap for another wave: at most MAX_CONNECTIONS are held per wave. A
     // connection is admitted when eventgate accepts it, which can be well after the client's
     // connect returned (the listener's backlog): the waves span from the first open to the last
-    // admission, which is no later than the last held connection's close less its timeout.
+    // admission, which is no later than the last held connection's close less 0.9 of its timeout
+    // (the least a held connection lives here).
     let last_admitted = held
         .iter()
         .filter(|h| lived(h) >= HEADER_TIMEOUT.mul_f64(0.9))

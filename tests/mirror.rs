@@ -274,6 +274,41 @@ async fn a_batch_ended_by_a_refused_event_loses_and_duplicates_nothing() {
     assert!(eg.metric("eventgate_mirror_publish_retries_total{reason=\"batch_ended\"}") > 0.0, "some were sent again");
 }
 
+/// A long batch is answered by flow acknowledgements as it goes, not only at its end: with a
+/// window of 64 the server acknowledges every 32 events, and the window keeps moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_batch_is_acknowledged_as_it_goes() {
+    let tansu = Tansu::start();
+    tansu.create_topic("long", 1);
+    let nats = Nats::start();
+    let eg = start_gateway(&tansu, Some(&nats), &["--mirror-batch", "--mirror-window", "64"]);
+    let p = produce_values(&eg.addr(), "long", &[r#"{"n":1}"#], 3000, &[]);
+    assert_eq!(p["delivered"], 3000, "{p}");
+    let stored = read_stream(&nats.url(), "eventgate.records.long", 3000, Duration::from_secs(30)).await;
+    assert_eq!(unique_ids(&stored), delivered_ids("long", &p));
+    assert!(eg.metric("eventgate_mirror_batch_answers_total{kind=\"flow\"}") > 0.0, "flow acknowledgements came");
+    assert!(eg.metric("eventgate_mirror_batch_answers_total{kind=\"end\"}") > 0.0, "batches were ended");
+    assert_eq!(eg.metric("eventgate_mirror_publish_retries_total{reason=\"no_ack\"}"), 0.0);
+}
+
+/// A gateway started without `--mirror-batch` leaves the stream's `allow_batched` on for the ones
+/// that use it (a mixed fleet, or a restart with other settings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_batches_leaves_them_on_for_others() {
+    let tansu = Tansu::start();
+    let nats = Nats::start();
+    let with = start_gateway(&tansu, Some(&nats), &["--mirror-batch"]);
+    wait_until("batches on", Duration::from_secs(20), || with.metric("eventgate_mirror_publish_batched") == 1.0);
+    let without = start_gateway(&tansu, Some(&nats), &[]);
+    wait_until("the second gateway's stream set up", Duration::from_secs(20), || {
+        without.metric("eventgate_mirror_stream_max_messages") != 0.0
+    });
+    let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
+    let mut stream = jetstream::new(client).get_stream("EVENTGATE").await.expect("the mirror's stream");
+    assert!(stream.info().await.expect("stream info").config.allow_batch_publish, "still on");
+    assert_eq!(without.metric("eventgate_mirror_publish_batched"), 0.0, "the second one does not batch");
+}
+
 /// A stream that stops taking batches under the running gateway (its `allow_batched` turned off):
 /// the refused events are sent again one answer each, and the mirror goes on that way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,14 +335,15 @@ async fn a_stream_that_stops_taking_batches_gets_one_answer_per_event() {
 /// Events left unanswered when NATS froze and died are settled by reading the stream after it
 /// restarts, even when the only messages stored past them are on another subject (a read filtered
 /// to their subject then has nothing to deliver, and must not wait for it).
-async fn events_in_doubt_on_a_quiet_subject_are_settled(binary: std::path::PathBuf, batched: bool) {
+async fn events_in_doubt_on_a_quiet_subject_are_settled(binary: std::path::PathBuf, batch: bool, batched: bool) {
     let tansu = Tansu::start();
     tansu.create_topic("quiet", 1);
     let mut nats = Nats::start_binary(binary);
-    let eg = start_gateway(&tansu, Some(&nats), &["--mirror-duplicate-window-secs", "1", "--mirror-batch"]);
+    let batch = if batch { "true" } else { "false" };
+    let eg = start_gateway(&tansu, Some(&nats), &["--mirror-duplicate-window-secs", "1", "--mirror-batch", batch]);
     let first = produce_values(&eg.addr(), "quiet", &[r#"{"n":1}"#], 20, &["--prefix", "a"]);
     assert_eq!(read_stream(&nats.url(), "eventgate.records.quiet", 20, Duration::from_secs(20)).await.len(), 20);
-    // Batches asked for; 2.9 knows none (their empty ends would be stored as messages there).
+    // 2.9 knows no batches, asked for or not (their empty ends would be stored as messages there).
     assert_eq!(eg.metric("eventgate_mirror_publish_batched"), f64::from(u8::from(batched)));
     // Another publisher's message on another subject, after everything eventgate saw acknowledged.
     let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
@@ -332,13 +368,18 @@ async fn events_in_doubt_on_a_quiet_subject_are_settled(binary: std::path::PathB
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_in_doubt_are_settled_on_the_current_nats() {
-    events_in_doubt_on_a_quiet_subject_are_settled(current_nats_server(), true).await;
+    events_in_doubt_on_a_quiet_subject_are_settled(current_nats_server(), false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_doubt_in_batches_are_settled_on_the_current_nats() {
+    events_in_doubt_on_a_quiet_subject_are_settled(current_nats_server(), true, true).await;
 }
 
 /// Debian's nats-server 2.9 keeps working, the lookup of events in doubt included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_in_doubt_are_settled_on_debian_nats_2_9() {
-    events_in_doubt_on_a_quiet_subject_are_settled(debian_nats_server(), false).await;
+    events_in_doubt_on_a_quiet_subject_are_settled(debian_nats_server(), true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@
 //! and only a 2.14+ server keeps), events go out in JetStream's fast-ingest batches ([`Batching`]): still one message,
 //! one CloudEvent, per event in the stream, but the server answers every `flow` events (up to
 //! 500) instead of each one, and eventgate no longer reads and matches an answer per event (the
-//! server's own cost per message measured the same, BENCHMARKS.md). Each event's
+//! server's own cost per message measured 6–18% lower, BENCHMARKS.md). Each event's
 //! reply subject names its batch (`<tag>-<first token>`, unique to this sink) and its place in
 //! it, so the answers map onto the same window of tokens ([`BatchAnswer`]):
 //!
@@ -347,7 +347,8 @@ fn refusal_reason(err_code: u32, description: &str) -> Option<&'static str> {
 /// stream's sequence (the floor of later lookups) up to date.
 const BATCH_EVENTS: u64 = 4096;
 /// The most the server is asked to let pass between two acknowledgements of a batch (it takes at
-/// most 500); never more than half the window, so that a full window always has one coming.
+/// most 500); never more than half the window. A full window with no acknowledgement coming (its
+/// events from earlier batches, or in doubt) ends the open batch instead.
 const BATCH_FLOW: usize = 500;
 /// How long an open batch waits for more events once the worker has nothing to send, before it
 /// is ended (its last events are answered only then, or at the next acknowledgement interval).
@@ -372,6 +373,10 @@ struct Batching {
     end_at: Option<Instant>,
     /// Until then, events are sent one answer each ([`BATCH_PAUSE`]).
     paused_until: Option<Instant>,
+    /// The server at the other end of this connection has answered as one that knows batches
+    /// (a flow acknowledgement, a batch's end, "unknown batch"). Until it has, no batch is ended:
+    /// a server before 2.14 (a reconnect may reach one) would store the empty end as a message.
+    confirmed: bool,
 }
 
 /// The batch being sent.
@@ -395,6 +400,7 @@ impl Batching {
             open: None,
             prefix: String::new(),
             end_at: None,
+            confirmed: false,
             paused_until: None,
         }
     }
@@ -482,13 +488,16 @@ struct SinkMetrics {
     confirmed: Counter,
     /// 1 while events are published in fast-ingest batches, 0 while each has its own answer.
     batched: Gauge,
+    /// `eventgate_mirror_batch_answers_total{kind}`: flow acknowledgements, batch ends, gaps.
+    batch_answers: [Counter; 3],
     /// `eventgate_mirror_refused_events_total`, by the reasons [`refusal_reason`] gives.
     refused: [(&'static str, Counter); 3],
 }
 
 /// Publishes to JetStream as a pipeline (see the module doc) over a connection of its own
-/// ([`Publisher`]): every event is a publish whose reply subject is `<inbox>.<token>`, answers are
-/// read in bulk from the same socket and matched by token. `async-nats` (`js`) is used for the
+/// ([`Publisher`]): every event is a publish whose reply subject is `<inbox>.<token>` (or, in a
+/// batch, names the batch and the event's place in it), answers are read in bulk from the same
+/// socket and matched by token. `async-nats` (`js`) is used for the
 /// rest: the stream's state and the lookups of events in doubt.
 pub struct JetStreamSink {
     js: jetstream::Context,
@@ -580,6 +589,8 @@ impl JetStreamSink {
                 batch_ended: retries("batch_ended"),
                 confirmed: counter!("eventgate_mirror_unanswered_found_stored_total"),
                 batched: gauge!("eventgate_mirror_publish_batched"),
+                batch_answers: ["flow", "end", "gap"]
+                    .map(|k| counter!("eventgate_mirror_batch_answers_total", "kind" => k)),
                 refused: ["stream_full", "subject_full", "message_too_large"]
                     .map(|r| (r, counter!("eventgate_mirror_refused_events_total", "reason" => r))),
             },
@@ -671,10 +682,12 @@ impl JetStreamSink {
     /// again), not after its timeout.
     fn lost(&mut self, why: &str) {
         let Some(conn) = self.conn.take() else { return };
-        // The server forgets the open batch (after its timeout); the next event opens another.
+        // The server forgets the open batch (after its timeout); the next event opens another,
+        // and the next connection may reach another server.
         if let Some(b) = self.batching.as_mut() {
             b.open = None;
             b.end_at = None;
+            b.confirmed = false;
         }
         let mut waiting = 0u64;
         for f in self.pending.iter_mut().filter(|f| f.state == State::Sent) {
@@ -802,9 +815,15 @@ impl JetStreamSink {
     }
 
     /// Appends the end of the open batch, if any: the server then answers for all of it.
+    /// Not before the server has shown it knows batches ([`Batching::confirmed`]): the batch then
+    /// lingers again (its first publish brings that answer at once).
     fn end_batch(&mut self) {
         let (Some(b), Some(conn)) = (self.batching.as_mut(), self.conn.as_mut()) else { return };
         let Some(open) = b.open.as_ref() else { return };
+        if !b.confirmed {
+            b.end_at = Some(Instant::now() + BATCH_LINGER);
+            return;
+        }
         b.reply(&mut self.reply, open.sent + 1, BATCH_END);
         conn.push_end(&open.subject, &self.reply);
         b.open = None;
@@ -941,6 +960,22 @@ impl JetStreamSink {
 
     /// Acts on an answer to a batch's publish (`seq`, `op`) of the batch first sent as `first`.
     fn on_batch_answer(&mut self, first: u64, seq: u64, op: u8, answer: BatchAnswer) {
+        let knows_batches = match &answer {
+            BatchAnswer::Flow { .. } | BatchAnswer::Gap | BatchAnswer::End { .. } => true,
+            BatchAnswer::One { err_code, .. } => *err_code == BATCH_UNKNOWN || *err_code == BATCH_DISABLED,
+        };
+        if knows_batches && let Some(b) = self.batching.as_mut() {
+            b.confirmed = true;
+        }
+        let kind = match answer {
+            BatchAnswer::Flow { .. } => Some(0),
+            BatchAnswer::End { .. } => Some(1),
+            BatchAnswer::Gap => Some(2),
+            BatchAnswer::One { .. } => None,
+        };
+        if let Some(k) = kind {
+            self.metrics.batch_answers[k].increment(1);
+        }
         match answer {
             BatchAnswer::Flow { stored } => {
                 if let Some(open) = self.batching.as_mut().and_then(|b| b.open.as_mut()).filter(|o| o.first == first) {
@@ -948,7 +983,11 @@ impl JetStreamSink {
                 }
                 self.settle(first, stored);
             }
-            BatchAnswer::Gap => tracing::debug!(batch = first, "JetStream missed a publish of a batch and ends it"),
+            BatchAnswer::Gap => {
+                // The server ends the batch: events sent into it from now on would come back.
+                tracing::debug!(batch = first, "JetStream missed a publish of a batch and ends it");
+                self.close_batch(first);
+            }
             BatchAnswer::End { seq: stream_seq, count } => {
                 self.last_seq = self.last_seq.max(stream_seq);
                 self.settle(first, count);
@@ -997,11 +1036,13 @@ impl JetStreamSink {
         let end = first.saturating_add(count);
         let start = self.pending.partition_point(|f| f.token < first);
         let mut any = false;
+        // A batch's events are consecutive in `pending`: the walk ends at the first that is not
+        // one of them, whatever count the answer claims.
         for f in self.pending.range_mut(start..) {
-            if f.token >= end {
+            if f.token >= end || f.batch != Some(first) {
                 break;
             }
-            if f.batch == Some(first) && matches!(f.state, State::Sent | State::Doubt) {
+            if matches!(f.state, State::Sent | State::Doubt) {
                 f.state = State::Done;
                 any = true;
             }
