@@ -449,6 +449,29 @@ impl Publisher {
     }
 }
 
+#[cfg(test)]
+impl Publisher {
+    /// A publisher over an in-memory pipe nobody reads (writes stay in its buffer), for tests.
+    pub(crate) fn in_memory() -> Self {
+        let (client, _server) = tokio::io::duplex(64);
+        Publisher {
+            io: Box::new(client),
+            read: BytesMut::new(),
+            consumed: 0,
+            write: Vec::new(),
+            written: 0,
+            pong: false,
+            max_payload: 1024,
+            server: "test".into(),
+        }
+    }
+
+    /// What has been appended and not sent.
+    pub(crate) fn appended(&self) -> &[u8] {
+        &self.write[self.written..]
+    }
+}
+
 /// Appends one `HPUB` to `w`: the protocol line, a header block holding only `Nats-Msg-Id` (when
 /// `id` fits a header as it is), and the payload.
 pub fn encode_publish(w: &mut Vec<u8>, subject: &str, reply: &str, id: &str, payload: &[u8]) {
@@ -582,17 +605,7 @@ mod tests {
     use super::*;
 
     fn publisher(from_server: &[u8]) -> Publisher {
-        let (client, _server) = tokio::io::duplex(64);
-        let mut p = Publisher {
-            io: Box::new(client),
-            read: BytesMut::new(),
-            consumed: 0,
-            write: Vec::new(),
-            written: 0,
-            pong: false,
-            max_payload: 1024,
-            server: "test".into(),
-        };
+        let mut p = Publisher::in_memory();
         p.read.extend_from_slice(from_server);
         p
     }

@@ -1368,3 +1368,115 @@ mod answer_tests {
         assert!(matches!(Answer::parse(Some(503), b""), Answer::Retry { .. }));
     }
 }
+
+/// The batch bookkeeping against answers written by hand (the integration tests in
+/// `tests/mirror.rs` run it against real servers): what each answer settles, and what it must not.
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    async fn sink() -> JetStreamSink {
+        // A client that never reaches a server: the sink's stream lookups are not used here.
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .expect("a client that connects later");
+        let mut s = JetStreamSink::new(jetstream::new(client), String::new(), "_INBOX.t".into(), "S".into(), 64);
+        s.batching = Some(Batching::new(&s.inbox, s.window));
+        s.conn = Some(Publisher::in_memory());
+        s
+    }
+
+    fn event(n: u64) -> Event {
+        Event {
+            id: format!("t-0-{n}"),
+            ce_type: "t".into(),
+            validation: "valid",
+            json: Bytes::from_static(b"{}"),
+            data_omitted: false,
+            overridden: 0,
+            wrapped: false,
+        }
+    }
+
+    async fn send(s: &mut JetStreamSink, n: u64) {
+        let subject: Arc<str> = "eg.t".into();
+        let shutdown = CancellationToken::new();
+        for i in 0..n {
+            assert!(s.send(subject.clone(), event(i), Instant::now(), &shutdown).await);
+        }
+    }
+
+    fn states(s: &JetStreamSink) -> Vec<State> {
+        s.pending.iter().map(|f| f.state).collect()
+    }
+
+    fn appended(s: &JetStreamSink) -> String {
+        String::from_utf8_lossy(s.conn.as_ref().map_or(&[][..], Publisher::appended)).into_owned()
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_settle_their_own_batch_and_no_more() {
+        let mut s = sink().await;
+        send(&mut s, 5).await;
+        assert!(appended(&s).contains("_INBOX.t.t-0.32.fail.1.0.$FI"), "{}", appended(&s));
+        s.on_batch_answer(0, 1, BATCH_START, BatchAnswer::Flow { stored: 3 });
+        assert_eq!(states(&s)[..], [State::Done, State::Done, State::Done, State::Sent, State::Sent]);
+        // A made-up batch starting inside this one, with a count far past it: nothing is settled
+        // (the walk stops at the first event that is not the named batch's).
+        s.on_batch_answer(3, 1, BATCH_APPEND, BatchAnswer::End { seq: 9, count: u64::MAX });
+        assert_eq!(states(&s)[3..], [State::Sent, State::Sent]);
+        s.end_batch();
+        assert!(appended(&s).contains("PUB eg.t _INBOX.t.t-0.32.fail.6.3.$FI 0"), "{}", appended(&s));
+        // The next events open another batch, named by its first token.
+        send(&mut s, 2).await;
+        assert!(appended(&s).contains(".t-5.32.fail.1.0.$FI"), "{}", appended(&s));
+        s.on_batch_answer(0, 6, BATCH_END, BatchAnswer::End { seq: 9, count: u64::MAX });
+        assert_eq!(states(&s)[3..], [State::Done, State::Done, State::Sent, State::Sent], "only batch 0's");
+        assert_eq!(s.last_seq, 9);
+    }
+
+    #[tokio::test]
+    async fn no_batch_is_ended_before_the_server_has_shown_it_knows_batches() {
+        let mut s = sink().await;
+        if let Some(b) = s.batching.as_mut() {
+            b.confirmed = false;
+        }
+        send(&mut s, 2).await;
+        s.end_batch();
+        assert!(!appended(&s).contains(".3.$FI"), "no end yet: {}", appended(&s));
+        assert!(s.batching.as_ref().is_some_and(|b| b.open.is_some() && b.end_at.is_some()), "it lingers");
+        // A server before 2.14 answers the batch's first publish as a plain one: batches stop,
+        // and no end is ever sent (it would be stored as a message).
+        s.on_batch_answer(0, 1, BATCH_START, BatchAnswer::parse(None, br#"{"stream":"S","seq":1}"#));
+        assert!(s.batching.is_none());
+        assert!(!appended(&s).contains(".3.$FI"));
+        assert_eq!(states(&s), [State::Done, State::Sent]);
+    }
+
+    #[tokio::test]
+    async fn an_error_ends_the_batch_and_unknown_batch_answers_are_sent_again() {
+        let mut s = sink().await;
+        if let Some(b) = s.batching.as_mut() {
+            b.confirmed = true;
+        }
+        send(&mut s, 4).await;
+        let too_big =
+            br#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
+        s.on_batch_answer(0, 2, BATCH_APPEND, BatchAnswer::parse(None, too_big));
+        let unknown = br#"{"error":{"code":400,"err_code":10208,"description":"batch publish ID unknown"}}"#;
+        for seq in 3..=4 {
+            s.on_batch_answer(0, seq, BATCH_APPEND, BatchAnswer::parse(None, unknown));
+        }
+        // Publish 1 is still unanswered, 2 is dropped for good, 3 and 4 were not stored.
+        assert_eq!(states(&s), [State::Sent, State::Done, State::Again, State::Again]);
+        let b = s.batching.as_ref().expect("still batching");
+        assert!(b.open.is_none(), "the server ended the batch");
+        assert!(b.paused_until.is_some(), "one answer per event for a while");
+        // While paused, events are sent on their own.
+        send(&mut s, 1).await;
+        assert!(appended(&s).ends_with("{}\r\n"));
+        assert!(appended(&s).contains("HPUB eg.t _INBOX.t.4 "), "{}", appended(&s));
+    }
+}
