@@ -139,9 +139,17 @@ pub fn jetstream(client: async_nats::Client, config: &NatsConfig) -> jetstream::
 pub async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Result<stream::Info, NatsError> {
     // A gateway without `--mirror-batch` leaves batches on where another one (or an operator)
     // turned them on: the setting is only ever added here.
+    // Only a stream that is not there has no setting to keep; any other failure is tried again
+    // (a guess of `false` would turn batches off for the others).
     let batched_now = match js.get_stream(&config.stream).await {
         Ok(s) => s.cached_info().config.allow_batch_publish,
-        Err(_) => false,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            false
+        }
+        Err(e) => return Err(NatsError::JetStream(format!("stream {}: {e}", config.stream))),
     };
     let stream_config = stream::Config {
         name: config.stream.clone(),

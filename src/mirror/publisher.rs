@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   sink ── push(subject, reply, id, event) ──▶ write buffer ── flush (≥ 64 KiB, or before a wait) ──▶ NATS
-//!   sink ◀── next() ── Incoming::Reply { token, status, payload } ◀── read buffer ◀── MSG/HMSG, PING ──┘
+//!   sink ◀── next() ── Incoming::Reply { to, status, payload } ◀── read buffer ◀── MSG/HMSG, PING ──┘
 //! ```
 //!
 //! Why not the `async-nats` client, which eventgate still uses for everything else (the stream,

@@ -960,21 +960,19 @@ impl JetStreamSink {
 
     /// Acts on an answer to a batch's publish (`seq`, `op`) of the batch first sent as `first`.
     fn on_batch_answer(&mut self, first: u64, seq: u64, op: u8, answer: BatchAnswer) {
-        let knows_batches = match &answer {
-            BatchAnswer::Flow { .. } | BatchAnswer::Gap | BatchAnswer::End { .. } => true,
-            BatchAnswer::One { err_code, .. } => *err_code == BATCH_UNKNOWN || *err_code == BATCH_DISABLED,
+        // Which of `batch_answers` it counts in, and whether only a server that knows batches
+        // gives it.
+        let (counted, knows_batches) = match &answer {
+            BatchAnswer::Flow { .. } => (Some(0), true),
+            BatchAnswer::End { .. } => (Some(1), true),
+            BatchAnswer::Gap => (Some(2), true),
+            BatchAnswer::One { err_code, .. } => (None, *err_code == BATCH_UNKNOWN || *err_code == BATCH_DISABLED),
         };
+        if let Some(k) = counted {
+            self.metrics.batch_answers[k].increment(1);
+        }
         if knows_batches && let Some(b) = self.batching.as_mut() {
             b.confirmed = true;
-        }
-        let kind = match answer {
-            BatchAnswer::Flow { .. } => Some(0),
-            BatchAnswer::End { .. } => Some(1),
-            BatchAnswer::Gap => Some(2),
-            BatchAnswer::One { .. } => None,
-        };
-        if let Some(k) = kind {
-            self.metrics.batch_answers[k].increment(1);
         }
         match answer {
             BatchAnswer::Flow { stored } => {
@@ -1375,7 +1373,8 @@ mod answer_tests {
 mod batch_tests {
     use super::*;
 
-    async fn sink() -> JetStreamSink {
+    /// A sink in batches; `confirmed`: its server has already answered as one that knows them.
+    async fn sink(confirmed: bool) -> JetStreamSink {
         // A client that never reaches a server: the sink's stream lookups are not used here.
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
@@ -1383,7 +1382,9 @@ mod batch_tests {
             .await
             .expect("a client that connects later");
         let mut s = JetStreamSink::new(jetstream::new(client), String::new(), "_INBOX.t".into(), "S".into(), 64);
-        s.batching = Some(Batching::new(&s.inbox, s.window));
+        let mut batching = Batching::new(&s.inbox, s.window);
+        batching.confirmed = confirmed;
+        s.batching = Some(batching);
         s.conn = Some(Publisher::in_memory());
         s
     }
@@ -1418,7 +1419,8 @@ mod batch_tests {
 
     #[tokio::test]
     async fn acknowledgements_settle_their_own_batch_and_no_more() {
-        let mut s = sink().await;
+        // Not confirmed: the first flow acknowledgement confirms it.
+        let mut s = sink(false).await;
         send(&mut s, 5).await;
         assert!(appended(&s).contains("_INBOX.t.t-0.32.fail.1.0.$FI"), "{}", appended(&s));
         s.on_batch_answer(0, 1, BATCH_START, BatchAnswer::Flow { stored: 3 });
@@ -1439,10 +1441,7 @@ mod batch_tests {
 
     #[tokio::test]
     async fn no_batch_is_ended_before_the_server_has_shown_it_knows_batches() {
-        let mut s = sink().await;
-        if let Some(b) = s.batching.as_mut() {
-            b.confirmed = false;
-        }
+        let mut s = sink(false).await;
         send(&mut s, 2).await;
         s.end_batch();
         assert!(!appended(&s).contains(".3.$FI"), "no end yet: {}", appended(&s));
@@ -1457,10 +1456,7 @@ mod batch_tests {
 
     #[tokio::test]
     async fn an_error_ends_the_batch_and_unknown_batch_answers_are_sent_again() {
-        let mut s = sink().await;
-        if let Some(b) = s.batching.as_mut() {
-            b.confirmed = true;
-        }
+        let mut s = sink(true).await;
         send(&mut s, 4).await;
         let too_big =
             br#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
