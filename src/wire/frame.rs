@@ -10,8 +10,9 @@
 //! allocation from being reused, and the next frame is read into a new one. Grown step by step,
 //! that one would be copied at every step (about once its size in all, and fresh pages for the
 //! kernel to zero). So a frame is read into room for its whole announced size once the peer has
-//! already sent a whole frame of at least that size on the connection: what it has sent bounds
-//! what it can make eventgate hold.
+//! already sent a whole frame of at least that size on the connection, and a read that starts
+//! between frames gets room for the largest frame sent so far (up to a megabyte): what the peer
+//! has sent bounds what it can make eventgate hold.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -23,6 +24,8 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
 /// The smallest read eventgate asks the kernel for.
 const MIN_READ: usize = 64 * 1024;
+/// The most room made for a read that starts between frames, before the next size is known.
+const BETWEEN_FRAMES: usize = 1024 * 1024;
 
 /// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
 /// it is there, `None` while it is still incomplete.
@@ -78,7 +81,10 @@ impl FrameBuffer {
                 let missing = total.saturating_sub(self.buf.len());
                 missing.min(self.buf.len().max(MIN_READ).max(self.largest.saturating_sub(self.buf.len())))
             }
-            None => 0,
+            // Between frames: room for the largest frame the peer has sent (up to
+            // [`BETWEEN_FRAMES`]), so that a frame like it is not read into a small buffer that
+            // then grows, and is copied, step by step.
+            None => self.largest.min(BETWEEN_FRAMES),
         };
         self.buf.reserve(wanted.max(MIN_READ));
         src.read_buf(&mut self.buf).await
@@ -148,6 +154,34 @@ mod tests {
         fb.fill(&mut &[][..]).await.unwrap();
         assert!(fb.buf.capacity() < 1024 * 1024, "capacity {}", fb.buf.capacity());
         drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_read_between_frames_gets_room_for_the_largest_frame_sent() {
+        async fn held_then_next(size: usize) -> usize {
+            let big = frame(&vec![7u8; size]);
+            let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+            let mut src: &[u8] = &big;
+            let first = loop {
+                fb.fill(&mut src).await.unwrap();
+                if let Some(f) = fb.next_frame().unwrap() {
+                    break f;
+                }
+            };
+            // `first` is held (the mirror's queue holds frames) and its allocation is used up:
+            // the next read, which starts before the next size is known, needs a new one.
+            fb.buf = BytesMut::new();
+            let mut src: &[u8] = &big[..10];
+            fb.fill(&mut src).await.unwrap();
+            drop(first);
+            fb.buf.capacity()
+        }
+        // Room for a whole frame like the last one, so it is not grown (and copied) step by step...
+        let capacity = held_then_next(200_000).await;
+        assert!(capacity >= 200_004, "capacity {capacity}");
+        // ...but never more than BETWEEN_FRAMES before the size is known.
+        let capacity = held_then_next(5_000_000).await;
+        assert!(capacity < 2 * BETWEEN_FRAMES, "capacity {capacity}");
     }
 
     #[tokio::test]
