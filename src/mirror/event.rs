@@ -34,6 +34,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::ser::{Serialize, Serializer};
@@ -121,6 +122,8 @@ pub struct Prepared {
     schema_partition: Vec<u8>,
     /// `,"principal":…,"clientid":…` (those known)
     producer: Vec<u8>,
+    /// The type of the job's plain events, shared by their [`Event`]s.
+    ce_type: Arc<str>,
 }
 
 impl Prepared {
@@ -157,6 +160,7 @@ impl Prepared {
             source_type,
             schema_partition,
             producer,
+            ce_type: Arc::from(plain_type(ctx)),
         }
     }
 
@@ -183,7 +187,8 @@ pub const MAX_TYPE_BYTES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Event {
     pub id: String,
-    pub ce_type: String,
+    /// Shared by the events of a job that have the same type.
+    pub ce_type: Arc<str>,
     pub validation: &'static str,
     /// The JSON event format.
     pub json: Bytes,
@@ -921,7 +926,10 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
     }
     Event {
         id: ctx.id.to_owned(),
-        ce_type: out.ce.ce_type.to_string(),
+        ce_type: match ctx.prepared {
+            Some(p) if *p.ce_type == *out.ce.ce_type => p.ce_type.clone(),
+            _ => Arc::from(&*out.ce.ce_type),
+        },
         validation: ctx.outcome.label(),
         json: Bytes::from(json),
         data_omitted,

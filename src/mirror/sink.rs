@@ -73,7 +73,7 @@ pub struct LiveEvent {
     /// Position on the feed (counts from 1 per process).
     pub seq: u64,
     pub subject: Arc<str>,
-    pub ce_type: String,
+    pub ce_type: Arc<str>,
     pub validation: &'static str,
     pub json: Bytes,
 }
