@@ -53,6 +53,14 @@ WS_RESULTS="${RESULTS%.jsonl}-ws.jsonl"
 source scripts/lib.sh
 # utime + stime + the same for reaped children (socat forks one per connection).
 cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+# CPU ticks of process $1's mirror worker thread (named `eventgate-mirror`, cut to 15 characters).
+mirror_ticks() {
+  local t n=0
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = eventgate-mirro ] && n=$((n + $(awk '{print $14+$15}' "$t/stat")))
+  done
+  echo "$n"
+}
 TICKS=$(getconf CLK_TCK)
 
 # A CA and a certificate for 127.0.0.1, for the *-tls targets (made once per run with openssl).
@@ -130,6 +138,7 @@ run_target() {
   local before after nats_before nats_after
   before=$(proc_cpu "$name" "$proxy_pid")
   nats_before=$(proc_cpu "$name" "$nats_pid")
+  mirror_before=$(mirror_ticks "$proxy_pid")
   "$BIN" bench --bootstrap "$addr" --topic tput --records "$RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --consume-records "$CONSUME_RECORDS" \
     --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.tput.json"
@@ -149,18 +158,21 @@ run_target() {
     after=$(proc_cpu "$name" "$proxy_pid")
     nats_after=$(proc_cpu "$name" "$nats_pid")
   fi
+  mirror_after=$(mirror_ticks "$proxy_pid")
   "$BIN" bench --bootstrap "$addr" --topic lat --records "$LAT_RECORDS" --record-size "$RECORD_SIZE" \
     --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume \
     --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.lat.json"
   python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" "$drained" \
-    "$nats_before" "$nats_after" >>"$RESULTS" <<'PY'
+    "$nats_before" "$nats_after" "$mirror_before" "$mirror_after" >>"$RESULTS" <<'PY'
 import json, sys
 t, l = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 t["mirror_drain_seconds"] = float(sys.argv[6])
 cpu = (float(sys.argv[4]) - float(sys.argv[3])) / float(sys.argv[5])
 nats_cpu = (float(sys.argv[8]) - float(sys.argv[7])) / float(sys.argv[5])
+mirror_cpu = (float(sys.argv[10]) - float(sys.argv[9])) / float(sys.argv[5])
 mb = (t["produce"]["records"] + t["consume"]["records"]) * t["record_size"] / 1e6
 print(json.dumps({"target": t["label"], "tput": t, "lat": l, "proxy_cpu_s": cpu, "nats_cpu_s": nats_cpu,
+                  "mirror_thread_cpu_s": mirror_cpu,
                   "mb_moved": mb, "mirror_drain_seconds": float(sys.argv[6])}))
 PY
   cleanup
@@ -210,6 +222,7 @@ for name, rs in by.items():
         "errors": sum(r["tput"]["produce"]["errors"] + r["lat"]["produce"]["errors"] for r in rs),
         "drain": med(rs, lambda r: r.get("mirror_drain_seconds", 0)),
         "nats_ms_per_mb": med(rs, lambda r: 1000 * r.get("nats_cpu_s", 0) / r["mb_moved"]),
+        "mirror_thread_ms_per_mb": med(rs, lambda r: 1000 * r.get("mirror_thread_cpu_s", 0) / r["mb_moved"]),
     }
 base = rows.get("direct"); relay = rows.get("socat")
 print(f"\n{len(runs)} runs, median of {len(next(iter(by.values())))} rounds per target; results in {sys.argv[1]}\n")
@@ -233,5 +246,7 @@ off, on = rows.get("eventgate"), rows.get("eventgate-mirror")
 if off and on:
     print(f"\nmirror vs mirror-off, same run: throughput {on['produce_rps'] / off['produce_rps']:.2f}, "
           f"eventgate's mirror cost {on['cpu_ms_per_mb'] - off['cpu_ms_per_mb']:.2f} ms/MB "
-          f"(µs per KiB event, roughly), nats-server {on['nats_ms_per_mb']:.2f} ms/MB")
+          f"(µs per KiB event, roughly): the mirror's own thread {on['mirror_thread_ms_per_mb']:.2f}, the Kafka "
+          f"path's extra {on['cpu_ms_per_mb'] - off['cpu_ms_per_mb'] - on['mirror_thread_ms_per_mb']:.2f}; "
+          f"nats-server {on['nats_ms_per_mb']:.2f} ms/MB")
 PY
