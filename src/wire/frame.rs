@@ -11,8 +11,9 @@
 //! that one would be copied at every step (about once its size in all, and fresh pages for the
 //! kernel to zero). So a frame is read into room for its whole announced size once the peer has
 //! already sent a whole frame of at least that size on the connection, and a read that starts
-//! between frames gets room for the largest frame sent so far (up to a megabyte): what the peer
-//! has sent bounds what it can make eventgate hold.
+//! between frames, once the allocation is nearly full, gets room for the largest frame sent so far
+//! (up to a megabyte): what the peer has sent bounds what it can make eventgate hold, and small
+//! frames share their allocation.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -81,10 +82,13 @@ impl FrameBuffer {
                 let missing = total.saturating_sub(self.buf.len());
                 missing.min(self.buf.len().max(MIN_READ).max(self.largest.saturating_sub(self.buf.len())))
             }
-            // Between frames: room for the largest frame the peer has sent (up to
-            // [`BETWEEN_FRAMES`]), so that a frame like it is not read into a small buffer that
-            // then grows, and is copied, step by step.
-            None => self.largest.min(BETWEEN_FRAMES),
+            // Between frames, once the room left is under MIN_READ: room for the largest frame
+            // the peer has sent (up to [`BETWEEN_FRAMES`]), so that a frame like it is not read
+            // into a small buffer that then grows, and is copied, step by step. While there is
+            // room, frames go on filling the allocation they share: held small frames never pin
+            // one large allocation each.
+            None if self.buf.capacity() - self.buf.len() < MIN_READ => self.largest.min(BETWEEN_FRAMES),
+            None => 0,
         };
         self.buf.reserve(wanted.max(MIN_READ));
         src.read_buf(&mut self.buf).await
@@ -182,6 +186,27 @@ mod tests {
         // ...but never more than BETWEEN_FRAMES before the size is known.
         let capacity = held_then_next(5_000_000).await;
         assert!(capacity < 2 * BETWEEN_FRAMES, "capacity {capacity}");
+    }
+
+    #[tokio::test]
+    async fn small_frames_held_after_a_large_one_share_their_allocation() {
+        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+        let big = frame(&vec![7u8; 900_000]);
+        let mut src: &[u8] = &big;
+        let mut held = Vec::new();
+        while held.is_empty() {
+            fb.fill(&mut src).await.unwrap();
+            held.extend(fb.next_frame().unwrap());
+        }
+        // A thousand small frames, each read on its own and all held (as the mirror's queue
+        // holds them): they fill shared allocations, not a megabyte each.
+        let small = frame(&[1u8; 96]);
+        for _ in 0..1000 {
+            fb.fill(&mut &small[..]).await.unwrap();
+            held.extend(fb.next_frame().unwrap());
+        }
+        let adjacent = held.windows(2).filter(|w| w[1].as_ptr() == w[0].as_ptr().wrapping_add(w[0].len())).count();
+        assert!(adjacent >= 990, "{adjacent} of 1000 small frames follow the one before");
     }
 
     #[tokio::test]

@@ -359,7 +359,7 @@ fn a_templated_channel_s_dataschema_is_a_valid_uri() {
     ctx.message = Some(message);
     let (e, v) = built(&raw, &ctx);
     assert_eq!(v["dataschema"], message.dataschema.as_str());
-    assert_eq!(e.ce_type, "signedUp");
+    assert_eq!(&*e.ce_type, "signedUp");
 }
 
 #[test]
