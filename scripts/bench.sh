@@ -55,9 +55,12 @@ source scripts/lib.sh
 cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
 # CPU ticks of process $1's mirror worker thread (named `eventgate-mirror`, cut to 15 characters).
 mirror_ticks() {
-  local t n=0
+  local t v n=0
+  [ -n "$1" ] || { echo 0; return; }
   for t in /proc/"$1"/task/*; do
-    [ "$(cat "$t/comm" 2>/dev/null)" = eventgate-mirro ] && n=$((n + $(awk '{print $14+$15}' "$t/stat")))
+    [ "$(cat "$t/comm" 2>/dev/null)" = eventgate-mirro ] || continue
+    v=$(awk '{print $14+$15}' "$t/stat" 2>/dev/null) || v=0
+    n=$((n + ${v:-0}))
   done
   echo "$n"
 }
@@ -135,7 +138,7 @@ run_target() {
     cleanup
     return
   fi
-  local before after nats_before nats_after
+  local before after nats_before nats_after mirror_before mirror_after
   before=$(proc_cpu "$name" "$proxy_pid")
   nats_before=$(proc_cpu "$name" "$nats_pid")
   mirror_before=$(mirror_ticks "$proxy_pid")

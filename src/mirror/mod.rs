@@ -2,7 +2,8 @@
 //! (or, without NATS, to the in-process feed the websocket reads).
 //!
 //! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
-//! partition's records (the very `Bytes` that went to the broker) with the offset the broker
+//! partition's records (the very `Bytes` that went to the broker, or a copy of them when they are
+//! few: [`COPY_BELOW`]) with the offset the broker
 //! assigned and the validation outcomes, or drops the job and counts it when the buffer
 //! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes plus
 //! [`RECORD_OVERHEAD`] for each record its batches declare (its validation outcome), so a
@@ -200,7 +201,7 @@ impl Mirror {
             return false;
         }
         self.metrics.queued.set((before + size) as f64);
-        if let Err(e) = self.tx.try_send(job) {
+        if let Err(e) = self.tx.try_send(detached(job)) {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
@@ -226,6 +227,22 @@ fn batch_record_count(records: &[u8]) -> usize {
 /// What a queued job holds per record beyond its bytes: the record's validation outcome and
 /// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
 pub const RECORD_OVERHEAD: usize = 32;
+
+/// Jobs with fewer record bytes than this are queued as a copy of them. A job's records are a slice
+/// of the request frame, which keeps the whole allocation it was read into alive (up to 256 KiB
+/// shared with other frames, see `wire::frame`) while the buffer charges only the slice: a small
+/// job held next to large frames that are gone could pin many times what it is charged. Copied,
+/// a small job holds what it is charged; a larger one pins at most a few times its size.
+pub const COPY_BELOW: usize = 64 * 1024;
+
+/// `job` as it is queued: its records copied out of the request's buffer when they are small
+/// ([`COPY_BELOW`]).
+fn detached(mut job: Job) -> Job {
+    if job.records.len() < COPY_BELOW {
+        job.records = Bytes::copy_from_slice(&job.records);
+    }
+    job
+}
 
 /// Events built and published at a time: the worker never holds more of a job than this many
 /// events, or than [`CHUNK_BYTES`] of them.

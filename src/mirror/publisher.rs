@@ -44,7 +44,8 @@ pub const MAX_REPLY: usize = 64 * 1024;
 /// The most unparsed input [`Publisher::fill_ready`] buffers.
 const READ_AHEAD: usize = 256 * 1024;
 /// Writes are gathered up to this size before they are sent (or until the worker waits, so a
-/// quiet mirror sends at once). Each write wakes the server's reader and, on a busy machine, often
+/// quiet mirror sends at once; the sink also sends at half its window, so the server has work while
+/// the rest is built). Each write wakes the server's reader and, on a busy machine, often
 /// hands it the processor there and then: 256 KiB writes made half as many of those switches as
 /// 64 KiB ones and took 15–20% less of the mirror's system time, 1 MiB another 19% (BENCHMARKS.md).
 const WRITE_CHUNK: usize = 1024 * 1024;
@@ -200,6 +201,8 @@ pub struct Publisher {
     write: Vec<u8>,
     /// How much of `write` is already sent.
     written: usize,
+    /// Publishes appended since the last flush.
+    unflushed: usize,
     /// A `PONG` came (the connect handshake waits for one).
     pong: bool,
     /// The largest message the server takes (its `max_payload`).
@@ -270,6 +273,7 @@ impl Publisher {
             consumed: 0,
             write: Vec::with_capacity(WRITE_CHUNK + 4096),
             written: 0,
+            unflushed: 0,
             pong: false,
             max_payload: info.max_payload.filter(|m| *m > 0).unwrap_or(1024 * 1024),
             server: url.to_owned(),
@@ -316,7 +320,13 @@ impl Publisher {
     /// until [`flush`](Self::flush); returns whether the buffer should be flushed now.
     pub fn push(&mut self, subject: &str, reply: &str, id: &str, payload: &[u8]) -> bool {
         encode_publish(&mut self.write, subject, reply, id, payload);
+        self.unflushed += 1;
         self.write.len() >= WRITE_CHUNK
+    }
+
+    /// Publishes appended since the last flush.
+    pub fn unflushed(&self) -> usize {
+        self.unflushed
     }
 
     /// Appends the empty publish that ends a fast-ingest batch (`reply` says so): the server
@@ -352,6 +362,7 @@ impl Publisher {
         }
         self.write.clear();
         self.written = 0;
+        self.unflushed = 0;
         self.io.flush().await?;
         Ok(())
     }
@@ -463,6 +474,7 @@ impl Publisher {
             consumed: 0,
             write: Vec::new(),
             written: 0,
+            unflushed: 0,
             pong: false,
             max_payload: 1024,
             server: "test".into(),

@@ -784,7 +784,10 @@ impl JetStreamSink {
                     (None, false)
                 }
             };
-            let mut flush_now = conn.push(&subject, &self.reply, &event.id, &event.json);
+            // Sent at WRITE_CHUNK bytes, or at half the window, so the server always has a part
+            // of the window to work on while the rest is built.
+            let mut flush_now =
+                conn.push(&subject, &self.reply, &event.id, &event.json) || conn.unflushed() >= self.window.div_ceil(2);
             if end_batch {
                 self.end_batch();
                 flush_now = true;

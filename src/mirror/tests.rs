@@ -137,6 +137,28 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     worker.done.await.unwrap();
 }
 
+#[test]
+fn a_small_job_is_queued_as_a_copy_and_a_large_one_as_it_is() {
+    // A request's read buffer: the job's records are a slice of it.
+    let buffer = Bytes::from(vec![7u8; 4 * COPY_BELOW]);
+    let job = |records: Bytes| Job {
+        topic: "t".into(),
+        partition: 0,
+        base_offset: Some(0),
+        log_append_time: -1,
+        records,
+        outcomes: None,
+        route: None,
+        producer: Default::default(),
+    };
+    let within = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
+    let small = super::detached(job(buffer.slice(100..100 + COPY_BELOW - 1)));
+    assert!(!within(&small.records), "a small job must not keep the buffer alive");
+    assert_eq!(small.records, buffer.slice(100..100 + COPY_BELOW - 1));
+    let large = super::detached(job(buffer.slice(100..100 + COPY_BELOW)));
+    assert_eq!(large.records.as_ptr(), buffer.slice(100..).as_ptr(), "a large job is not copied");
+}
+
 #[tokio::test]
 async fn a_batch_is_charged_for_every_record_it_claims() {
     let job = Job {

@@ -4,7 +4,8 @@
 //! hands out whole frames as [`Bytes`] that share the buffer's allocation, so forwarding a frame
 //! costs no copy; when every handed-out frame has been written and dropped, the allocation is reused.
 //! Memory is committed only as bytes actually arrive: a peer that announces a 100 MiB frame and sends
-//! ten bytes makes eventgate hold ten bytes, not 100 MiB.
+//! ten bytes makes eventgate hold ten bytes (in room for no more than it has already sent in one
+//! frame), not 100 MiB.
 //!
 //! A frame still held elsewhere (a stage waiting for its answer, the mirror's queue) keeps the
 //! allocation from being reused, and the next frame is read into a new one. Grown step by step,
@@ -12,8 +13,8 @@
 //! kernel to zero). So a frame is read into room for its whole announced size once the peer has
 //! already sent a whole frame of at least that size on the connection, and a read that starts
 //! between frames, once the allocation is nearly full, gets room for the largest frame sent so far
-//! (up to a megabyte): what the peer has sent bounds what it can make eventgate hold, and small
-//! frames share their allocation.
+//! (up to 256 KiB): what the peer has sent bounds what it can make eventgate hold, and small frames
+//! share their allocation.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -25,8 +26,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
 /// The smallest read eventgate asks the kernel for.
 const MIN_READ: usize = 64 * 1024;
-/// The most room made for a read that starts between frames, before the next size is known.
-const BETWEEN_FRAMES: usize = 1024 * 1024;
+/// The most room made for a read that starts between frames, before the next size is known. A
+/// frame held elsewhere keeps its allocation alive, other frames' bytes included: this bounds what
+/// a small held frame can pin (the mirror copies small jobs, `mirror::COPY_BELOW`).
+const BETWEEN_FRAMES: usize = 256 * 1024;
 
 /// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
 /// it is there, `None` while it is still incomplete.
@@ -73,24 +76,27 @@ impl FrameBuffer {
 
     /// Reads once from `src`. Returns the number of bytes read; 0 means end of stream.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, src: &mut R) -> std::io::Result<usize> {
-        // Size the read for the frame in progress, but never reserve more than twice what the
-        // peer has already sent of it, or the largest whole frame it has already sent: the
-        // announced size is a claim, not a promise.
-        let wanted = match self.buf.first_chunk::<4>() {
+        let room = self.buf.capacity() - self.buf.len();
+        match self.buf.first_chunk::<4>() {
+            // A frame in progress: room for the rest of it (at least a byte: a whole frame is
+            // taken before the next read), and only that, so a buffer that has room for all of it
+            // is never grown and copied. Never more than twice what the peer has already sent of
+            // it, or the largest whole frame it has already sent: the announced size is a claim,
+            // not a promise.
             Some(prefix) => {
                 let total = 4 + (i32::from_be_bytes(*prefix).max(0) as usize).min(self.max);
-                let missing = total.saturating_sub(self.buf.len());
-                missing.min(self.buf.len().max(MIN_READ).max(self.largest.saturating_sub(self.buf.len())))
+                let missing = total.saturating_sub(self.buf.len()).max(1);
+                let bound = self.buf.len().max(MIN_READ).max(self.largest.saturating_sub(self.buf.len()));
+                self.buf.reserve(missing.min(bound));
             }
             // Between frames, once the room left is under MIN_READ: room for the largest frame
             // the peer has sent (up to [`BETWEEN_FRAMES`]), so that a frame like it is not read
             // into a small buffer that then grows, and is copied, step by step. While there is
             // room, frames go on filling the allocation they share: held small frames never pin
             // one large allocation each.
-            None if self.buf.capacity() - self.buf.len() < MIN_READ => self.largest.min(BETWEEN_FRAMES),
-            None => 0,
-        };
-        self.buf.reserve(wanted.max(MIN_READ));
+            None if room < MIN_READ => self.buf.reserve(self.largest.clamp(MIN_READ, BETWEEN_FRAMES)),
+            None => {}
+        }
         src.read_buf(&mut self.buf).await
     }
 }
@@ -161,31 +167,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_read_between_frames_gets_room_for_the_largest_frame_sent() {
-        async fn held_then_next(size: usize) -> usize {
-            let big = frame(&vec![7u8; size]);
-            let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
-            let mut src: &[u8] = &big;
-            let first = loop {
-                fb.fill(&mut src).await.unwrap();
-                if let Some(f) = fb.next_frame().unwrap() {
-                    break f;
-                }
-            };
-            // `first` is held (the mirror's queue holds frames) and its allocation is used up:
-            // the next read, which starts before the next size is known, needs a new one.
-            fb.buf = BytesMut::new();
-            let mut src: &[u8] = &big[..10];
+    async fn a_frame_like_a_held_one_is_read_in_place_from_its_first_bytes() {
+        let big = frame(&vec![7u8; 200_000]);
+        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut src: &[u8] = &big;
+        let mut held = Vec::new();
+        while held.is_empty() {
             fb.fill(&mut src).await.unwrap();
-            drop(first);
-            fb.buf.capacity()
+            held.extend(fb.next_frame().unwrap());
         }
-        // Room for a whole frame like the last one, so it is not grown (and copied) step by step...
-        let capacity = held_then_next(200_000).await;
-        assert!(capacity >= 200_004, "capacity {capacity}");
-        // ...but never more than BETWEEN_FRAMES before the size is known.
-        let capacity = held_then_next(5_000_000).await;
-        assert!(capacity < 2 * BETWEEN_FRAMES, "capacity {capacity}");
+        // The first frame is held (the mirror's queue holds frames). The next one arrives in
+        // pieces, the first too short to hold its size: where its first bytes land is where it
+        // stays, never grown and copied.
+        for _ in 0..3 {
+            let mut src: &[u8] = &big[..3];
+            fb.fill(&mut src).await.unwrap();
+            let at = fb.buf.as_ptr();
+            for piece in big[3..].chunks(50_000) {
+                fb.fill(&mut &piece[..]).await.unwrap();
+            }
+            let next = fb.next_frame().unwrap().unwrap();
+            assert_eq!(next.as_ptr(), at, "the frame was moved after its first bytes were read");
+            held.push(next);
+        }
+    }
+
+    #[tokio::test]
+    async fn room_made_between_frames_is_bounded() {
+        let big = frame(&vec![7u8; 5_000_000]);
+        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut src: &[u8] = &big;
+        let first = loop {
+            fb.fill(&mut src).await.unwrap();
+            if let Some(f) = fb.next_frame().unwrap() {
+                break f;
+            }
+        };
+        // Held, and its allocation used up: the next read, before the next size is known, gets
+        // room for no more than BETWEEN_FRAMES, whatever the peer sent before.
+        fb.buf = BytesMut::new();
+        fb.fill(&mut &big[..10]).await.unwrap();
+        assert!(fb.buf.capacity() < 2 * BETWEEN_FRAMES, "capacity {}", fb.buf.capacity());
+        drop(first);
     }
 
     #[tokio::test]
