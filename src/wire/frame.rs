@@ -140,17 +140,22 @@ mod tests {
         assert_eq!(check(&[0, 0], 10).unwrap(), None);
     }
 
+    /// A new buffer, and the first frame of `wire` read through it (as reads of `wire` come).
+    async fn first_frame(wire: &[u8]) -> (FrameBuffer, Bytes) {
+        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut src = wire;
+        loop {
+            fb.fill(&mut src).await.unwrap();
+            if let Some(f) = fb.next_frame().unwrap() {
+                return (fb, f);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_frame_no_larger_than_one_already_sent_is_read_into_one_allocation() {
         let big = frame(&[7u8; 700_000]);
-        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
-        let mut src: &[u8] = &big;
-        let first = loop {
-            fb.fill(&mut src).await.unwrap();
-            if let Some(f) = fb.next_frame().unwrap() {
-                break f;
-            }
-        };
+        let (mut fb, first) = first_frame(&big).await;
         // `first` is still held, as a stage waiting for the broker's answer holds it. The next
         // frame's size prefix alone gets room for the whole of it, not MIN_READ at a time.
         let mut src: &[u8] = &big[..4];
@@ -169,13 +174,8 @@ mod tests {
     #[tokio::test]
     async fn a_frame_like_a_held_one_is_read_in_place_from_its_first_bytes() {
         let big = frame(&vec![7u8; 200_000]);
-        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
-        let mut src: &[u8] = &big;
-        let mut held = Vec::new();
-        while held.is_empty() {
-            fb.fill(&mut src).await.unwrap();
-            held.extend(fb.next_frame().unwrap());
-        }
+        let (mut fb, first) = first_frame(&big).await;
+        let mut held = vec![first];
         // The first frame is held (the mirror's queue holds frames). The next one arrives in
         // pieces, the first too short to hold its size: where its first bytes land is where it
         // stays, never grown and copied.
@@ -195,14 +195,7 @@ mod tests {
     #[tokio::test]
     async fn room_made_between_frames_is_bounded() {
         let big = frame(&vec![7u8; 5_000_000]);
-        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
-        let mut src: &[u8] = &big;
-        let first = loop {
-            fb.fill(&mut src).await.unwrap();
-            if let Some(f) = fb.next_frame().unwrap() {
-                break f;
-            }
-        };
+        let (mut fb, first) = first_frame(&big).await;
         // Held, and its allocation used up: the next read, before the next size is known, gets
         // room for no more than BETWEEN_FRAMES, whatever the peer sent before.
         fb.buf = BytesMut::new();
@@ -213,16 +206,10 @@ mod tests {
 
     #[tokio::test]
     async fn small_frames_held_after_a_large_one_share_their_allocation() {
-        let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
-        let big = frame(&vec![7u8; 900_000]);
-        let mut src: &[u8] = &big;
-        let mut held = Vec::new();
-        while held.is_empty() {
-            fb.fill(&mut src).await.unwrap();
-            held.extend(fb.next_frame().unwrap());
-        }
+        let (mut fb, first) = first_frame(&frame(&vec![7u8; 900_000])).await;
+        let mut held = vec![first];
         // A thousand small frames, each read on its own and all held (as the mirror's queue
-        // holds them): they fill shared allocations, not a megabyte each.
+        // holds them): they fill shared allocations, not one of their own each.
         let small = frame(&[1u8; 96]);
         for _ in 0..1000 {
             fb.fill(&mut &small[..]).await.unwrap();
