@@ -26,9 +26,9 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
 /// The smallest read eventgate asks the kernel for.
 const MIN_READ: usize = 64 * 1024;
-/// The most room made for a read that starts between frames, before the next size is known. A
-/// frame held elsewhere keeps its allocation alive, other frames' bytes included: this bounds what
-/// a small held frame can pin (the mirror copies small jobs, `mirror::COPY_BELOW`).
+/// The most room made for a read that starts between frames, before the next size is known. (A
+/// frame held elsewhere keeps its whole allocation alive, other frames' bytes and room included:
+/// holders that keep frames beyond their answer, as the mirror's queue would, copy them instead.)
 const BETWEEN_FRAMES: usize = 256 * 1024;
 
 /// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
