@@ -310,8 +310,10 @@ fn metadata_answer(req: &[u8], count: i32) -> Vec<u8> {
 #[test]
 fn a_metadata_answer_with_15000_brokers_opens_a_bounded_number_of_listeners() {
     let broker = scripted_broker(|n, req| vec![metadata_answer(req, if n == 1 { 15_000 } else { 1 })]);
-    // Broker ports below the ephemeral range, so other tests' sockets do not sit on them.
-    let base = 10_000 + (std::process::id() % 16_000) as u16;
+    // eventgate's broker ports below the ephemeral range, so other tests' sockets do not sit on
+    // them, and below the scripted brokers' own ports (20,000 to 29,999): a listener on one of those
+    // would be a broker advertised at eventgate's own address, which eventgate refuses as a loop.
+    let base = 10_000 + (std::process::id() % 8_900) as u16;
     let eg = Eventgate::start(
         &format!("127.0.0.1:{broker}"),
         &["--node-port-base", &base.to_string(), "--max-broker-listeners", "1024", "--broker-forget-ms", "1000"],
