@@ -7,8 +7,9 @@
 //! ten bytes makes eventgate hold ten bytes (in room for no more than it has already sent in one
 //! frame), not 100 MiB.
 //!
-//! A frame still held elsewhere (a stage waiting for its answer, the mirror's queue) keeps the
-//! allocation from being reused, and the next frame is read into a new one. Grown step by step,
+//! A frame still held elsewhere (a stage waiting for its answer: the mirror tap holds Produce
+//! requests until the broker's answer) keeps the allocation from being reused, and the next frame is
+//! read into a new one. Grown step by step,
 //! that one would be copied at every step (about once its size in all, and fresh pages for the
 //! kernel to zero). So a frame is read into room for its whole announced size once the peer has
 //! already sent a whole frame of at least that size on the connection, and a read that starts
@@ -26,10 +27,11 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
 /// The smallest read eventgate asks the kernel for.
 const MIN_READ: usize = 64 * 1024;
-/// The most room made for a read that starts between frames, before the next size is known. (A
-/// frame held elsewhere keeps its whole allocation alive, other frames' bytes and room included:
-/// holders that keep frames beyond their answer, as the mirror's queue would, copy them instead.)
-const BETWEEN_FRAMES: usize = 256 * 1024;
+/// The most room made for a read that starts between frames, before the next size is known; a
+/// buffer with more than twice this room then is replaced. A frame held elsewhere keeps its whole
+/// allocation alive, other frames' bytes and room included: so a held frame pins at most its own
+/// size again (a buffer grown for it) or 512 KiB more.
+pub const BETWEEN_FRAMES: usize = 256 * 1024;
 
 /// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
 /// it is there, `None` while it is still incomplete.
@@ -95,6 +97,14 @@ impl FrameBuffer {
             // room, frames go on filling the allocation they share: held small frames never pin
             // one large allocation each.
             None if room < MIN_READ => self.buf.reserve(self.largest.clamp(MIN_READ, BETWEEN_FRAMES)),
+            // Far more room than a read between frames gets (left by a large frame, or by a
+            // buffer grown for one): a fresh allocation instead, so small frames read next never
+            // pin the large one while they are held, and an idle connection gives it back.
+            None if room > 2 * BETWEEN_FRAMES => {
+                let mut fresh = BytesMut::with_capacity(self.largest.clamp(MIN_READ, BETWEEN_FRAMES));
+                fresh.extend_from_slice(&self.buf);
+                self.buf = fresh;
+            }
             None => {}
         }
         src.read_buf(&mut self.buf).await
@@ -176,9 +186,9 @@ mod tests {
         let big = frame(&vec![7u8; 200_000]);
         let (mut fb, first) = first_frame(&big).await;
         let mut held = vec![first];
-        // The first frame is held (the mirror's queue holds frames). The next one arrives in
-        // pieces, the first too short to hold its size: where its first bytes land is where it
-        // stays, never grown and copied.
+        // The first frame is held (the mirror tap holds a request until its answer). The next one
+        // arrives in pieces, the first too short to hold its size: where its first bytes land is
+        // where it stays, never grown and copied.
         for _ in 0..3 {
             let mut src: &[u8] = &big[..3];
             fb.fill(&mut src).await.unwrap();
@@ -195,21 +205,27 @@ mod tests {
     #[tokio::test]
     async fn room_made_between_frames_is_bounded() {
         let big = frame(&vec![7u8; 5_000_000]);
-        let (mut fb, first) = first_frame(&big).await;
-        // Held, and its allocation used up: the next read, before the next size is known, gets
-        // room for no more than BETWEEN_FRAMES, whatever the peer sent before.
-        fb.buf = BytesMut::new();
-        fb.fill(&mut &big[..10]).await.unwrap();
-        assert!(fb.buf.capacity() < 2 * BETWEEN_FRAMES, "capacity {}", fb.buf.capacity());
-        drop(first);
+        let small = frame(&[1u8; 96]);
+        // The large frame held, or gone (its buffer then reclaimed whole): either way the small
+        // frame read next lies in room of at most BETWEEN_FRAMES, not in what the large one left,
+        // so holding it pins no more than that.
+        for hold in [true, false] {
+            let (mut fb, first) = first_frame(&big).await;
+            let first = hold.then_some(first);
+            fb.fill(&mut &small[..]).await.unwrap();
+            let next = fb.next_frame().unwrap().unwrap();
+            let room = fb.buf.capacity() + next.len();
+            assert!(room <= 2 * BETWEEN_FRAMES, "held {hold}: the small frame sits in {room} bytes of room");
+            drop(first);
+        }
     }
 
     #[tokio::test]
     async fn small_frames_held_after_a_large_one_share_their_allocation() {
         let (mut fb, first) = first_frame(&frame(&vec![7u8; 900_000])).await;
         let mut held = vec![first];
-        // A thousand small frames, each read on its own and all held (as the mirror's queue
-        // holds them): they fill shared allocations, not one of their own each.
+        // A thousand small frames, each read on its own and all held (as requests waiting for
+        // their answers are): they fill shared allocations, not one of their own each.
         let small = frame(&[1u8; 96]);
         for _ in 0..1000 {
             fb.fill(&mut &small[..]).await.unwrap();
