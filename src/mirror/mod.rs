@@ -2,8 +2,8 @@
 //! (or, without NATS, to the in-process feed the websocket reads).
 //!
 //! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
-//! partition's records (the very `Bytes` that went to the broker, or a copy of them when they are
-//! few: [`COPY_BELOW`]) with the offset the broker
+//! partition's records (a copy of the bytes that went to the broker, so the queue holds what it
+//! charges) with the offset the broker
 //! assigned and the validation outcomes, or drops the job and counts it when the buffer
 //! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes plus
 //! [`RECORD_OVERHEAD`] for each record its batches declare (its validation outcome), so a
@@ -228,19 +228,14 @@ fn batch_record_count(records: &[u8]) -> usize {
 /// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
 pub const RECORD_OVERHEAD: usize = 32;
 
-/// Jobs with fewer record bytes than this are queued as a copy of them. A job's records are a
-/// slice of the request frame, which keeps the whole allocation it was read into alive while the
-/// mirror's buffer charges only the slice. That allocation holds at most the frame's own size again
-/// or [`crate::wire::frame::BETWEEN_FRAMES`] twice more: a small job, copied, holds what it is
-/// charged; a larger one pins at most a few times its size (copying it too cost 0.1–0.4 ms/MB).
-pub const COPY_BELOW: usize = 64 * 1024;
-
-/// `job` as it is queued: its records copied out of the request's read buffer when they are small
-/// ([`COPY_BELOW`]).
+/// `job` as it is queued: its records copied out of the request's read buffer. A slice would keep
+/// the buffer's whole allocation alive while the mirror's buffer charges only the slice, and that
+/// allocation can be far larger: a read buffer nobody else holds is reclaimed whole, with the room
+/// of the largest frame the connection sent (a 70 KiB job read after a 100 MiB frame would hold
+/// 100 MiB). A copy holds exactly what it is charged. It costs the Kafka path 0.1–0.2 ms/MB with
+/// the mirror on (BENCHMARKS.md): the price of `mirror_buffer_bytes` meaning what it says.
 fn detached(mut job: Job) -> Job {
-    if job.records.len() < COPY_BELOW {
-        job.records = Bytes::copy_from_slice(&job.records);
-    }
+    job.records = Bytes::copy_from_slice(&job.records);
     job
 }
 

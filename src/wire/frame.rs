@@ -28,9 +28,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 /// The smallest read eventgate asks the kernel for.
 const MIN_READ: usize = 64 * 1024;
 /// The most room made for a read that starts between frames, before the next size is known; a
-/// buffer with more than twice this room then is replaced. A frame held elsewhere keeps its whole
-/// allocation alive, other frames' bytes and room included: so a held frame pins at most its own
-/// size again (a buffer grown for it) or 512 KiB more.
+/// buffer found with more than twice this room then is replaced, so an idle connection gives a
+/// large buffer back and small frames rarely share one. (A frame held elsewhere keeps its whole
+/// allocation alive, other frames' room included, and `reserve` can still hand back a reclaimed
+/// large buffer: holders that keep frames beyond their answer, as the mirror's queue would, copy.)
 pub const BETWEEN_FRAMES: usize = 256 * 1024;
 
 /// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
