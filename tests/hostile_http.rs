@@ -125,7 +125,10 @@ fn connections_that_never_finish_their_headers_are_capped_and_closed() {
         "slowloris: {SLOWLORIS} connections, {timed_out} held until the header timeout, {refused} refused; \
          eventgate descriptors: baseline {baseline}, peak {peak} (bound {bound})"
     );
-    assert!((1..=admitted_at_most).contains(&timed_out), "{timed_out} connections were held ({waves} waves)");
+    // How many the server admitted is its own count: a connection it refused only after it sat
+    // in the listener's backlog for most of a header timeout looks held from this side (one run
+    // saw 229 "held" and 200 refused of 300), so the client's timings only show that some were.
+    assert!(timed_out >= 1, "no connection was held until the header timeout");
     assert!(refused >= (SLOWLORIS - admitted_at_most) as f64, "{refused} connections refused ({waves} waves)");
     wait_until("eventgate's descriptors to return to the baseline", Duration::from_secs(10), || {
         fds(pid) <= baseline + 2
