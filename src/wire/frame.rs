@@ -8,14 +8,14 @@
 //! frame), not 100 MiB.
 //!
 //! A frame still held elsewhere (a stage waiting for its answer: the mirror tap holds Produce
-//! requests until the broker's answer) keeps the allocation from being reused, and the next frame is
-//! read into a new one. Grown step by step,
-//! that one would be copied at every step (about once its size in all, and fresh pages for the
-//! kernel to zero). So a frame is read into room for its whole announced size once the peer has
-//! already sent a whole frame of at least that size on the connection, and a read that starts
-//! between frames, once the allocation is nearly full, gets room for the largest frame sent so far
-//! (up to 256 KiB): what the peer has sent bounds what it can make eventgate hold, and small frames
-//! share their allocation.
+//! requests until the broker's answer) keeps the allocation from being reused, and the next frame
+//! is read into a new one. Grown step by step, that one would be copied at every step (about once
+//! its size in all, and fresh pages for the kernel to zero). So a frame in progress gets room for
+//! the rest of it, once the peer has already sent a whole frame of at least that size on the
+//! connection (else twice what it has sent of this one); a read that starts between frames, once
+//! the allocation is nearly full, gets room for the largest frame sent so far (up to 256 KiB); and
+//! a buffer found between frames with far more room than that is replaced. What the peer has sent
+//! bounds what it can make eventgate hold, and small frames share their allocation.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -32,7 +32,7 @@ const MIN_READ: usize = 64 * 1024;
 /// large buffer back and small frames rarely share one. (A frame held elsewhere keeps its whole
 /// allocation alive, other frames' room included, and `reserve` can still hand back a reclaimed
 /// large buffer: holders that keep frames beyond their answer, as the mirror's queue would, copy.)
-pub const BETWEEN_FRAMES: usize = 256 * 1024;
+const BETWEEN_FRAMES: usize = 256 * 1024;
 
 /// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
 /// it is there, `None` while it is still incomplete.
