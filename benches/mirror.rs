@@ -107,7 +107,7 @@ fn building(c: &mut Criterion) {
                                 &mut wire,
                                 "eg.bench",
                                 "_INBOX.x.1",
-                                &e.id,
+                                e.id.as_bytes(),
                                 &e.json,
                             );
                         }

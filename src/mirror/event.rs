@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::ser::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -183,10 +183,64 @@ impl Prepared {
 /// Longest `type` taken from a producer's own CloudEvent (a longer one is wrapped).
 pub const MAX_TYPE_BYTES: usize = 256;
 
+/// An event's id (`<topic>-<partition>-<offset>`, its `Nats-Msg-Id`), kept beside the event in
+/// its block ([`build_into`]) instead of in an allocation of its own. Always UTF-8: made only
+/// from a `&str`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EventId(Bytes);
+
+impl EventId {
+    /// An id of its own (a copy of `id`).
+    pub fn new(id: &str) -> Self {
+        Self(Bytes::copy_from_slice(id.as_bytes()))
+    }
+
+    /// A copy that shares no memory with the block it was built in.
+    pub fn detached(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
+    /// The id's bytes, without the UTF-8 check [`as_str`](Self::as_str) makes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Made from a `&str`: never empty for want of UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for EventId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The room [`build_into`] starts a block with: events are taken from it one after another, so
+/// a block is an allocation per some dozens of events instead of two per event, and it is freed
+/// when the last of them is (held events are consecutive: what a block pins beyond what they
+/// hold is at most its unused rest and its neighbours' partly freed ones).
+pub const BLOCK: usize = 64 * 1024;
+
 /// A built event.
 #[derive(Debug, Clone)]
 pub struct Event {
-    pub id: String,
+    pub id: EventId,
     /// Shared by the events of a job that have the same type.
     pub ce_type: Arc<str>,
     pub validation: &'static str,
@@ -268,7 +322,7 @@ fn is_base64(s: &str) -> bool {
 /// Writes `ms` (milliseconds since the epoch) as a JSON string holding its RFC 3339 UTC time,
 /// exactly as the `time` crate formats it (fraction without trailing zeros, none when zero);
 /// `false` (nothing written) outside the years 0 to 9999, which RFC 3339 cannot write.
-fn put_rfc3339_ms(w: &mut Vec<u8>, ms: i64) -> bool {
+fn put_rfc3339_ms(w: &mut impl BufMut, ms: i64) -> bool {
     const MS_PER_DAY: i64 = 86_400_000;
     /// The Julian day of 1970-01-01.
     const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
@@ -300,7 +354,7 @@ fn put_rfc3339_ms(w: &mut Vec<u8>, ms: i64) -> bool {
     put(21, millis, 3);
     if millis == 0 {
         // No fraction at all.
-        w.extend_from_slice(&t[..20]);
+        w.put_slice(&t[..20]);
     } else {
         // The fraction without its trailing zeros.
         let digits = if millis % 100 == 0 {
@@ -310,9 +364,9 @@ fn put_rfc3339_ms(w: &mut Vec<u8>, ms: i64) -> bool {
         } else {
             3
         };
-        w.extend_from_slice(&t[..21 + digits]);
+        w.put_slice(&t[..21 + digits]);
     }
-    w.extend_from_slice(b"Z\"");
+    w.put_slice(b"Z\"");
     true
 }
 
@@ -691,7 +745,7 @@ impl Out<'_> {
     /// Writes the event in the JSON format. Member names are constants written as they are;
     /// string values are escaped only when they hold something JSON escapes (the same bytes
     /// serde_json would write, without its per-byte pass over every name and value).
-    fn write(&self, w: &mut Vec<u8>) {
+    fn write(&self, w: &mut BytesMut) {
         let (ce, ctx) = (self.ce, self.ctx);
         // The shared attributes, when they are this event's: a plain event with no extensions,
         // nothing overridden or wrapped, made for the same message.
@@ -742,9 +796,9 @@ impl Out<'_> {
             }
         }
         for (name, v) in &ce.extensions {
-            w.push(b',');
+            w.put_u8(b',');
             put_str(w, name);
-            w.push(b':');
+            w.put_u8(b':');
             match v {
                 Ext::Str(t) => put_str(w, t),
                 Ext::Raw(r) => w.extend_from_slice(r.get().as_bytes()),
@@ -757,12 +811,12 @@ impl Out<'_> {
         if let Some(o) = ctx.offset {
             w.extend_from_slice(b",\"offset\":\"");
             w.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
-            w.push(b'"');
+            w.put_u8(b'"');
         }
         // A label is plain ASCII: nothing to escape.
         w.extend_from_slice(b",\"validation\":\"");
         w.extend_from_slice(ctx.outcome.label().as_bytes());
-        w.push(b'"');
+        w.put_u8(b'"');
         if let Some(e) = self.errors {
             w.extend_from_slice(b",\"validationerrors\":");
             w.extend_from_slice(e.as_bytes());
@@ -807,7 +861,7 @@ impl Out<'_> {
                         base64::Engine::encode_slice(&base64::engine::general_purpose::STANDARD, b, &mut w[start..])
                             .unwrap_or(0);
                     w.truncate(start + written);
-                    w.push(b'"');
+                    w.put_u8(b'"');
                 }
                 Data::Base64(b) => {
                     w.extend_from_slice(b",\"data_base64\":");
@@ -820,28 +874,27 @@ impl Out<'_> {
                 match i32::try_from(size) {
                     Ok(n) => w.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                     Err(_) => {
-                        w.push(b'"');
+                        w.put_u8(b'"');
                         w.extend_from_slice(itoa::Buffer::new().format(size).as_bytes());
-                        w.push(b'"');
+                        w.put_u8(b'"');
                     }
                 }
             }
         }
-        w.push(b'}');
+        w.put_u8(b'}');
     }
 }
 
 /// A JSON string: written as it is when nothing in it needs escaping (no `"`, `\\` or control
 /// character: what serde_json escapes), else escaped by serde_json.
-fn put_str(w: &mut Vec<u8>, s: &str) {
+fn put_str(w: &mut impl BufMut, s: &str) {
     if json::is_plain(s.as_bytes()) {
-        w.reserve(s.len() + 2);
-        w.push(b'"');
-        w.extend_from_slice(s.as_bytes());
-        w.push(b'"');
+        w.put_u8(b'"');
+        w.put_slice(s.as_bytes());
+        w.put_u8(b'"');
     } else {
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *w, s);
+        // Writing into memory cannot fail.
+        let _ = serde_json::to_writer(BufMut::writer(&mut *w), s);
     }
 }
 
@@ -861,6 +914,13 @@ fn validation_errors(outcome: &Outcome) -> Option<String> {
 
 /// Builds the event for one record.
 pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
+    build_into(record, ctx, &mut BytesMut::new())
+}
+
+/// [`build`], the event's id and JSON taken from `block` (left empty, as it must be given): when
+/// less room is left than the event is expected to take, a new block of [`BLOCK`] (or the event's
+/// size) replaces it, and the old one is freed with the last event taken from it.
+pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) -> Event {
     // One walk over the headers: the content type and whether this is binary mode.
     let (mut content_type, mut binary_mode) = (None, false);
     for (k, v) in record.headers() {
@@ -900,15 +960,22 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
         + record.key.map_or(0, <[u8]>::len)
         + errors.map_or(0, str::len)
         + 512;
-    let mut json = Vec::with_capacity(estimate.min(ctx.max_bytes.saturating_add(1024)));
-    out.write(&mut json);
+    let room = ctx.id.len() + estimate.min(ctx.max_bytes.saturating_add(1024));
+    debug_assert!(block.is_empty(), "a block is given empty");
+    if block.capacity() - block.len() < room {
+        *block = BytesMut::with_capacity(room.max(BLOCK));
+    }
+    block.extend_from_slice(ctx.id.as_bytes());
+    let id = EventId(block.split().freeze());
+    let json = block;
+    out.write(json);
     let data_omitted = json.len() > ctx.max_bytes;
     let size = record.value.map_or(0, <[u8]>::len);
     let small;
     if data_omitted {
         out.omitted = Some(size);
         json.clear();
-        out.write(&mut json);
+        out.write(json);
         if json.len() > ctx.max_bytes {
             // Still too large (long attributes or key): eventgate's attributes only.
             small = Ce {
@@ -921,17 +988,17 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
             };
             out.ce = &small;
             json.clear();
-            out.write(&mut json);
+            out.write(json);
         }
     }
     Event {
-        id: ctx.id.to_owned(),
+        id,
         ce_type: match ctx.prepared {
             Some(p) if *p.ce_type == *out.ce.ce_type => p.ce_type.clone(),
             _ => Arc::from(&*out.ce.ce_type),
         },
         validation: ctx.outcome.label(),
-        json: Bytes::from(json),
+        json: json.split().freeze(),
         data_omitted,
         overridden: ce.overridden.0.count_ones(),
         wrapped: out.ce.wrapped.is_some(),

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Gauge, counter, gauge};
 use tokio::sync::mpsc;
 
@@ -356,6 +356,8 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
     let mut prepared: Vec<event::Prepared> = Vec::new();
     // Each record's event id, made in one reused buffer.
     let mut id = String::with_capacity(job.topic.len() + 48);
+    // The events' ids and JSON, taken from blocks (`event::build_into`).
+    let mut block = BytesMut::new();
     let source = format!("kafka://{}/{}", config.cluster, job.topic);
     let unix_nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
@@ -430,7 +432,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 None => None,
             };
             let ctx = event::Context { prepared: shared.and_then(|i| prepared.get(i)), ..ctx };
-            let event = event::build(&rec, &ctx);
+            let event = event::build_into(&rec, &ctx, &mut block);
             out_bytes += event.json.len();
             out.push(event);
             index += 1;

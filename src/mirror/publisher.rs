@@ -318,7 +318,7 @@ impl Publisher {
     /// Appends one publish: `HPUB <subject> <reply> <header bytes> <total bytes>`, a header block
     /// holding only `Nats-Msg-Id` (when `id` fits a header), and the payload. Nothing is sent
     /// until [`flush`](Self::flush); returns whether the buffer should be flushed now.
-    pub fn push(&mut self, subject: &str, reply: &str, id: &str, payload: &[u8]) -> bool {
+    pub fn push(&mut self, subject: &str, reply: &str, id: &[u8], payload: &[u8]) -> bool {
         encode_publish(&mut self.write, subject, reply, id, payload);
         self.unflushed += 1;
         self.write.len() >= WRITE_CHUNK
@@ -342,7 +342,7 @@ impl Publisher {
 
     /// The bytes a publish of `payload` with `id` takes against the server's `max_payload`
     /// (headers count).
-    pub fn message_size(id: &str, payload: usize) -> usize {
+    pub fn message_size(id: &[u8], payload: usize) -> usize {
         12 + if header_safe(id) { 15 + id.len() } else { 0 } + payload
     }
 
@@ -489,7 +489,7 @@ impl Publisher {
 
 /// Appends one `HPUB` to `w`: the protocol line, a header block holding only `Nats-Msg-Id` (when
 /// `id` fits a header as it is), and the payload.
-pub fn encode_publish(w: &mut Vec<u8>, subject: &str, reply: &str, id: &str, payload: &[u8]) {
+pub fn encode_publish(w: &mut Vec<u8>, subject: &str, reply: &str, id: &[u8], payload: &[u8]) {
     const START: &[u8] = b"NATS/1.0\r\n";
     const NAME: &[u8] = b"Nats-Msg-Id: ";
     let with_id = header_safe(id);
@@ -507,7 +507,7 @@ pub fn encode_publish(w: &mut Vec<u8>, subject: &str, reply: &str, id: &str, pay
     w.extend_from_slice(START);
     if with_id {
         w.extend_from_slice(NAME);
-        w.extend_from_slice(id.as_bytes());
+        w.extend_from_slice(id);
         w.extend_from_slice(b"\r\n");
     }
     w.extend_from_slice(b"\r\n");
@@ -604,8 +604,8 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
 }
 
 /// Whether `id` can be a header value as it is (eventgate's ids always can: topic names and numbers).
-fn header_safe(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic())
+fn header_safe(id: &[u8]) -> bool {
+    !id.is_empty() && id.iter().all(u8::is_ascii_graphic)
 }
 
 fn truncate(s: &str) -> &str {
@@ -657,16 +657,16 @@ mod tests {
     #[test]
     fn a_publish_carries_the_id_header_and_the_payload() {
         let mut p = publisher(b"");
-        p.push("eg.t", "_INBOX.x.7", "t-0-1", b"{}");
+        p.push("eg.t", "_INBOX.x.7", b"t-0-1", b"{}");
         let hdr = "NATS/1.0\r\nNats-Msg-Id: t-0-1\r\n\r\n";
         let want = format!("HPUB eg.t _INBOX.x.7 {} {}\r\n{hdr}{{}}\r\n", hdr.len(), hdr.len() + 2);
         assert_eq!(String::from_utf8_lossy(&p.write), want);
-        assert_eq!(Publisher::message_size("t-0-1", 2), hdr.len() + 2);
+        assert_eq!(Publisher::message_size(b"t-0-1", 2), hdr.len() + 2);
         // An id that would break the header block is left out, never written.
         let mut p = publisher(b"");
-        p.push("eg.t", "r.1", "a\r\nInjected: yes", b"x");
+        p.push("eg.t", "r.1", b"a\r\nInjected: yes", b"x");
         assert!(!String::from_utf8_lossy(&p.write).contains("Injected"));
-        assert_eq!(Publisher::message_size("a\r\nb", 1), "NATS/1.0\r\n\r\n".len() + 1);
+        assert_eq!(Publisher::message_size(b"a\r\nb", 1), "NATS/1.0\r\n\r\n".len() + 1);
     }
 
     #[test]

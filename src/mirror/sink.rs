@@ -64,7 +64,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::event::Event;
+use super::event::{Event, EventId};
 use super::publisher::{BATCH_APPEND, BATCH_END, BATCH_START, Incoming, PublishError, Publisher, ReplyTo};
 
 /// An event on the in-process feed.
@@ -140,7 +140,9 @@ impl LocalSink {
                 subject: subject.clone(),
                 ce_type: e.ce_type,
                 validation: e.validation,
-                json: e.json,
+                // A copy: a watcher may hold a few events of many, and a slice of the event's
+                // block would keep the whole block (`event::BLOCK`) alive for each.
+                json: Bytes::copy_from_slice(&e.json),
             }));
         }
     }
@@ -469,7 +471,10 @@ struct InFlight {
     token: u64,
     /// Made once per chunk of events; a clone is a reference count.
     subject: Arc<str>,
-    event: Event,
+    id: EventId,
+    /// The event: a slice of the block it was built in when first sent, its own copy when sent
+    /// again (so what a block pins stays within the window: see `event::BLOCK`).
+    json: Bytes,
     sent: Instant,
     /// The highest stream sequence known to be taken when this was sent: if the event is
     /// stored, it is stored after this.
@@ -668,7 +673,7 @@ impl JetStreamSink {
                 Ok(Some(Incoming::Error(e))) => {
                     // The server may close the connection after it; events it dropped are never
                     // answered and come back through the timeouts.
-                    let id = self.pending.front().map(|f| f.event.id.clone()).unwrap_or_default();
+                    let id = self.pending.front().map(|f| f.id.clone()).unwrap_or_default();
                     self.degrade(&id, &format!("NATS said: {e}"));
                 }
                 Ok(None) => return,
@@ -709,7 +714,7 @@ impl JetStreamSink {
     /// Sends one event, retrying until the connection takes it; false only on shutdown.
     async fn send(&mut self, subject: Arc<str>, event: Event, sent: Instant, shutdown: &CancellationToken) -> bool {
         let floor = self.last_seq;
-        self.send_from(subject, event, floor, sent, shutdown).await
+        self.send_from(subject, event.id, event.json, floor, sent, shutdown).await
     }
 
     /// [`send`](Self::send) for an event first sent when the stream's known sequence was `floor`:
@@ -719,7 +724,8 @@ impl JetStreamSink {
     async fn send_from(
         &mut self,
         subject: Arc<str>,
-        event: Event,
+        id: EventId,
+        json: Bytes,
         floor: u64,
         sent: Instant,
         shutdown: &CancellationToken,
@@ -747,14 +753,14 @@ impl JetStreamSink {
                 }
             }
             let Some(conn) = self.conn.as_mut() else { continue };
-            if Publisher::message_size(&event.id, event.json.len()) > conn.max_payload {
+            if Publisher::message_size(id.as_bytes(), json.len()) > conn.max_payload {
                 // The server would refuse it every time: drop it from the mirror, counted.
                 if let Some((_, c)) = self.metrics.refused.iter().find(|(r, _)| *r == "message_too_large") {
                     c.increment(1);
                 }
                 tracing::warn!(
-                    id = event.id,
-                    bytes = event.json.len(),
+                    id = id.as_str(),
+                    bytes = json.len(),
                     max_payload = conn.max_payload,
                     "event larger than the NATS server takes; not mirrored"
                 );
@@ -787,15 +793,15 @@ impl JetStreamSink {
             // Sent at WRITE_CHUNK bytes, or at half the window, so the server always has a part
             // of the window to work on while the rest is built.
             let mut flush_now =
-                conn.push(&subject, &self.reply, &event.id, &event.json) || conn.unflushed() >= self.window.div_ceil(2);
+                conn.push(&subject, &self.reply, id.as_bytes(), &json) || conn.unflushed() >= self.window.div_ceil(2);
             if end_batch {
                 self.end_batch();
                 flush_now = true;
             }
             let Some(conn) = self.conn.as_mut() else { continue };
             self.next_token += 1;
-            self.pending_bytes += event.json.len();
-            self.pending.push_back(InFlight { token, subject, event, sent, floor, state: State::Sent, batch });
+            self.pending_bytes += json.len();
+            self.pending.push_back(InFlight { token, subject, id, json, sent, floor, state: State::Sent, batch });
             if flush_now {
                 let flushed = tokio::select! {
                     r = conn.flush() => r,
@@ -897,10 +903,15 @@ impl JetStreamSink {
 
     /// Drops done events from the front, so the window moves on.
     fn trim(&mut self) {
-        while self.pending.front().is_some_and(|f| f.state == State::Done) {
-            if let Some(f) = self.pending.pop_front() {
-                self.pending_bytes -= f.event.json.len();
-            }
+        // Dropped where they lie: moving each out first was a measurable share of the worker.
+        let done = self
+            .pending
+            .iter()
+            .take_while(|f| f.state == State::Done)
+            .fold((0, 0), |(n, b), f| (n + 1, b + f.json.len()));
+        if done.0 > 0 {
+            self.pending_bytes -= done.1;
+            self.pending.drain(..done.0);
         }
     }
 
@@ -934,7 +945,7 @@ impl JetStreamSink {
                 }
                 if let Some(n) = refused_log().note() {
                     tracing::warn!(
-                        id = self.pending[i].event.id,
+                        id = self.pending[i].id.as_str(),
                         reason,
                         events = n,
                         "JetStream refused mirrored events for good ({description}); they are not mirrored"
@@ -945,7 +956,7 @@ impl JetStreamSink {
                 // Not stored: sending it again cannot duplicate it.
                 self.metrics.refused_retry.increment(1);
                 self.pending[i].state = State::Again;
-                let id = self.pending[i].event.id.clone();
+                let id = self.pending[i].id.clone();
                 self.degrade(&id, &description);
                 self.schedule_retry();
             }
@@ -1110,7 +1121,7 @@ impl JetStreamSink {
         }
         if timed_out > 0 {
             self.metrics.no_ack.increment(timed_out);
-            if let Some(id) = self.pending.iter().find(|f| f.state == State::Doubt).map(|f| f.event.id.clone()) {
+            if let Some(id) = self.pending.iter().find(|f| f.state == State::Doubt).map(|f| f.id.clone()) {
                 self.degrade(&id, "no answer in time");
             }
             // Look at once: usually the answers were lost with a connection, and the stream
@@ -1131,7 +1142,7 @@ impl JetStreamSink {
             .pending
             .iter()
             .filter(|f| f.state == State::Doubt)
-            .map(|f| (f.event.id.as_str(), f.floor, &*f.subject))
+            .map(|f| (f.id.as_str(), f.floor, &*f.subject))
             .collect();
         if !doubt.is_empty() {
             let floor = doubt.iter().map(|d| d.1).min().unwrap_or(0);
@@ -1146,7 +1157,7 @@ impl JetStreamSink {
                 Ok(Ok(found)) => {
                     let mut confirmed = 0u64;
                     for f in self.pending.iter_mut().filter(|f| f.state == State::Doubt) {
-                        if found.contains(f.event.id.as_str()) {
+                        if found.contains(f.id.as_str()) {
                             f.state = State::Done;
                             confirmed += 1;
                         } else {
@@ -1177,8 +1188,10 @@ impl JetStreamSink {
         };
         let resent = !again.is_empty();
         for f in again {
-            self.pending_bytes -= f.event.json.len();
-            if !self.send_from(f.subject, f.event, f.floor, Instant::now(), shutdown).await {
+            self.pending_bytes -= f.json.len();
+            // Copies: a resend must not keep the blocks of events long done alive.
+            let (id, json) = (f.id.detached(), Bytes::copy_from_slice(&f.json));
+            if !self.send_from(f.subject, id, json, f.floor, Instant::now(), shutdown).await {
                 return;
             }
         }
@@ -1394,7 +1407,7 @@ mod batch_tests {
 
     fn event(n: u64) -> Event {
         Event {
-            id: format!("t-0-{n}"),
+            id: EventId::new(&format!("t-0-{n}")),
             ce_type: "t".into(),
             validation: "valid",
             json: Bytes::from_static(b"{}"),
@@ -1455,6 +1468,29 @@ mod batch_tests {
         assert!(s.batching.is_none());
         assert!(!appended(&s).contains(".3.$FI"));
         assert_eq!(states(&s), [State::Done, State::Sent]);
+    }
+
+    /// An event goes out first as a slice of the block it was built in; sent again, it is a copy,
+    /// so events waiting for a resend never keep old blocks alive.
+    #[tokio::test]
+    async fn an_event_sent_again_is_a_copy_not_a_slice_of_its_block() {
+        let mut s = sink(true).await;
+        s.batching = None;
+        let block = Bytes::from_static(b"{}[]");
+        let subject: Arc<str> = "eg.t".into();
+        let shutdown = CancellationToken::new();
+        for i in 0..2usize {
+            let e = Event { json: block.slice(2 * i..2 * i + 2), ..event(i as u64) };
+            assert!(s.send(subject.clone(), e, Instant::now(), &shutdown).await);
+        }
+        assert!(block.as_ptr_range().contains(&s.pending[1].json.as_ptr()));
+        s.on_answer(0, Answer::Stored { seq: 1, duplicate: false });
+        s.on_answer(1, Answer::Retry { description: "not yet".into() });
+        s.retry(&shutdown).await;
+        assert_eq!(states(&s), [State::Sent]);
+        let again = &s.pending[0];
+        assert_eq!((&again.json[..], again.id.as_str()), (&b"[]"[..], "t-0-1"));
+        assert!(!block.as_ptr_range().contains(&again.json.as_ptr()));
     }
 
     #[tokio::test]

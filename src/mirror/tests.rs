@@ -50,7 +50,7 @@ async fn events_get_broker_offsets_and_deterministic_ids() {
         route: None,
         producer: Default::default(),
     };
-    let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id.to_string()).collect();
     assert_eq!(ids, vec!["orders-3-100", "orders-3-101", "orders-3-102"]);
 }
 
@@ -395,6 +395,74 @@ async fn offsets_come_from_the_broker_s_base_not_the_producer_s_deltas() {
         route: None,
         producer: Default::default(),
     };
-    let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id).collect();
+    let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id.to_string()).collect();
     assert_eq!(ids, ["orders-0-100", "orders-0-101", "orders-0-102", "orders-0-103", "orders-0-104"]);
+}
+
+/// A job's events are taken one after another from shared blocks (`event::BLOCK`): no allocation
+/// per event. An event larger than a block gets a block of its own size, and the events after it
+/// go on in what that block has left.
+#[tokio::test]
+async fn a_job_s_events_are_consecutive_in_shared_blocks() {
+    let mut section = Vec::new();
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(event::BLOCK));
+    for i in 0..40i32 {
+        let value: &[u8] = if i == 20 { big.as_bytes() } else { br#"{"i":1}"# };
+        write_record(&mut section, i64::from(i), i, None, Some(value), std::iter::empty());
+    }
+    let header = BatchHeader::new(40, Codec::None, 1000);
+    let mut records = BytesMut::new();
+    write_batch(&mut records, &header, &section, Framing::Standard).unwrap();
+    let job = Job {
+        topic: "orders".into(),
+        partition: 0,
+        base_offset: Some(0),
+        log_append_time: -1,
+        records: records.freeze(),
+        outcomes: None,
+        route: None,
+        producer: Default::default(),
+    };
+    let events = events_of(&config(), &job).await;
+    assert_eq!(events.len(), 40);
+    let follows = |a: &event::Event, b: &event::Event| {
+        a.id.as_bytes().as_ptr_range().end == a.json.as_ptr() && a.json.as_ptr_range().end == b.id.as_bytes().as_ptr()
+    };
+    for (i, pair) in events.windows(2).enumerate() {
+        // Each event's id sits just before its JSON, and the next event just after it.
+        assert_eq!(pair[0].id.as_bytes().as_ptr_range().end, pair[0].json.as_ptr(), "event {i}");
+        let (a, b) = (&pair[0], &pair[1]);
+        match i {
+            // The large event did not fit in the first block.
+            19 => assert!(!follows(a, b), "event {i} and the next share a block"),
+            _ => assert!(follows(a, b), "event {i} and the next are not consecutive"),
+        }
+    }
+    assert!(events[20].json.len() > event::BLOCK);
+}
+
+/// The in-process feed hands watchers copies: a watcher holding one event of many must not keep
+/// the whole block it was built in.
+#[tokio::test]
+async fn the_live_feed_holds_copies_not_blocks() {
+    let job = Job {
+        topic: "orders".into(),
+        partition: 0,
+        base_offset: Some(0),
+        log_append_time: -1,
+        records: batch(3),
+        outcomes: None,
+        route: None,
+        producer: Default::default(),
+    };
+    let events = events_of(&config(), &job).await;
+    let built: Vec<(*const u8, Bytes)> = events.iter().map(|e| (e.json.as_ptr(), e.json.clone())).collect();
+    let (tx, mut rx) = tokio::sync::broadcast::channel(8);
+    let mut sink = sink::Sink::Local(sink::LocalSink::new(tx));
+    sink.publish(&Arc::from("p.orders"), events, &tokio_util::sync::CancellationToken::new()).await;
+    for (ptr, json) in built {
+        let live = rx.recv().await.unwrap();
+        assert_eq!(live.json, json);
+        assert_ne!(live.json.as_ptr(), ptr);
+    }
 }
