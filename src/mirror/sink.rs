@@ -626,7 +626,15 @@ impl JetStreamSink {
                 self.handle(wake, shutdown).await;
                 now = Instant::now();
             }
-            if !self.send(subject.clone(), event, now, shutdown).await {
+            // Connected, the event is appended without an `async` call of its own (each such
+            // call moves its arguments into a future: a measurable share of the worker's time);
+            // otherwise `send_from` connects first.
+            let floor = self.last_seq;
+            let sent = match self.append(subject, event.id, event.json, floor, now) {
+                Ok(flush) => !flush || self.flush_conn(shutdown).await,
+                Err((id, json)) => self.send_from(subject.clone(), id, json, floor, now, shutdown).await,
+            };
+            if !sent {
                 return;
             }
             // Answers that have arrived are read now and then (each look costs a poll of the
@@ -712,6 +720,7 @@ impl JetStreamSink {
     }
 
     /// Sends one event, retrying until the connection takes it; false only on shutdown.
+    #[cfg(test)]
     async fn send(&mut self, subject: Arc<str>, event: Event, sent: Instant, shutdown: &CancellationToken) -> bool {
         let floor = self.last_seq;
         self.send_from(subject, event.id, event.json, floor, sent, shutdown).await
@@ -724,8 +733,8 @@ impl JetStreamSink {
     async fn send_from(
         &mut self,
         subject: Arc<str>,
-        id: EventId,
-        json: Bytes,
+        mut id: EventId,
+        mut json: Bytes,
         floor: u64,
         sent: Instant,
         shutdown: &CancellationToken,
@@ -752,67 +761,89 @@ impl JetStreamSink {
                     }
                 }
             }
-            let Some(conn) = self.conn.as_mut() else { continue };
-            if Publisher::message_size(id.as_bytes(), json.len()) > conn.max_payload {
-                // The server would refuse it every time: drop it from the mirror, counted.
-                if let Some((_, c)) = self.metrics.refused.iter().find(|(r, _)| *r == "message_too_large") {
-                    c.increment(1);
-                }
-                tracing::warn!(
-                    id = id.as_str(),
-                    bytes = json.len(),
-                    max_payload = conn.max_payload,
-                    "event larger than the NATS server takes; not mirrored"
-                );
-                return true;
+            match self.append(&subject, id, json, floor, sent) {
+                Ok(flush) => return !flush || self.flush_conn(shutdown).await,
+                Err(back) => (id, json) = back,
             }
-            let token = self.next_token;
-            let batched = self.batching.as_mut().is_some_and(Batching::active);
-            let (batch, end_batch) = match self.batching.as_mut() {
-                Some(b) if batched => {
-                    if b.open.is_none() {
-                        b.open(token, &subject);
-                    }
-                    let Some(open) = b.open.as_mut() else { continue };
-                    open.sent += 1;
-                    if !Arc::ptr_eq(&open.subject, &subject) {
-                        open.subject = subject.clone();
-                    }
-                    let (first, seq) = (open.first, open.sent);
-                    b.reply(&mut self.reply, seq, if seq == 1 { BATCH_START } else { BATCH_APPEND });
-                    (Some(first), seq >= BATCH_EVENTS)
-                }
-                _ => {
-                    self.reply.clear();
-                    self.reply.push_str(&self.inbox);
-                    self.reply.push('.');
-                    self.reply.push_str(itoa::Buffer::new().format(token));
-                    (None, false)
-                }
-            };
-            // Sent at WRITE_CHUNK bytes, or at half the window, so the server always has a part
-            // of the window to work on while the rest is built.
-            let mut flush_now =
-                conn.push(&subject, &self.reply, id.as_bytes(), &json) || conn.unflushed() >= self.window.div_ceil(2);
-            if end_batch {
-                self.end_batch();
-                flush_now = true;
-            }
-            let Some(conn) = self.conn.as_mut() else { continue };
-            self.next_token += 1;
-            self.pending_bytes += json.len();
-            self.pending.push_back(InFlight { token, subject, id, json, sent, floor, state: State::Sent, batch });
-            if flush_now {
-                let flushed = tokio::select! {
-                    r = conn.flush() => r,
-                    _ = shutdown.cancelled() => return false,
-                };
-                if let Err(e) = flushed {
-                    self.lost(&e.to_string());
-                }
-            }
-            return true;
         }
+    }
+
+    /// Appends the event to the connection's writes and puts it in the window; `Ok(true)` when
+    /// the writes should go out now. An event larger than the server takes is dropped here,
+    /// counted. Without a connection, the event comes back.
+    fn append(
+        &mut self,
+        subject: &Arc<str>,
+        id: EventId,
+        json: Bytes,
+        floor: u64,
+        sent: Instant,
+    ) -> Result<bool, (EventId, Bytes)> {
+        let Some(conn) = self.conn.as_mut() else { return Err((id, json)) };
+        if Publisher::message_size(id.as_bytes(), json.len()) > conn.max_payload {
+            // The server would refuse it every time: drop it from the mirror, counted.
+            if let Some((_, c)) = self.metrics.refused.iter().find(|(r, _)| *r == "message_too_large") {
+                c.increment(1);
+            }
+            tracing::warn!(
+                id = id.as_str(),
+                bytes = json.len(),
+                max_payload = conn.max_payload,
+                "event larger than the NATS server takes; not mirrored"
+            );
+            return Ok(false);
+        }
+        let token = self.next_token;
+        let batched = self.batching.as_mut().is_some_and(Batching::active);
+        let (batch, end_batch) = match self.batching.as_mut() {
+            Some(b) if batched => {
+                if b.open.is_none() {
+                    b.open(token, subject);
+                }
+                let Some(open) = b.open.as_mut() else { return Err((id, json)) };
+                open.sent += 1;
+                if !Arc::ptr_eq(&open.subject, subject) {
+                    open.subject = subject.clone();
+                }
+                let (first, seq) = (open.first, open.sent);
+                b.reply(&mut self.reply, seq, if seq == 1 { BATCH_START } else { BATCH_APPEND });
+                (Some(first), seq >= BATCH_EVENTS)
+            }
+            _ => {
+                self.reply.clear();
+                self.reply.push_str(&self.inbox);
+                self.reply.push('.');
+                self.reply.push_str(itoa::Buffer::new().format(token));
+                (None, false)
+            }
+        };
+        // Sent at WRITE_CHUNK bytes, or at half the window, so the server always has a part
+        // of the window to work on while the rest is built.
+        let mut flush =
+            conn.push(subject, &self.reply, id.as_bytes(), &json) || conn.unflushed() >= self.window.div_ceil(2);
+        if end_batch {
+            self.end_batch();
+            flush = true;
+        }
+        self.next_token += 1;
+        self.pending_bytes += json.len();
+        let subject = subject.clone();
+        self.pending.push_back(InFlight { token, subject, id, json, sent, floor, state: State::Sent, batch });
+        Ok(flush)
+    }
+
+    /// Sends what was appended; false only on shutdown (a failed write loses the connection,
+    /// and the window's events are in doubt).
+    async fn flush_conn(&mut self, shutdown: &CancellationToken) -> bool {
+        let Some(conn) = self.conn.as_mut() else { return true };
+        let flushed = tokio::select! {
+            r = conn.flush() => r,
+            _ = shutdown.cancelled() => return false,
+        };
+        if let Err(e) = flushed {
+            self.lost(&e.to_string());
+        }
+        true
     }
 
     /// The earliest moment something is due: the oldest unanswered event's timeout, or the
