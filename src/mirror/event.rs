@@ -231,10 +231,15 @@ impl fmt::Debug for EventId {
     }
 }
 
-/// The room [`build_into`] starts a block with: events are taken from it one after another, so
-/// a block is an allocation per some dozens of events instead of two per event, and it is freed
-/// when the last of them is (held events are consecutive: what a block pins beyond what they
-/// hold is at most its unused rest and its neighbours' partly freed ones).
+/// The room [`build_into`] starts a block with. The mirror's worker takes every job's events from
+/// one block after another, so a block is an allocation per some dozens of events instead of two
+/// per event, and it is freed with the last event taken from it. Events held together (the chunk
+/// being sent, the window of unanswered events) lie together, so their blocks hold little beyond
+/// them: the unused end of a block where the next event did not fit, and the first and last
+/// block's share of events no longer held. An event larger than a block gets a block of its size
+/// (the events after it use what it leaves); an event sent without its data leaves no large block
+/// behind ([`written_again`]). Whatever keeps a few events of many (a resend, the in-process
+/// feed's watchers) keeps copies.
 pub const BLOCK: usize = 64 * 1024;
 
 /// A built event.
@@ -913,13 +918,26 @@ fn validation_errors(outcome: &Outcome) -> Option<String> {
 }
 
 /// Builds the event for one record.
+/// Makes `block` ready for an event written again, smaller: the same room, unless the first
+/// attempt was given a block of its own or grew one past [`BLOCK`] (the small event and the ones
+/// after it must not keep that alive), then a fresh block.
+fn written_again(block: &mut BytesMut) {
+    block.clear();
+    if block.capacity() > BLOCK {
+        *block = BytesMut::with_capacity(BLOCK);
+    }
+}
+
+#[cfg(test)]
 pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
     build_into(record, ctx, &mut BytesMut::new())
 }
 
-/// [`build`], the event's id and JSON taken from `block` (left empty, as it must be given): when
+/// [`build`], the event's JSON and id taken from `block` (left empty, as it must be given): when
 /// less room is left than the event is expected to take, a new block of [`BLOCK`] (or the event's
-/// size) replaces it, and the old one is freed with the last event taken from it.
+/// size) replaces it, and the old one is freed with the last event taken from it. An event sent
+/// without its data is written again where its first attempt was, or into a fresh block when
+/// that attempt had a large one ([`written_again`]).
 pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) -> Event {
     // One walk over the headers: the content type and whether this is binary mode.
     let (mut content_type, mut binary_mode) = (None, false);
@@ -965,8 +983,6 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
     if block.capacity() - block.len() < room {
         *block = BytesMut::with_capacity(room.max(BLOCK));
     }
-    block.extend_from_slice(ctx.id.as_bytes());
-    let id = EventId(block.split().freeze());
     let json = block;
     out.write(json);
     let data_omitted = json.len() > ctx.max_bytes;
@@ -974,7 +990,7 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
     let small;
     if data_omitted {
         out.omitted = Some(size);
-        json.clear();
+        written_again(json);
         out.write(json);
         if json.len() > ctx.max_bytes {
             // Still too large (long attributes or key): eventgate's attributes only.
@@ -987,10 +1003,15 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
                 ..plain(record, ctx, None, None)
             };
             out.ce = &small;
-            json.clear();
+            written_again(json);
             out.write(json);
         }
     }
+    let event = json.split().freeze();
+    // The id after its event, in the same block (written last, so an oversized event's first
+    // attempt is not kept alive by it).
+    json.extend_from_slice(ctx.id.as_bytes());
+    let id = EventId(json.split().freeze());
     Event {
         id,
         ce_type: match ctx.prepared {
@@ -998,7 +1019,7 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
             _ => Arc::from(&*out.ce.ce_type),
         },
         validation: ctx.outcome.label(),
-        json: json.split().freeze(),
+        json: event,
         data_omitted,
         overridden: ce.overridden.0.count_ones(),
         wrapped: out.ce.wrapped.is_some(),

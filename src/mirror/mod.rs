@@ -281,6 +281,8 @@ async fn run(
     stop: Stop,
 ) {
     let shutdown = stop.abort;
+    // Every job's events are taken from this one block after another (`expand_into`).
+    let mut block = BytesMut::new();
     loop {
         // Answers are read while waiting for work too, so timeouts are measured from each send,
         // not from when the window next fills.
@@ -306,7 +308,7 @@ async fn run(
         let subject_prefix = if job.base_offset.is_some() { &config.subject_prefix } else { &config.rejected_prefix };
         let subject = subject(subject_prefix, &job.topic);
         let counter = if job.base_offset.is_some() { &metrics.events } else { &metrics.rejected_events };
-        expand(&config, &job, async |events: Vec<event::Event>| {
+        expand_into(&config, &job, &mut block, async |events: Vec<event::Event>| {
             // Summed per chunk: a counter's increment is two atomic additions, and most events
             // add nothing to these three.
             let (mut omitted, mut overridden, mut wrapped) = (0u64, 0u64, 0u64);
@@ -342,8 +344,21 @@ async fn run(
 }
 
 /// The events of one job, handed to `emit` [`EVENT_CHUNK`] (or [`CHUNK_BYTES`]) at a time, so that
-/// a batch that decompresses to millions of records is never held as millions of events.
-pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(Vec<event::Event>)) {
+/// a batch that decompresses to millions of records is never held as millions of events. Their
+/// ids and JSON are taken from a block of their own ([`expand_into`] for the worker's).
+pub async fn expand(config: &MirrorConfig, job: &Job, emit: impl AsyncFnMut(Vec<event::Event>)) {
+    expand_into(config, job, &mut BytesMut::new(), emit).await;
+}
+
+/// [`expand`], the events' ids and JSON taken from `block` ([`event::build_into`]). The worker
+/// keeps one block for all jobs, so the events of consecutive jobs lie one after another, and a
+/// job of one small record does not start a block of its own.
+pub async fn expand_into(
+    config: &MirrorConfig,
+    job: &Job,
+    block: &mut BytesMut,
+    mut emit: impl AsyncFnMut(Vec<event::Event>),
+) {
     let mut out = Vec::with_capacity(EVENT_CHUNK);
     let mut out_bytes = 0usize;
     let mut scratch = Vec::new();
@@ -356,8 +371,6 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
     let mut prepared: Vec<event::Prepared> = Vec::new();
     // Each record's event id, made in one reused buffer.
     let mut id = String::with_capacity(job.topic.len() + 48);
-    // The events' ids and JSON, taken from blocks (`event::build_into`).
-    let mut block = BytesMut::new();
     let source = format!("kafka://{}/{}", config.cluster, job.topic);
     let unix_nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
@@ -432,7 +445,7 @@ pub async fn expand(config: &MirrorConfig, job: &Job, mut emit: impl AsyncFnMut(
                 None => None,
             };
             let ctx = event::Context { prepared: shared.and_then(|i| prepared.get(i)), ..ctx };
-            let event = event::build_into(&rec, &ctx, &mut block);
+            let event = event::build_into(&rec, &ctx, block);
             out_bytes += event.json.len();
             out.push(event);
             index += 1;

@@ -393,6 +393,12 @@ struct OpenBatch {
     subject: Arc<str>,
 }
 
+impl OpenBatch {
+    fn new(first: u64, subject: &Arc<str>) -> Self {
+        Self { first, sent: 0, acked: 0, subject: subject.clone() }
+    }
+}
+
 impl Batching {
     fn new(inbox: &str, window: usize) -> Self {
         let tag = inbox.rsplit('.').next().unwrap_or(inbox);
@@ -416,7 +422,7 @@ impl Batching {
         self.prefix.push('.');
         self.prefix.push_str(n.format(self.flow));
         self.prefix.push_str(".fail.");
-        self.open = Some(OpenBatch { first, sent: 0, acked: 0, subject: subject.clone() });
+        self.open = Some(OpenBatch::new(first, subject));
         self.end_at = None;
     }
 
@@ -770,7 +776,7 @@ impl JetStreamSink {
 
     /// Appends the event to the connection's writes and puts it in the window; `Ok(true)` when
     /// the writes should go out now. An event larger than the server takes is dropped here,
-    /// counted. Without a connection, the event comes back.
+    /// counted. Without a connection (and only then), the event comes back.
     fn append(
         &mut self,
         subject: &Arc<str>,
@@ -800,7 +806,7 @@ impl JetStreamSink {
                 if b.open.is_none() {
                     b.open(token, subject);
                 }
-                let Some(open) = b.open.as_mut() else { return Err((id, json)) };
+                let open = b.open.get_or_insert_with(|| OpenBatch::new(token, subject));
                 open.sent += 1;
                 if !Arc::ptr_eq(&open.subject, subject) {
                     open.subject = subject.clone();
@@ -1499,6 +1505,22 @@ mod batch_tests {
         assert!(s.batching.is_none());
         assert!(!appended(&s).contains(".3.$FI"));
         assert_eq!(states(&s), [State::Done, State::Sent]);
+    }
+
+    /// A connected sink appends each event of a chunk directly (`append`, no `async` call per
+    /// event): one `HPUB` each, in order, with consecutive reply tokens, all in the window.
+    #[tokio::test]
+    async fn a_chunk_is_appended_in_order_by_a_connected_sink() {
+        let mut s = sink(true).await;
+        s.batching = None;
+        let subject: Arc<str> = "eg.t".into();
+        s.publish(&subject, (0..3).map(event).collect(), &CancellationToken::new()).await;
+        assert_eq!(states(&s), [State::Sent; 3]);
+        let out = appended(&s);
+        let at: Vec<usize> = (0..3).map(|t| out.find(&format!("HPUB eg.t _INBOX.t.{t} ")).unwrap()).collect();
+        assert!(at.is_sorted(), "{out}");
+        assert!(out.contains("Nats-Msg-Id: t-0-2\r\n"), "{out}");
+        assert_eq!(s.pending_bytes, 6);
     }
 
     /// An event goes out first as a slice of the block it was built in; sent again, it is a copy,

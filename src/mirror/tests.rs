@@ -425,12 +425,9 @@ async fn a_job_s_events_are_consecutive_in_shared_blocks() {
     };
     let events = events_of(&config(), &job).await;
     assert_eq!(events.len(), 40);
-    let follows = |a: &event::Event, b: &event::Event| {
-        a.id.as_bytes().as_ptr_range().end == a.json.as_ptr() && a.json.as_ptr_range().end == b.id.as_bytes().as_ptr()
-    };
     for (i, pair) in events.windows(2).enumerate() {
-        // Each event's id sits just before its JSON, and the next event just after it.
-        assert_eq!(pair[0].id.as_bytes().as_ptr_range().end, pair[0].json.as_ptr(), "event {i}");
+        // Each event's id sits just after its JSON, and the next event just after that.
+        assert_eq!(pair[0].json.as_ptr_range().end, pair[0].id.as_bytes().as_ptr(), "event {i}");
         let (a, b) = (&pair[0], &pair[1]);
         match i {
             // The large event did not fit in the first block.
@@ -439,6 +436,84 @@ async fn a_job_s_events_are_consecutive_in_shared_blocks() {
         }
     }
     assert!(events[20].json.len() > event::BLOCK);
+}
+
+/// `a`'s id ends where `b`'s JSON starts: `b` was taken from the same block right after `a`.
+fn follows(a: &event::Event, b: &event::Event) -> bool {
+    a.json.as_ptr_range().end == a.id.as_bytes().as_ptr() && a.id.as_bytes().as_ptr_range().end == b.json.as_ptr()
+}
+
+/// The worker takes the events of one job after another from one block: a thousand jobs of one
+/// small record each (one Produce request touching many partitions) share blocks too, instead of
+/// each starting a 64 KiB block its event would keep alive.
+#[tokio::test]
+async fn jobs_of_one_record_share_the_worker_s_blocks() {
+    let mut block = BytesMut::new();
+    let mut events = Vec::new();
+    for partition in 0..1000 {
+        let job = Job {
+            topic: "orders".into(),
+            partition,
+            base_offset: Some(7),
+            log_append_time: -1,
+            records: batch(1),
+            outcomes: None,
+            route: None,
+            producer: Default::default(),
+        };
+        expand_into(&config(), &job, &mut block, async |chunk: Vec<event::Event>| events.extend(chunk)).await;
+    }
+    assert_eq!(events.len(), 1000);
+    let new_blocks = events.windows(2).filter(|p| !follows(&p[0], &p[1])).count();
+    let bytes: usize = events.iter().map(|e| e.json.len() + e.id.len()).sum();
+    assert!(new_blocks <= bytes / event::BLOCK + 1, "{new_blocks} blocks for {bytes} bytes");
+}
+
+/// An event too large for the stream is written again without its data. Its first attempt, given
+/// a large block of its own, is not kept alive by the small event or the ones after it; an
+/// attempt that fit the shared block is written over.
+#[tokio::test]
+async fn an_event_without_its_data_leaves_no_large_block_behind() {
+    let config = MirrorConfig { max_event_bytes: 200 << 10, ..config() };
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(300 << 10));
+    let small_over = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
+    for (value, limit) in [(big.as_str(), 200 << 10), (small_over.as_str(), 900)] {
+        let config = MirrorConfig { max_event_bytes: limit, ..config.clone() };
+        let mut section = Vec::new();
+        for i in 0..3i32 {
+            let v: &[u8] = if i == 1 { value.as_bytes() } else { br#"{"i":1}"# };
+            write_record(&mut section, i64::from(i), i, None, Some(v), std::iter::empty());
+        }
+        let mut records = BytesMut::new();
+        write_batch(&mut records, &BatchHeader::new(3, Codec::None, 1000), &section, Framing::Standard).unwrap();
+        let job = Job {
+            topic: "orders".into(),
+            partition: 0,
+            base_offset: Some(0),
+            log_append_time: -1,
+            records: records.freeze(),
+            outcomes: None,
+            route: None,
+            producer: Default::default(),
+        };
+        let mut block = BytesMut::new();
+        let events = events_into(&config, &job, &mut block).await;
+        assert!(events[1].data_omitted);
+        let v: serde_json::Value = serde_json::from_slice(&events[1].json).unwrap();
+        assert_eq!((v["id"].as_str(), v["dataomitted"].as_bool()), (Some("orders-0-1"), Some(true)));
+        assert_eq!(events[1].id.as_str(), "orders-0-1");
+        // What the worker's block has left is at most a block: no large one lives on.
+        assert!(block.capacity() <= event::BLOCK, "{} bytes of room", block.capacity());
+        assert!(follows(&events[1], &events[2]));
+        // The small attempt was written over where it lay; the large one went with its block.
+        assert_eq!(follows(&events[0], &events[1]), limit == 900);
+    }
+}
+
+async fn events_into(config: &MirrorConfig, job: &Job, block: &mut BytesMut) -> Vec<event::Event> {
+    let mut all = Vec::new();
+    expand_into(config, job, block, async |chunk: Vec<event::Event>| all.extend(chunk)).await;
+    all
 }
 
 /// The in-process feed hands watchers copies: a watcher holding one event of many must not keep
