@@ -404,25 +404,8 @@ async fn offsets_come_from_the_broker_s_base_not_the_producer_s_deltas() {
 /// go on in what that block has left.
 #[tokio::test]
 async fn a_job_s_events_are_consecutive_in_shared_blocks() {
-    let mut section = Vec::new();
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(event::BLOCK));
-    for i in 0..40i32 {
-        let value: &[u8] = if i == 20 { big.as_bytes() } else { br#"{"i":1}"# };
-        write_record(&mut section, i64::from(i), i, None, Some(value), std::iter::empty());
-    }
-    let header = BatchHeader::new(40, Codec::None, 1000);
-    let mut records = BytesMut::new();
-    write_batch(&mut records, &header, &section, Framing::Standard).unwrap();
-    let job = Job {
-        topic: "orders".into(),
-        partition: 0,
-        base_offset: Some(0),
-        log_append_time: -1,
-        records: records.freeze(),
-        outcomes: None,
-        route: None,
-        producer: Default::default(),
-    };
+    let job = job_with_one_unlike(40, 20, big.as_bytes());
     let events = events_of(&config(), &job).await;
     assert_eq!(events.len(), 40);
     for (i, pair) in events.windows(2).enumerate() {
@@ -436,6 +419,27 @@ async fn a_job_s_events_are_consecutive_in_shared_blocks() {
         }
     }
     assert!(events[20].json.len() > event::BLOCK);
+}
+
+/// A job on `orders` 0 from offset 0: `n` records of `{"i":1}`, but record `at` holds `value`.
+fn job_with_one_unlike(n: i32, at: i32, value: &[u8]) -> Job {
+    let mut section = Vec::new();
+    for i in 0..n {
+        let v: &[u8] = if i == at { value } else { br#"{"i":1}"# };
+        write_record(&mut section, i64::from(i), i, None, Some(v), std::iter::empty());
+    }
+    let mut records = BytesMut::new();
+    write_batch(&mut records, &BatchHeader::new(n, Codec::None, 1000), &section, Framing::Standard).unwrap();
+    Job {
+        topic: "orders".into(),
+        partition: 0,
+        base_offset: Some(0),
+        log_append_time: -1,
+        records: records.freeze(),
+        outcomes: None,
+        route: None,
+        producer: Default::default(),
+    }
 }
 
 /// `a`'s id ends where `b`'s JSON starts: `b` was taken from the same block right after `a`.
@@ -479,23 +483,7 @@ async fn an_event_without_its_data_leaves_no_large_block_behind() {
     let small_over = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1000));
     for (value, limit) in [(big.as_str(), 200 << 10), (small_over.as_str(), 900)] {
         let config = MirrorConfig { max_event_bytes: limit, ..config.clone() };
-        let mut section = Vec::new();
-        for i in 0..3i32 {
-            let v: &[u8] = if i == 1 { value.as_bytes() } else { br#"{"i":1}"# };
-            write_record(&mut section, i64::from(i), i, None, Some(v), std::iter::empty());
-        }
-        let mut records = BytesMut::new();
-        write_batch(&mut records, &BatchHeader::new(3, Codec::None, 1000), &section, Framing::Standard).unwrap();
-        let job = Job {
-            topic: "orders".into(),
-            partition: 0,
-            base_offset: Some(0),
-            log_append_time: -1,
-            records: records.freeze(),
-            outcomes: None,
-            route: None,
-            producer: Default::default(),
-        };
+        let job = job_with_one_unlike(3, 1, value.as_bytes());
         let mut block = BytesMut::new();
         let events = events_into(&config, &job, &mut block).await;
         assert!(events[1].data_omitted);
