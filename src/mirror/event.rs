@@ -917,7 +917,6 @@ fn validation_errors(outcome: &Outcome) -> Option<String> {
     }
 }
 
-/// Builds the event for one record.
 /// Makes `block` ready for an event written again, smaller: the same room, unless the first
 /// attempt was given a block of its own or grew one past [`BLOCK`] (the small event and the ones
 /// after it must not keep that alive), then a fresh block.
@@ -928,6 +927,8 @@ fn written_again(block: &mut BytesMut) {
     }
 }
 
+/// Builds the event for one record, in a block of its own (tests; the mirror uses
+/// [`build_into`]).
 #[cfg(test)]
 pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
     build_into(record, ctx, &mut BytesMut::new())
