@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use eventgate::mirror::{Job, MirrorConfig, Producer, event, expand_into};
+use eventgate::mirror::{Job, MirrorConfig, Producer, event, expand};
 use eventgate::wire::compression::{Codec, Framing};
 use eventgate::wire::records::{BatchHeader, write_batch, write_record};
 
@@ -82,7 +82,7 @@ fn building(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(async {
                     let mut n = 0usize;
-                    expand_into(&config, &job, &mut block, async |events: Vec<event::Event>| {
+                    expand(&config, &job, &mut block, async |events: Vec<event::Event>| {
                         n += events.len();
                         black_box(events);
                     })
@@ -103,7 +103,7 @@ fn building(c: &mut Criterion) {
                 rt.block_on(async {
                     let mut n = 0usize;
                     let mut wire = Vec::with_capacity(1 << 20);
-                    expand_into(&config, &job, &mut block, async |events: Vec<event::Event>| {
+                    expand(&config, &job, &mut block, async |events: Vec<event::Event>| {
                         wire.clear();
                         for e in &events {
                             eventgate::mirror::publisher::encode_publish(

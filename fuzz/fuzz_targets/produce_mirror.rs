@@ -60,7 +60,8 @@ fn events(job: &Job) -> Vec<Event> {
     let mut all = Vec::new();
     let config = config();
     {
-        let fut = expand(&config, job, async |chunk: Vec<Event>| all.extend(chunk));
+        let mut block = bytes::BytesMut::new();
+        let fut = expand(&config, job, &mut block, async |chunk: Vec<Event>| all.extend(chunk));
         let mut fut = std::pin::pin!(fut);
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(())), "expanding a job never waits");

@@ -981,6 +981,8 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
         + 512;
     let room = ctx.id.len() + estimate.min(ctx.max_bytes.saturating_add(1024));
     debug_assert!(block.is_empty(), "a block is given empty");
+    // Whatever was left in it (never, from `expand`) must not become the start of this event.
+    block.clear();
     if block.capacity() - block.len() < room {
         *block = BytesMut::with_capacity(room.max(BLOCK));
     }

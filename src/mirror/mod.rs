@@ -281,7 +281,7 @@ async fn run(
     stop: Stop,
 ) {
     let shutdown = stop.abort;
-    // Every job's events are taken from this one block after another (`expand_into`).
+    // Every job's events are taken from this one block after another (`expand`).
     let mut block = BytesMut::new();
     loop {
         // Answers are read while waiting for work too, so timeouts are measured from each send,
@@ -308,7 +308,7 @@ async fn run(
         let subject_prefix = if job.base_offset.is_some() { &config.subject_prefix } else { &config.rejected_prefix };
         let subject = subject(subject_prefix, &job.topic);
         let counter = if job.base_offset.is_some() { &metrics.events } else { &metrics.rejected_events };
-        expand_into(&config, &job, &mut block, async |events: Vec<event::Event>| {
+        expand(&config, &job, &mut block, async |events: Vec<event::Event>| {
             // Summed per chunk: a counter's increment is two atomic additions, and most events
             // add nothing to these three.
             let (mut omitted, mut overridden, mut wrapped) = (0u64, 0u64, 0u64);
@@ -345,15 +345,10 @@ async fn run(
 
 /// The events of one job, handed to `emit` [`EVENT_CHUNK`] (or [`CHUNK_BYTES`]) at a time, so that
 /// a batch that decompresses to millions of records is never held as millions of events. Their
-/// ids and JSON are taken from a block of their own ([`expand_into`] for the worker's).
-pub async fn expand(config: &MirrorConfig, job: &Job, emit: impl AsyncFnMut(Vec<event::Event>)) {
-    expand_into(config, job, &mut BytesMut::new(), emit).await;
-}
-
-/// [`expand`], the events' ids and JSON taken from `block` ([`event::build_into`]). The worker
-/// keeps one block for all jobs, so the events of consecutive jobs lie one after another, and a
-/// job of one small record does not start a block of its own.
-pub async fn expand_into(
+/// JSON and ids are taken from `block` ([`event::build_into`]): the worker keeps one block for all
+/// jobs, so the events of consecutive jobs lie one after another, and a job of one small record
+/// does not start a block of its own.
+pub async fn expand(
     config: &MirrorConfig,
     job: &Job,
     block: &mut BytesMut,

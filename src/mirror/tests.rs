@@ -27,10 +27,15 @@ fn batch(n: usize) -> Bytes {
     out.freeze()
 }
 
-/// Every event of a job, gathered.
+/// Every event of a job, gathered (taken from a block of their own).
 async fn events_of(config: &MirrorConfig, job: &Job) -> Vec<event::Event> {
+    events_into(config, job, &mut BytesMut::new()).await
+}
+
+/// Every event of a job, gathered, taken from `block`.
+async fn events_into(config: &MirrorConfig, job: &Job, block: &mut BytesMut) -> Vec<event::Event> {
     let mut all = Vec::new();
-    expand(config, job, async |chunk: Vec<event::Event>| {
+    expand(config, job, block, async |chunk: Vec<event::Event>| {
         assert!(chunk.len() <= EVENT_CHUNK);
         all.extend(chunk);
     })
@@ -465,7 +470,7 @@ async fn jobs_of_one_record_share_the_worker_s_blocks() {
             route: None,
             producer: Default::default(),
         };
-        expand_into(&config(), &job, &mut block, async |chunk: Vec<event::Event>| events.extend(chunk)).await;
+        events.extend(events_into(&config(), &job, &mut block).await);
     }
     assert_eq!(events.len(), 1000);
     let new_blocks = events.windows(2).filter(|p| !follows(&p[0], &p[1])).count();
@@ -496,12 +501,6 @@ async fn an_event_without_its_data_leaves_no_large_block_behind() {
         // The small attempt was written over where it lay; the large one went with its block.
         assert_eq!(follows(&events[0], &events[1]), limit == 900);
     }
-}
-
-async fn events_into(config: &MirrorConfig, job: &Job, block: &mut BytesMut) -> Vec<event::Event> {
-    let mut all = Vec::new();
-    expand_into(config, job, block, async |chunk: Vec<event::Event>| all.extend(chunk)).await;
-    all
 }
 
 /// The in-process feed hands watchers copies: a watcher holding one event of many must not keep
