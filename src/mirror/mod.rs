@@ -20,7 +20,6 @@
 //! they can be watched too.
 
 pub mod audit;
-pub mod backlog;
 pub mod event;
 pub mod publisher;
 pub mod sink;
@@ -99,8 +98,6 @@ pub struct Mirror {
     metrics: Arc<MirrorMetrics>,
     /// When set, jobs are only built while this says someone is watching (the in-process feed).
     wanted: Option<Box<dyn Fn() -> bool + Send + Sync>>,
-    /// Where queued jobs' records are copied.
-    backlog: backlog::Backlog,
 }
 
 /// Where the worker publishes: built inside the worker's own runtime, so the NATS client's tasks
@@ -156,7 +153,6 @@ impl Mirror {
             limit: config.buffer_bytes,
             metrics: metrics.clone(),
             wanted,
-            backlog: backlog::Backlog::default(),
         });
         let (done_tx, done) = tokio::sync::oneshot::channel();
         // The worker has a thread and a runtime of its own, at a lower CPU priority than the Kafka
@@ -205,14 +201,14 @@ impl Mirror {
             return false;
         }
         self.metrics.queued.set((before + size) as f64);
-        // A place in the queue first, then the copy: every copy in the backlog is a queued job,
-        // charged (a copy dropped here would leave its room in a chunk that a later job keeps).
-        let Ok(place) = self.tx.try_reserve() else {
+        if let Err(e) = self.tx.try_send(detached(job)) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             self.drop_job(&job, "the mirror queue is full or stopped");
             return false;
-        };
-        place.send(detached(&self.backlog, job));
+        }
         true
     }
 
@@ -232,15 +228,14 @@ fn batch_record_count(records: &[u8]) -> usize {
 /// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
 pub const RECORD_OVERHEAD: usize = 32;
 
-/// `job` as it is queued: its records copied out of the request's read buffer (into the
-/// [backlog](backlog)). A slice would keep the buffer's whole allocation alive while the mirror's
-/// buffer charges only the slice, and that allocation can be far larger: a read buffer nobody else
-/// holds is reclaimed whole, with the room of the largest frame the connection sent (a 70 KiB job
-/// read after a 100 MiB frame would hold 100 MiB). A copy holds what it is charged (and the
-/// backlog's bounded share of a chunk). It costs the Kafka path 0.1–0.2 ms/MB with the mirror on
-/// (BENCHMARKS.md): the price of `mirror_buffer_bytes` meaning what it says.
-fn detached(backlog: &backlog::Backlog, mut job: Job) -> Job {
-    job.records = backlog.copy(&job.records);
+/// `job` as it is queued: its records copied out of the request's read buffer. A slice would keep
+/// the buffer's whole allocation alive while the mirror's buffer charges only the slice, and that
+/// allocation can be far larger: a read buffer nobody else holds is reclaimed whole, with the room
+/// of the largest frame the connection sent (a 70 KiB job read after a 100 MiB frame would hold
+/// 100 MiB). A copy holds exactly what it is charged. It costs the Kafka path 0.1–0.2 ms/MB with
+/// the mirror on (BENCHMARKS.md): the price of `mirror_buffer_bytes` meaning what it says.
+fn detached(mut job: Job) -> Job {
+    job.records = Bytes::copy_from_slice(&job.records);
     job
 }
 

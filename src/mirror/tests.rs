@@ -157,9 +157,8 @@ fn a_job_is_queued_as_a_copy_of_its_records() {
         producer: Default::default(),
     };
     let within = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
-    let backlog = super::backlog::Backlog::default();
     for len in [1, 100, 70_000, 900_000] {
-        let queued = super::detached(&backlog, job(buffer.slice(100..100 + len)));
+        let queued = super::detached(job(buffer.slice(100..100 + len)));
         assert!(!within(&queued.records), "a job of {len} bytes keeps the read buffer alive");
         assert_eq!(queued.records, buffer.slice(100..100 + len));
     }
