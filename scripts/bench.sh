@@ -252,4 +252,18 @@ if off and on:
           f"(µs per KiB event, roughly): the mirror's own thread {on['mirror_thread_ms_per_mb']:.2f}, the Kafka "
           f"path's extra {on['cpu_ms_per_mb'] - off['cpu_ms_per_mb'] - on['mirror_thread_ms_per_mb']:.2f}; "
           f"nats-server {on['nats_ms_per_mb']:.2f} ms/MB")
+# The same figures pair by pair: each round's mirror run against the same round's mirror-off run
+# (adjacent in time, so they share the machine's state), a steadier comparison on a noisy machine
+# than the difference of the medians above.
+cost = lambda r: 1000 * r["proxy_cpu_s"] / r["mb_moved"]
+rps = lambda r: r["tput"]["produce"]["records_per_sec"]
+for off_name, on_name in [("eventgate", "eventgate-mirror"), ("baseline", "baseline-mirror")]:
+    pairs = list(zip(by.get(off_name, []), by.get(on_name, [])))
+    if not pairs:
+        continue
+    costs = sorted(cost(b) - cost(a) for a, b in pairs)
+    ratios = sorted(rps(b) / rps(a) for a, b in pairs)
+    print(f"{on_name} per round against {off_name}: mirror cost median {statistics.median(costs):.2f} ms/MB "
+          f"({costs[0]:.2f}-{costs[-1]:.2f}), throughput ratio median {statistics.median(ratios):.2f} "
+          f"({ratios[0]:.2f}-{ratios[-1]:.2f}), {len(pairs)} rounds")
 PY
