@@ -191,6 +191,7 @@ pub struct EventId(Bytes);
 
 impl EventId {
     /// An id of its own (a copy of `id`).
+    #[cfg(test)]
     pub fn new(id: &str) -> Self {
         Self(Bytes::copy_from_slice(id.as_bytes()))
     }
@@ -235,9 +236,10 @@ impl fmt::Debug for EventId {
 /// one block after another, so a block is an allocation per some dozens of events instead of two
 /// per event, and it is freed with the last event taken from it. Events held together (the chunk
 /// being sent, the window of unanswered events) lie together, so their blocks hold little beyond
-/// them: the unused end of a block where the next event did not fit, and the first and last
-/// block's share of events no longer held. An event larger than a block gets a block of its size
-/// (the events after it use what it leaves); an event sent without its data leaves no large block
+/// them: the unused end of a block where the next event did not fit (a block is left only when
+/// the next event is expected not to fit; at worst a third of it, for events just over a third of
+/// a block), and the first and last block's share of events no longer held. An event of more than
+/// half a block gets a block of its own size; an event sent without its data leaves no large block
 /// behind ([`written_again`]). Whatever keeps a few events of many (a resend, the in-process
 /// feed's watchers) keeps copies.
 pub const BLOCK: usize = 64 * 1024;
@@ -927,16 +929,16 @@ fn written_again(block: &mut BytesMut) {
     }
 }
 
-/// Builds the event for one record, in a block of its own (tests; the mirror uses
-/// [`build_into`]).
+/// [`build_into`], in a block of its own (tests).
 #[cfg(test)]
 pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
     build_into(record, ctx, &mut BytesMut::new())
 }
 
-/// [`build`], the event's JSON and id taken from `block` (left empty, as it must be given): when
-/// less room is left than the event is expected to take, a new block of [`BLOCK`] (or the event's
-/// size) replaces it, and the old one is freed with the last event taken from it. An event sent
+/// Builds the event for one record, its JSON and id taken from `block` (left empty, as it must be
+/// given): when less room is left than the event is expected to take, a new block replaces it
+/// ([`BLOCK`], or the event's size for an event of more than half a block), and the old one is
+/// freed with the last event taken from it. An event sent
 /// without its data is written again where its first attempt was, or into a fresh block when
 /// that attempt had a large one ([`written_again`]).
 pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) -> Event {
@@ -973,18 +975,34 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
         }
     };
     let mut out = Out { ce: &ce, ctx, errors, omitted: None };
-    // Sized once for the record and eventgate's attributes, so the event is written without
-    // growing its buffer.
-    let estimate = record.value.map_or(0, <[u8]>::len).saturating_mul(4) / 3
+    // The room the event is expected to take, so it is written without growing its buffer, and
+    // a block is left for a new one only when the event would not fit: JSON and plain text go in as
+    // they are, bytes grow by a third in base64 (text that needs escaping grows past this, which
+    // only costs that event a copy). An estimate of a third more for every kind made records of
+    // 25–45 KiB take a 64 KiB block each.
+    let data = match &ce.data {
+        Data::None => 0,
+        Data::Json(raw) => raw.len(),
+        Data::Text(t) => t.len() + 2,
+        Data::Bytes(b) => b.len().div_ceil(3) * 4 + 2,
+        Data::Base64(b) => b.len() + 2,
+    };
+    let estimate = data
         + record.key.map_or(0, <[u8]>::len)
         + errors.map_or(0, str::len)
+        + ctx.source.len()
+        + ctx.default_type.len()
+        + ctx.principal.map_or(0, str::len)
+        + ctx.client_id.map_or(0, str::len)
         + 512;
     let room = ctx.id.len() + estimate.min(ctx.max_bytes.saturating_add(1024));
     debug_assert!(block.is_empty(), "a block is given empty");
     // Whatever was left in it (never, from `expand`) must not become the start of this event.
     block.clear();
     if block.capacity() - block.len() < room {
-        *block = BytesMut::with_capacity(room.max(BLOCK));
+        // An event of more than half a block gets a block of its own size: in a block of
+        // `BLOCK`, what it left would hold no event of its size.
+        *block = BytesMut::with_capacity(if room > BLOCK / 2 { room } else { BLOCK });
     }
     let json = block;
     out.write(json);

@@ -17,7 +17,7 @@
 //! publish's place in it ([`ReplyTo`]).
 //!
 //! The connection is owned by the sink's one task: no locks, no channel. The sink reads it while
-//! it waits for anything ([`Publisher::readable`]), so the server's `PING`s are answered even when
+//! it waits for anything ([`Publisher::fill`]), so the server's `PING`s are answered even when
 //! no event flows. Everything the server sends is bounded: a control line longer than
 //! [`MAX_CONTROL_LINE`] or a message larger than [`MAX_REPLY`] ends the connection with an error
 //! (acknowledgements are a few dozen bytes), and the sink connects again.

@@ -732,9 +732,9 @@ impl JetStreamSink {
         self.send_from(subject, event.id, event.json, floor, sent, shutdown).await
     }
 
-    /// [`send`](Self::send) for an event first sent when the stream's known sequence was `floor`:
-    /// a resend keeps the floor of the first send, so a later look into the stream still covers
-    /// an original stored after all.
+    /// Sends one event, retrying until the connection takes it (false only on shutdown), for an
+    /// event first sent when the stream's known sequence was `floor`: a resend keeps the floor of
+    /// the first send, so a later look into the stream still covers an original stored after all.
     /// `sent` is when it is sent (for its timeout), or a moment before.
     async fn send_from(
         &mut self,
@@ -1507,8 +1507,9 @@ mod batch_tests {
         assert_eq!(states(&s), [State::Done, State::Sent]);
     }
 
-    /// A connected sink appends each event of a chunk directly (`append`, no `async` call per
-    /// event): one `HPUB` each, in order, with consecutive reply tokens, all in the window.
+    /// A chunk published through a connected sink: one `HPUB` per event, in order, with
+    /// consecutive reply tokens, all in the window. (That no `async` call is made per event is a
+    /// matter of cost, measured in BENCHMARKS.md, which this test cannot see.)
     #[tokio::test]
     async fn a_chunk_is_appended_in_order_by_a_connected_sink() {
         let mut s = sink(true).await;

@@ -405,8 +405,8 @@ async fn offsets_come_from_the_broker_s_base_not_the_producer_s_deltas() {
 }
 
 /// A job's events are taken one after another from shared blocks (`event::BLOCK`): no allocation
-/// per event. An event larger than a block gets a block of its own size, and the events after it
-/// go on in what that block has left.
+/// per event. An event larger than a block gets a block of its own size (with little room left
+/// beside it), and the events after it go on in a new shared block.
 #[tokio::test]
 async fn a_job_s_events_are_consecutive_in_shared_blocks() {
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(event::BLOCK));
@@ -418,12 +418,38 @@ async fn a_job_s_events_are_consecutive_in_shared_blocks() {
         assert_eq!(pair[0].json.as_ptr_range().end, pair[0].id.as_bytes().as_ptr(), "event {i}");
         let (a, b) = (&pair[0], &pair[1]);
         match i {
-            // The large event did not fit in the first block.
-            19 => assert!(!follows(a, b), "event {i} and the next share a block"),
+            // The large event did not fit in the first block, and has a block of its own.
+            19 | 20 => assert!(!follows(a, b), "event {i} and the next share a block"),
             _ => assert!(follows(a, b), "event {i} and the next are not consecutive"),
         }
     }
     assert!(events[20].json.len() > event::BLOCK);
+}
+
+/// Events of mid-sized JSON records lie one after another too: a block is left for a new one only
+/// when the next event would not fit (an estimate of a third more than the JSON made each take a
+/// block of its own), and an event of more than half a block gets a block of its size, so what
+/// blocks hold beyond their events stays small.
+#[tokio::test]
+async fn mid_sized_json_events_share_blocks_or_get_their_size() {
+    // Record size, and how many of its events one block holds.
+    for (size, per_block) in [(20_000, 3), (30_000, 2), (40_000, 1)] {
+        let value = format!(r#"{{"pad":"{}"}}"#, "x".repeat(size));
+        let mut section = Vec::new();
+        for i in 0..6 {
+            write_record(&mut section, i64::from(i), i, None, Some(value.as_bytes()), std::iter::empty());
+        }
+        let mut records = BytesMut::new();
+        write_batch(&mut records, &BatchHeader::new(6, Codec::None, 1000), &section, Framing::Standard).unwrap();
+        let job = Job { records: records.freeze(), ..job_with_one_unlike(1, 0, b"{}") };
+        let mut block = BytesMut::new();
+        let events = events_into(&config(), &job, &mut block).await;
+        let blocks = 1 + events.windows(2).filter(|w| !follows(&w[0], &w[1])).count();
+        assert_eq!(blocks, 6 / per_block, "{size}");
+        if per_block == 1 {
+            assert!(block.capacity() < 2048, "{size}: {} bytes of room left beside the event", block.capacity());
+        }
+    }
 }
 
 /// A job on `orders` 0 from offset 0: `n` records of `{"i":1}`, but record `at` holds `value`.
