@@ -166,7 +166,7 @@ run_target() {
     --batch-records "$LAT_BATCH" --in-flight "$IN_FLIGHT" --rate "$LAT_RATE" --no-consume \
     --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.lat.json"
   python3 - "$OUT_DIR/.tput.json" "$OUT_DIR/.lat.json" "$before" "$after" "$TICKS" "$drained" \
-    "$nats_before" "$nats_after" "$mirror_before" "$mirror_after" >>"$RESULTS" <<'PY'
+    "$nats_before" "$nats_after" "$mirror_before" "$mirror_after" "$round" >>"$RESULTS" <<'PY'
 import json, sys
 t, l = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
 t["mirror_drain_seconds"] = float(sys.argv[6])
@@ -174,8 +174,8 @@ cpu = (float(sys.argv[4]) - float(sys.argv[3])) / float(sys.argv[5])
 nats_cpu = (float(sys.argv[8]) - float(sys.argv[7])) / float(sys.argv[5])
 mirror_cpu = (float(sys.argv[10]) - float(sys.argv[9])) / float(sys.argv[5])
 mb = (t["produce"]["records"] + t["consume"]["records"]) * t["record_size"] / 1e6
-print(json.dumps({"target": t["label"], "tput": t, "lat": l, "proxy_cpu_s": cpu, "nats_cpu_s": nats_cpu,
-                  "mirror_thread_cpu_s": mirror_cpu,
+print(json.dumps({"target": t["label"], "round": int(sys.argv[11]), "tput": t, "lat": l, "proxy_cpu_s": cpu,
+                  "nats_cpu_s": nats_cpu, "mirror_thread_cpu_s": mirror_cpu,
                   "mb_moved": mb, "mirror_drain_seconds": float(sys.argv[6])}))
 PY
   cleanup
@@ -210,18 +210,24 @@ import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 by = {}
 for r in runs:
+    # Results written before rounds were recorded are in round order.
+    r.setdefault("round", len(by.get(r["target"], [])) + 1)
     by.setdefault(r["target"], []).append(r)
 def med(rs, f):
     return statistics.median(f(r) for r in rs)
+def cost(r):
+    return 1000 * r["proxy_cpu_s"] / r["mb_moved"]
+def rps(r):
+    return r["tput"]["produce"]["records_per_sec"]
 rows = {}
 for name, rs in by.items():
     rows[name] = {
-        "produce_rps": med(rs, lambda r: r["tput"]["produce"]["records_per_sec"]),
+        "produce_rps": med(rs, rps),
         "produce_mbs": med(rs, lambda r: r["tput"]["produce"]["mb_per_sec"]),
         "consume_rps": med(rs, lambda r: r["tput"]["consume"]["records_per_sec"]),
         "p50": med(rs, lambda r: r["lat"]["produce"]["latency"]["p50_us"]),
         "p99": med(rs, lambda r: r["lat"]["produce"]["latency"]["p99_us"]),
-        "cpu_ms_per_mb": med(rs, lambda r: 1000 * r["proxy_cpu_s"] / r["mb_moved"]),
+        "cpu_ms_per_mb": med(rs, cost),
         "errors": sum(r["tput"]["produce"]["errors"] + r["lat"]["produce"]["errors"] for r in rs),
         "drain": med(rs, lambda r: r.get("mirror_drain_seconds", 0)),
         "nats_ms_per_mb": med(rs, lambda r: 1000 * r.get("nats_cpu_s", 0) / r["mb_moved"]),
@@ -253,12 +259,11 @@ if off and on:
           f"path's extra {on['cpu_ms_per_mb'] - off['cpu_ms_per_mb'] - on['mirror_thread_ms_per_mb']:.2f}; "
           f"nats-server {on['nats_ms_per_mb']:.2f} ms/MB")
 # The same figures pair by pair: each round's mirror run against the same round's mirror-off run
-# (adjacent in time, so they share the machine's state), a steadier comparison on a noisy machine
-# than the difference of the medians above.
-cost = lambda r: 1000 * r["proxy_cpu_s"] / r["mb_moved"]
-rps = lambda r: r["tput"]["produce"]["records_per_sec"]
+# (a few runs apart, so they share more of the machine's state than runs rounds apart), a steadier
+# comparison on a noisy machine than the difference of the medians above.
 for off_name, on_name in [("eventgate", "eventgate-mirror"), ("baseline", "baseline-mirror")]:
-    pairs = list(zip(by.get(off_name, []), by.get(on_name, [])))
+    off_by_round = {r["round"]: r for r in by.get(off_name, [])}
+    pairs = [(off_by_round[r["round"]], r) for r in by.get(on_name, []) if r["round"] in off_by_round]
     if not pairs:
         continue
     costs = sorted(cost(b) - cost(a) for a, b in pairs)
