@@ -413,8 +413,8 @@ impl Batching {
         }
     }
 
-    /// Opens a batch whose first publish is token `first`.
-    fn open(&mut self, first: u64, subject: &Arc<str>) {
+    /// Opens a batch whose first publish is token `first`, and returns it.
+    fn open(&mut self, first: u64, subject: &Arc<str>) -> &mut OpenBatch {
         let mut n = itoa::Buffer::new();
         self.prefix.clear();
         self.prefix.push_str(&self.base);
@@ -422,8 +422,8 @@ impl Batching {
         self.prefix.push('.');
         self.prefix.push_str(n.format(self.flow));
         self.prefix.push_str(".fail.");
-        self.open = Some(OpenBatch::new(first, subject));
         self.end_at = None;
+        self.open.insert(OpenBatch::new(first, subject))
     }
 
     /// Writes into `reply` the reply subject of the open batch's publish `seq` (`op`):
@@ -803,10 +803,10 @@ impl JetStreamSink {
         let batched = self.batching.as_mut().is_some_and(Batching::active);
         let (batch, end_batch) = match self.batching.as_mut() {
             Some(b) if batched => {
-                if b.open.is_none() {
-                    b.open(token, subject);
-                }
-                let open = b.open.get_or_insert_with(|| OpenBatch::new(token, subject));
+                let open = match b.open.take() {
+                    Some(open) => b.open.insert(open),
+                    None => b.open(token, subject),
+                };
                 open.sent += 1;
                 if !Arc::ptr_eq(&open.subject, subject) {
                     open.subject = subject.clone();
