@@ -977,23 +977,17 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
     let mut out = Out { ce: &ce, ctx, errors, omitted: None };
     // The room the event is expected to take, so it is written without growing its buffer, and
     // a block is left for a new one only when the event would not fit: JSON and plain text go in as
-    // they are, bytes grow by a third in base64 (text that needs escaping grows past this, which
-    // only costs that event a copy). An estimate of a third more for every kind made records of
-    // 25–45 KiB take a 64 KiB block each.
-    let data = match &ce.data {
-        Data::None => 0,
-        Data::Json(raw) => raw.len(),
-        Data::Text(t) => t.len() + 2,
-        Data::Bytes(b) => b.len().div_ceil(3) * 4 + 2,
-        Data::Base64(b) => b.len() + 2,
-    };
+    // they are, bytes grow by a third in base64, and the attributes take the source, the type and
+    // a few hundred bytes (text that needs escaping, or a long principal or client id, grows past
+    // this, which only costs that event a copy). An estimate of a third more for every kind made
+    // records of 25–45 KiB take a 64 KiB block each.
+    let value = record.value.map_or(0, <[u8]>::len);
+    let data = if matches!(ce.data, Data::Bytes(_)) { value / 3 * 4 + 4 } else { value };
     let estimate = data
         + record.key.map_or(0, <[u8]>::len)
         + errors.map_or(0, str::len)
         + ctx.source.len()
         + ctx.default_type.len()
-        + ctx.principal.map_or(0, str::len)
-        + ctx.client_id.map_or(0, str::len)
         + 512;
     let room = ctx.id.len() + estimate.min(ctx.max_bytes.saturating_add(1024));
     debug_assert!(block.is_empty(), "a block is given empty");
