@@ -217,19 +217,29 @@ mod tests {
         }
     }
 
+    /// Reads a small frame (whole, or its size prefix first: a frame in progress) and returns the
+    /// room of the allocation it sits in.
+    async fn room_of_a_small_frame(fb: &mut FrameBuffer, prefix_first: bool) -> usize {
+        let small = frame(&[1u8; 96]);
+        let (head, tail) = small.split_at(if prefix_first { 4 } else { small.len() });
+        fb.fill(&mut &head[..]).await.unwrap();
+        if !tail.is_empty() {
+            fb.fill(&mut &tail[..]).await.unwrap();
+        }
+        let next = fb.next_frame().unwrap().unwrap();
+        fb.buf.capacity() + next.len()
+    }
+
     #[tokio::test]
     async fn room_made_between_frames_is_bounded() {
         let big = frame(&vec![7u8; 5_000_000]);
-        let small = frame(&[1u8; 96]);
         // The large frame held, or gone (its buffer then reclaimed whole): either way the small
         // frame read next lies in room of at most BETWEEN_FRAMES, not in what the large one left,
         // so holding it pins no more than that.
         for hold in [true, false] {
             let (mut fb, first) = first_frame(&big).await;
             let first = hold.then_some(first);
-            fb.fill(&mut &small[..]).await.unwrap();
-            let next = fb.next_frame().unwrap().unwrap();
-            let room = fb.buf.capacity() + next.len();
+            let room = room_of_a_small_frame(&mut fb, false).await;
             assert!(room <= 2 * BETWEEN_FRAMES, "held {hold}: the small frame sits in {room} bytes of room");
             drop(first);
         }
@@ -243,8 +253,7 @@ mod tests {
     #[tokio::test]
     async fn room_taken_back_from_large_frames_is_bounded_too() {
         let big = frame(&vec![7u8; 2_000_000]);
-        let small = frame(&[1u8; 96]);
-        for split_small in [false, true] {
+        for prefix_first in [false, true] {
             let (mut fb, first) = first_frame(&big).await;
             // The second large frame, read into what is left and what is grown for it.
             let mut src = &big[..];
@@ -255,15 +264,8 @@ mod tests {
                 }
             };
             drop((first, second));
-            // The small frame whole, or its size prefix first (a frame in progress).
-            let (head, tail) = if split_small { small.split_at(4) } else { (&small[..], &[][..]) };
-            fb.fill(&mut &head[..]).await.unwrap();
-            if !tail.is_empty() {
-                fb.fill(&mut &tail[..]).await.unwrap();
-            }
-            let next = fb.next_frame().unwrap().unwrap();
-            let room = fb.buf.capacity() + next.len();
-            assert!(room <= 2 * BETWEEN_FRAMES, "split {split_small}: the small frame sits in {room} bytes of room");
+            let room = room_of_a_small_frame(&mut fb, prefix_first).await;
+            assert!(room <= 2 * BETWEEN_FRAMES, "prefix first {prefix_first}: the small frame sits in {room} bytes");
         }
     }
 
