@@ -237,8 +237,9 @@ impl fmt::Debug for EventId {
 /// per event, and it is freed with the last event taken from it. Events held together (the chunk
 /// being sent, the window of unanswered events) lie together, so their blocks hold little beyond
 /// them: the unused end of a block where the next event did not fit (a block is left only when
-/// the next event is expected not to fit; at worst a third of it, for events just over a third of
-/// a block), and the first and last block's share of events no longer held. An event of more than
+/// the next event is expected not to fit, so that end is smaller than the event: at most about
+/// twice the events' bytes in all, little more for small events), and the first and last block's
+/// share of events no longer held. An event of more than
 /// half a block gets a block of its own size; an event sent without its data leaves no large block
 /// behind ([`written_again`]). Whatever keeps a few events of many (a resend, the in-process
 /// feed's watchers) keeps copies.
