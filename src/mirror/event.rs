@@ -239,10 +239,10 @@ impl fmt::Debug for EventId {
 /// them: the unused end of a block where the next event did not fit (a block is left only when
 /// the next event is expected not to fit, so that end is smaller than the event: at most about
 /// twice the events' bytes in all, little more for small events), and the first and last block's
-/// share of events no longer held. An event of more than
-/// half a block gets a block of its own size; an event sent without its data leaves no large block
-/// behind ([`written_again`]). Whatever keeps a few events of many (a resend, the in-process
-/// feed's watchers) keeps copies.
+/// share of events no longer held. An event of more than half a block that does not fit gets a
+/// buffer of its own size, and the block is kept for the events after it; an event sent without
+/// its data leaves no large block behind ([`written_again`]). Whatever keeps a few events of many
+/// (a resend, the in-process feed's watchers) keeps copies.
 pub const BLOCK: usize = 64 * 1024;
 
 /// A built event.
@@ -937,9 +937,9 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
 }
 
 /// Builds the event for one record, its JSON and id taken from `block` (left empty, as it must be
-/// given): when less room is left than the event is expected to take, a new block replaces it
-/// ([`BLOCK`], or the event's size for an event of more than half a block), and the old one is
-/// freed with the last event taken from it. An event sent
+/// given): when less room is left than the event is expected to take, a new block of [`BLOCK`]
+/// replaces it (the old one is freed with the last event taken from it), or, for an event of more
+/// than half a block, the event gets a buffer of its own size and the block is kept. An event sent
 /// without its data is written again where its first attempt was, or into a fresh block when
 /// that attempt had a large one ([`written_again`]).
 pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) -> Event {
@@ -994,21 +994,26 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
     debug_assert!(block.is_empty(), "a block is given empty");
     // Whatever was left in it (never, from `expand`) must not become the start of this event.
     block.clear();
-    if block.capacity() - block.len() < room {
-        // An event of more than half a block gets a block of its own size: in a block of
-        // `BLOCK`, what it left would hold no event of its size.
-        *block = BytesMut::with_capacity(if room > BLOCK / 2 { room } else { BLOCK });
+    // An event that does not fit where the block is: of more than half a block, a buffer of its
+    // own size, and the block is kept for the events after it; smaller, a new block.
+    let fits = block.capacity() - block.len() >= room;
+    let mut own = (!fits && room > BLOCK / 2).then(|| BytesMut::with_capacity(room));
+    if !fits && own.is_none() {
+        *block = BytesMut::with_capacity(BLOCK);
     }
-    let json = block;
-    out.write(json);
-    let data_omitted = json.len() > ctx.max_bytes;
+    let first = own.as_mut().unwrap_or(&mut *block);
+    out.write(first);
+    let data_omitted = first.len() > ctx.max_bytes;
     let size = record.value.map_or(0, <[u8]>::len);
     let small;
-    if data_omitted {
+    let json = if data_omitted {
+        // Written again without its data into the block, never into the large attempt's buffer
+        // (freed here).
+        drop(own.take());
         out.omitted = Some(size);
-        written_again(json);
-        out.write(json);
-        if json.len() > ctx.max_bytes {
+        written_again(block);
+        out.write(block);
+        if block.len() > ctx.max_bytes {
             // Still too large (long attributes or key): eventgate's attributes only.
             small = Ce {
                 subject: None,
@@ -1019,10 +1024,13 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
                 ..plain(record, ctx, None, None)
             };
             out.ce = &small;
-            written_again(json);
-            out.write(json);
+            written_again(block);
+            out.write(block);
         }
-    }
+        block
+    } else {
+        own.as_mut().unwrap_or(block)
+    };
     let event = json.split().freeze();
     // The id after its event, in the same block (written last, so an oversized event's first
     // attempt is not kept alive by it).
