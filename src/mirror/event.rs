@@ -921,8 +921,8 @@ fn validation_errors(outcome: &Outcome) -> Option<String> {
 }
 
 /// Makes `block` ready for an event written again, smaller: the same room, unless the first
-/// attempt was given a block of its own or grew one past [`BLOCK`] (the small event and the ones
-/// after it must not keep that alive), then a fresh block.
+/// attempt grew it past [`BLOCK`] (the small event and the ones after it must not keep that
+/// alive), then a fresh block.
 fn written_again(block: &mut BytesMut) {
     block.clear();
     if block.capacity() > BLOCK {
@@ -940,8 +940,9 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
 /// given): when less room is left than the event is expected to take, a new block of [`BLOCK`]
 /// replaces it (the old one is freed with the last event taken from it), or, for an event of more
 /// than half a block, the event gets a buffer of its own size and the block is kept. An event sent
-/// without its data is written again where its first attempt was, or into a fresh block when
-/// that attempt had a large one ([`written_again`]).
+/// without its data is written again into the block, right after the event before it: over its
+/// first attempt when that was in the block, or into a fresh block when that attempt grew it
+/// ([`written_again`]); a first attempt in a buffer of its own is freed.
 pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) -> Event {
     // One walk over the headers: the content type and whether this is binary mode.
     let (mut content_type, mut binary_mode) = (None, false);
@@ -1004,13 +1005,12 @@ pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) 
     let first = own.as_mut().unwrap_or(&mut *block);
     out.write(first);
     let data_omitted = first.len() > ctx.max_bytes;
-    let size = record.value.map_or(0, <[u8]>::len);
     let small;
     let json = if data_omitted {
         // Written again without its data into the block, never into the large attempt's buffer
         // (freed here).
         drop(own.take());
-        out.omitted = Some(size);
+        out.omitted = Some(value);
         written_again(block);
         out.write(block);
         if block.len() > ctx.max_bytes {

@@ -393,12 +393,6 @@ struct OpenBatch {
     subject: Arc<str>,
 }
 
-impl OpenBatch {
-    fn new(first: u64, subject: &Arc<str>) -> Self {
-        Self { first, sent: 0, acked: 0, subject: subject.clone() }
-    }
-}
-
 impl Batching {
     fn new(inbox: &str, window: usize) -> Self {
         let tag = inbox.rsplit('.').next().unwrap_or(inbox);
@@ -423,7 +417,7 @@ impl Batching {
         self.prefix.push_str(n.format(self.flow));
         self.prefix.push_str(".fail.");
         self.end_at = None;
-        self.open.insert(OpenBatch::new(first, subject))
+        self.open.insert(OpenBatch { first, sent: 0, acked: 0, subject: subject.clone() })
     }
 
     /// Writes into `reply` the reply subject of the open batch's publish `seq` (`op`):
