@@ -394,7 +394,7 @@ enum Data<'a> {
     #[default]
     None,
     /// JSON, embedded as the producer wrote it (checked to be one value, never re-formatted).
-    Json(&'a str),
+    Json(&'a [u8]),
     Text(&'a str),
     /// Bytes, base64-encoded as the event is written.
     Bytes(&'a [u8]),
@@ -404,13 +404,15 @@ enum Data<'a> {
 
 /// `value` as data, and the content type to declare: see the module doc.
 fn select<'a>(value: &'a [u8], declared: Option<&'a str>) -> (Data<'a>, Option<&'a str>) {
-    let text = simdutf8::basic::from_utf8(value).ok();
-    let json = || text.and_then(json::value);
+    // JSON is checked on the bytes: its one pass also checks UTF-8 (json::value_in), so a JSON
+    // record is not read once more for that.
+    let json = || json::value_in(value);
+    let text = || simdutf8::basic::from_utf8(value).ok();
     match declared {
         Some(ct) => {
             let data = match Kind::of(ct) {
                 Kind::Json => json().map(Data::Json),
-                Kind::Text => text.map(Data::Text),
+                Kind::Text => text().map(Data::Text),
                 Kind::Bytes => None,
             };
             (data.unwrap_or(Data::Bytes(value)), Some(ct))
@@ -420,7 +422,7 @@ fn select<'a>(value: &'a [u8], declared: Option<&'a str>) -> (Data<'a>, Option<&
                 |t: &&str| !t.bytes().any(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f);
             if let Some(raw) = json() {
                 (Data::Json(raw), Some("application/json"))
-            } else if let Some(t) = text.filter(printable) {
+            } else if let Some(t) = text().filter(printable) {
                 (Data::Text(t), Some(UTF8_TEXT))
             } else {
                 (Data::Bytes(value), Some(OCTETS))
@@ -700,7 +702,7 @@ fn structured<'a>(value: Option<&'a [u8]>, overridden: &mut Overridden) -> Resul
             continue;
         }
         match name.as_str() {
-            "data" => own.data = Data::Json(raw.get()),
+            "data" => own.data = Data::Json(raw.get().as_bytes()),
             "data_base64" => match json_str(raw).filter(|s| is_base64(s)) {
                 Some(b) => base64 = Some(b),
                 None => return Err(format!("{MODE}: data_base64 is not a base64 string")),
@@ -855,7 +857,7 @@ impl Out<'_> {
                 Data::None => {}
                 Data::Json(raw) => {
                     w.extend_from_slice(b",\"data\":");
-                    w.extend_from_slice(raw.as_bytes());
+                    w.extend_from_slice(raw);
                 }
                 Data::Text(t) => {
                     w.extend_from_slice(b",\"data\":");

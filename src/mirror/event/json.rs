@@ -12,8 +12,12 @@
 //! the tests and the `json_value` fuzz target check input by input: whitespace is space, tab, CR
 //! and LF; strings hold no control characters (U+0000 to U+001F) unescaped; `\u` takes any four
 //! hex digits (lone surrogates included, as serde_json's raw values do); numbers without leading
-//! zeros; no depth limit (the nesting record costs one bit per level). UTF-8 is the caller's
-//! `&str`.
+//! zeros; no depth limit (the nesting record costs one bit per level).
+//!
+//! UTF-8 is checked in the same pass ([`value_in`]): outside strings the grammar admits ASCII
+//! only, and the scan of string contents also stops at a byte of 0x80 or more, which then has the
+//! whole text checked once (simdutf8) and the scan go on without stopping there. So an ASCII record,
+//! the common case, is read once, not once for UTF-8 and again for JSON.
 //!
 //! ```text
 //!   text ──► whitespace ─► value ─► whitespace ─► end    (else None)
@@ -25,10 +29,23 @@
 /// The JSON value `text` holds, without the whitespace around it; `None` when `text` is not
 /// exactly one JSON value.
 pub fn value(text: &str) -> Option<&str> {
-    let b = text.as_bytes();
+    let (start, end) = span(text.as_bytes(), true)?;
+    text.get(start..end)
+}
+
+/// The JSON value `bytes` hold, without the whitespace around it; `None` when they are not UTF-8
+/// text holding exactly one JSON value. The same verdict as `from_utf8` and then [`value`], in
+/// one pass over ASCII text.
+pub fn value_in(bytes: &[u8]) -> Option<&[u8]> {
+    let (start, end) = span(bytes, false)?;
+    bytes.get(start..end)
+}
+
+/// Where the one JSON value of `b` starts and ends; `utf8` says whether `b` is known to be UTF-8.
+fn span(b: &[u8], mut utf8: bool) -> Option<(usize, usize)> {
     let start = whitespace(b, 0);
-    let end = one_value(b, start)?;
-    (whitespace(b, end) == b.len()).then(|| text.get(start..end)).flatten()
+    let end = one_value(b, start, &mut utf8)?;
+    (whitespace(b, end) == b.len()).then_some((start, end))
 }
 
 fn whitespace(b: &[u8], mut i: usize) -> usize {
@@ -76,7 +93,7 @@ impl Nesting {
 }
 
 /// The end of the value starting at `i` (whitespace already skipped).
-fn one_value(b: &[u8], mut i: usize) -> Option<usize> {
+fn one_value(b: &[u8], mut i: usize, utf8: &mut bool) -> Option<usize> {
     let mut open = Nesting { depth: 0, near: [0; 4], far: Vec::new() };
     loop {
         // A value is expected at `i`.
@@ -92,12 +109,12 @@ fn one_value(b: &[u8], mut i: usize) -> Option<usize> {
                     i += 1;
                 } else {
                     if object {
-                        i = member_name(b, i)?;
+                        i = member_name(b, i, utf8)?;
                     }
                     continue;
                 }
             }
-            b'"' => i = string(b, i + 1)?,
+            b'"' => i = string(b, i + 1, utf8)?,
             b't' => i = literal(b, i, b"true")?,
             b'f' => i = literal(b, i, b"false")?,
             b'n' => i = literal(b, i, b"null")?,
@@ -110,7 +127,7 @@ fn one_value(b: &[u8], mut i: usize) -> Option<usize> {
             i = whitespace(b, i);
             match *b.get(i)? {
                 b',' if object => {
-                    i = member_name(b, whitespace(b, i + 1))?;
+                    i = member_name(b, whitespace(b, i + 1), utf8)?;
                     break;
                 }
                 b',' => {
@@ -128,11 +145,11 @@ fn one_value(b: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// `"name"` then `:` from `i`; the index after the colon.
-fn member_name(b: &[u8], i: usize) -> Option<usize> {
+fn member_name(b: &[u8], i: usize, utf8: &mut bool) -> Option<usize> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let i = whitespace(b, string(b, i + 1)?);
+    let i = whitespace(b, string(b, i + 1, utf8)?);
     (b.get(i) == Some(&b':')).then_some(i + 1)
 }
 
@@ -182,9 +199,11 @@ fn number(b: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// A string's contents from `i` (just after its opening quote); the index after the closing one.
-fn string(b: &[u8], mut i: usize) -> Option<usize> {
+/// Until `b` is known to be UTF-8 (`utf8`), a byte of 0x80 or more stops the scan too, and has all
+/// of `b` checked once.
+fn string(b: &[u8], mut i: usize, utf8: &mut bool) -> Option<usize> {
     loop {
-        i = plain_run(b, i);
+        i = if *utf8 { plain_run(b, i) } else { plain_run_ascii(b, i) };
         match *b.get(i)? {
             b'"' => return Some(i + 1),
             b'\\' => match *b.get(i + 1)? {
@@ -192,6 +211,10 @@ fn string(b: &[u8], mut i: usize) -> Option<usize> {
                 b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
                 _ => return None,
             },
+            0x80.. => {
+                simdutf8::basic::from_utf8(b).ok()?;
+                *utf8 = true;
+            }
             // A control character.
             _ => return None,
         }
@@ -199,21 +222,30 @@ fn string(b: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// What ends a run of string contents: a quote, a backslash or a control character (the bytes
-/// JSON must escape).
+/// JSON must escape), and with `HIGH` a byte of 0x80 or more (not ASCII).
 #[cfg(any(test, not(target_arch = "x86_64")))]
-fn special(c: u8) -> bool {
-    c < 0x20 || c == b'"' || c == b'\\'
+fn special<const HIGH: bool>(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\' || (HIGH && c >= 0x80)
 }
 
 /// The index of the first [`special`] byte in `b` from `i` (or `b.len()`), 32 bytes per step;
 /// the last few bytes are copied into a chunk padded with spaces, so no byte is read alone.
 pub(super) fn plain_run(b: &[u8], i: usize) -> usize {
+    plain_run_of::<false>(b, i)
+}
+
+/// [`plain_run`] that also stops at the first byte that is not ASCII.
+fn plain_run_ascii(b: &[u8], i: usize) -> usize {
+    plain_run_of::<true>(b, i)
+}
+
+fn plain_run_of<const HIGH: bool>(b: &[u8], i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the processor has AVX2 (checked just above; std caches the answer).
-        return unsafe { avx2::plain_run(b, i) };
+        return unsafe { avx2::plain_run::<HIGH>(b, i) };
     }
-    plain_run_with(b, i, first_special)
+    plain_run_with(b, i, first_special::<HIGH>)
 }
 
 /// [`plain_run`] with `first` finding the first special byte of a chunk; inlined into each
@@ -249,9 +281,10 @@ mod avx2 {
         _mm256_set1_epi8,
     };
 
-    /// One bit per byte of `chunk`, set where the byte is special.
+    /// One bit per byte of `chunk`, set where the byte is special (with `HIGH`, also where it is
+    /// 0x80 or more: the byte's own top bit, which is what the mask is made of).
     #[target_feature(enable = "avx2")]
-    fn special_mask(chunk: &[u8; 32]) -> u32 {
+    fn special_mask<const HIGH: bool>(chunk: &[u8; 32]) -> u32 {
         let word = |k: usize| {
             let mut w = [0u8; 8];
             w.copy_from_slice(&chunk[k * 8..k * 8 + 8]);
@@ -262,27 +295,29 @@ mod avx2 {
         let control = _mm256_cmpeq_epi8(_mm256_min_epu8(x, _mm256_set1_epi8(0x1f)), x);
         let quote = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'"' as i8));
         let backslash = _mm256_cmpeq_epi8(x, _mm256_set1_epi8(b'\\' as i8));
-        _mm256_movemask_epi8(_mm256_or_si256(control, _mm256_or_si256(quote, backslash))).cast_unsigned()
+        let special = _mm256_or_si256(control, _mm256_or_si256(quote, backslash));
+        let special = if HIGH { _mm256_or_si256(special, x) } else { special };
+        _mm256_movemask_epi8(special).cast_unsigned()
     }
 
     #[target_feature(enable = "avx2")]
-    fn first_special(chunk: &[u8; 32]) -> Option<usize> {
-        let mask = special_mask(chunk);
+    fn first_special<const HIGH: bool>(chunk: &[u8; 32]) -> Option<usize> {
+        let mask = special_mask::<HIGH>(chunk);
         (mask != 0).then(|| mask.trailing_zeros() as usize)
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) fn plain_run(b: &[u8], mut i: usize) -> usize {
+    pub(super) fn plain_run<const HIGH: bool>(b: &[u8], mut i: usize) -> usize {
         // Two chunks per step while they last: one test and one branch per 64 bytes.
         while let Some(pair) = b.get(i..).and_then(<[u8]>::first_chunk::<64>) {
             let (Some(lo), Some(hi)) = (pair.first_chunk::<32>(), pair.last_chunk::<32>()) else { break };
-            let mask = u64::from(special_mask(lo)) | (u64::from(special_mask(hi)) << 32);
+            let mask = u64::from(special_mask::<HIGH>(lo)) | (u64::from(special_mask::<HIGH>(hi)) << 32);
             if mask != 0 {
                 return i + mask.trailing_zeros() as usize;
             }
             i += 64;
         }
-        super::plain_run_with(b, i, |chunk| first_special(chunk))
+        super::plain_run_with(b, i, |chunk| first_special::<HIGH>(chunk))
     }
 }
 
@@ -299,20 +334,20 @@ pub(super) fn is_plain(b: &[u8]) -> bool {
 
 /// The position of the first [`special`] byte of `chunk`.
 #[cfg(target_arch = "x86_64")]
-fn first_special(chunk: &[u8; 32]) -> Option<usize> {
+fn first_special<const HIGH: bool>(chunk: &[u8; 32]) -> Option<usize> {
     // SAFETY: SSE2 is part of the x86_64 baseline: every x86_64 processor has it.
-    unsafe { sse2::first_special(chunk) }
+    unsafe { sse2::first_special::<HIGH>(chunk) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn first_special(chunk: &[u8; 32]) -> Option<usize> {
-    first_special_portable(chunk)
+fn first_special<const HIGH: bool>(chunk: &[u8; 32]) -> Option<usize> {
+    first_special_portable::<HIGH>(chunk)
 }
 
 /// [`first_special`] without vector instructions (tested on every machine).
 #[cfg(any(test, not(target_arch = "x86_64")))]
-fn first_special_portable(chunk: &[u8; 32]) -> Option<usize> {
-    chunk.iter().position(|&c| special(c))
+fn first_special_portable<const HIGH: bool>(chunk: &[u8; 32]) -> Option<usize> {
+    chunk.iter().position(|&c| special::<HIGH>(c))
 }
 
 /// Sixteen bytes per compare: `special` is `min(c, 0x1f) == c` or `c == '"'` or `c == '\\'`.
@@ -329,23 +364,25 @@ mod sse2 {
         _mm_set_epi64x((v >> 64) as u64 as i64, v as u64 as i64)
     }
 
-    /// 0xff in each lane holding a special byte.
+    /// 0xff in each lane holding a special byte (with `HIGH`, the top bit set where the byte is
+    /// 0x80 or more, which is all the mask reads).
     #[target_feature(enable = "sse2")]
-    fn specials(bytes: &[u8; 16]) -> __m128i {
+    fn specials<const HIGH: bool>(bytes: &[u8; 16]) -> __m128i {
         let x = load(bytes);
         let control = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
         let quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'"' as i8));
         let backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'\\' as i8));
-        _mm_or_si128(control, _mm_or_si128(quote, backslash))
+        let special = _mm_or_si128(control, _mm_or_si128(quote, backslash));
+        if HIGH { _mm_or_si128(special, x) } else { special }
     }
 
     /// The common case (nothing special in 32 bytes) is one test of both halves at once; the
     /// position is worked out only when there is one. (Joining the two halves' bit masks into
     /// one word made the compiler take the masks apart bit by bit: four times slower.)
     #[target_feature(enable = "sse2")]
-    pub(super) fn first_special(chunk: &[u8; 32]) -> Option<usize> {
+    pub(super) fn first_special<const HIGH: bool>(chunk: &[u8; 32]) -> Option<usize> {
         let (Some(low), Some(high)) = (chunk.first_chunk::<16>(), chunk.last_chunk::<16>()) else { return Some(0) };
-        let (low, high) = (specials(low), specials(high));
+        let (low, high) = (specials::<HIGH>(low), specials::<HIGH>(high));
         if _mm_movemask_epi8(_mm_or_si128(low, high)) == 0 {
             return None;
         }
@@ -360,7 +397,7 @@ mod sse2 {
 
 #[cfg(test)]
 mod tests {
-    use super::{plain_run, special, value};
+    use super::{plain_run, special, value, value_in};
     use proptest::prelude::*;
     use serde_json::value::RawValue;
 
@@ -371,6 +408,13 @@ mod tests {
 
     fn agree(text: &str) {
         assert_eq!(value(text), serde(text), "{text:?}");
+        agree_bytes(text.as_bytes());
+    }
+
+    /// [`value_in`] against `from_utf8`, then serde_json.
+    fn agree_bytes(b: &[u8]) {
+        let reference = std::str::from_utf8(b).ok().and_then(serde).map(str::as_bytes);
+        assert_eq!(value_in(b), reference, "{:?}", String::from_utf8_lossy(b));
     }
 
     #[test]
@@ -491,12 +535,19 @@ mod tests {
                     let mut b = vec![b'x'; len];
                     b[at] = c;
                     for from in [0, 1, 5, 31, 32, 33, 63, 64, 65].into_iter().filter(|f| *f <= len) {
-                        let naive = (from..len).find(|&i| special(b[i])).unwrap_or(len);
+                        let naive = (from..len).find(|&i| special::<false>(b[i])).unwrap_or(len);
                         assert_eq!(plain_run(&b, from), naive, "len {len} at {at} byte {c:#x} from {from}");
-                        let sse2 = super::plain_run_with(&b, from, super::first_special);
+                        let sse2 = super::plain_run_with(&b, from, super::first_special::<false>);
                         assert_eq!(sse2, naive, "without AVX2: len {len} at {at} byte {c:#x} from {from}");
-                        let portable = super::plain_run_with(&b, from, super::first_special_portable);
+                        let portable = super::plain_run_with(&b, from, super::first_special_portable::<false>);
                         assert_eq!(portable, naive, "portable: len {len} at {at} byte {c:#x} from {from}");
+                        // Stopping at bytes that are not ASCII too.
+                        let naive = (from..len).find(|&i| special::<true>(b[i])).unwrap_or(len);
+                        let what = format!("ascii: len {len} at {at} byte {c:#x} from {from}");
+                        assert_eq!(super::plain_run_ascii(&b, from), naive, "{what}");
+                        assert_eq!(super::plain_run_with(&b, from, super::first_special::<true>), naive, "sse2 {what}");
+                        let portable = super::plain_run_with(&b, from, super::first_special_portable::<true>);
+                        assert_eq!(portable, naive, "portable {what}");
                     }
                 }
             }
@@ -507,7 +558,7 @@ mod tests {
                 for c in 0..=255u8 {
                     let mut b = vec![b'x'; len];
                     b[at] = c;
-                    assert_eq!(super::is_plain(&b), !special(c), "len {len} at {at} byte {c:#x}");
+                    assert_eq!(super::is_plain(&b), !special::<false>(c), "len {len} at {at} byte {c:#x}");
                 }
             }
         }
@@ -543,8 +594,51 @@ mod tests {
         prop::collection::vec(token, 0..40).prop_map(|t| t.concat())
     }
 
+    /// Bytes that are not UTF-8, or are but not ASCII, inside strings, names and everywhere else,
+    /// at every position around the scan's 32- and 64-byte steps.
+    #[test]
+    fn bytes_get_the_verdict_of_utf8_then_json() {
+        let bad: [&[u8]; 8] = [
+            b"\xff",
+            b"\x80",
+            b"\xc3",             // a lead byte without its continuation
+            b"\xc0\xaf",         // overlong
+            b"\xed\xa0\x80",     // a surrogate
+            b"\xf4\x90\x80\x80", // past U+10FFFF
+            "é".as_bytes(),
+            "€😀".as_bytes(),
+        ];
+        for len in [0usize, 1, 30, 31, 32, 33, 62, 63, 64, 65, 100] {
+            for at in 0..=len {
+                for piece in bad {
+                    let mut s = vec![b'x'; len];
+                    s.splice(at..at, piece.iter().copied());
+                    let quoted = [b"\"".as_slice(), &s, b"\""].concat();
+                    agree_bytes(&quoted);
+                    agree_bytes(&[b"{".as_slice(), &quoted, b":1}"].concat());
+                    agree_bytes(&[b"[1,".as_slice(), &quoted, b",\"\xe9\"]"].concat());
+                    agree_bytes(&[b"[".as_slice(), &quoted, b"] "].concat());
+                    agree_bytes(&[b"[".as_slice(), &quoted, b"]\xff"].concat());
+                    agree_bytes(&[piece, b" 1".as_slice()].concat());
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5_000))]
+        /// JSON-like text (some of it not ASCII), and the same with one byte set to anything.
+        #[test]
+        fn bytes_agree_with_from_utf8_then_serde_json(text in jsonish(), at in 0usize..10_000, byte in any::<u8>()) {
+            let mut b = text.into_bytes();
+            agree_bytes(&b);
+            if !b.is_empty() {
+                let at = at % b.len();
+                b[at] = byte;
+                agree_bytes(&b);
+            }
+        }
+
         #[test]
         fn agrees_with_serde_json_on_jsonish_text(text in jsonish()) {
             prop_assert_eq!(value(&text), serde(&text), "{:?}", text);
