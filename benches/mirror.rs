@@ -64,6 +64,7 @@ fn job(records: Bytes) -> Job {
         outcomes: None,
         route: None,
         producer: Producer { client_id: Some(Arc::from("bench")), principal: None },
+        room: None,
     }
 }
 

@@ -122,6 +122,7 @@ fuzz_target!(|data: &[u8]| {
                 outcomes: p.outcomes,
                 route: p.route,
                 producer: Default::default(),
+                room: None,
             };
             check(&job);
         }

@@ -78,6 +78,10 @@ pub struct Job {
     pub route: Option<Arc<Route>>,
     /// Who produced them.
     pub producer: Producer,
+    /// The bytes of the allocation `records` lie in, when known: `records` are a slice of the
+    /// request as read, which was reported in that room ([`crate::wire::frame::FrameBuffer`]).
+    /// The queue may then hold that slice itself instead of a copy ([`Mirror::submit`]).
+    pub room: Option<usize>,
 }
 
 struct MirrorMetrics {
@@ -193,6 +197,7 @@ impl Mirror {
         if !self.active() {
             return false;
         }
+        let job = held_or_copied(job);
         let size = cost(&job);
         let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if before + size > self.limit {
@@ -201,7 +206,7 @@ impl Mirror {
             return false;
         }
         self.metrics.queued.set((before + size) as f64);
-        if let Err(e) = self.tx.try_send(detached(job)) {
+        if let Err(e) = self.tx.try_send(job) {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
@@ -228,16 +233,25 @@ fn batch_record_count(records: &[u8]) -> usize {
 /// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
 pub const RECORD_OVERHEAD: usize = 32;
 
-/// `job` as it is queued: its records copied out of the request's read buffer. A slice would keep
-/// the buffer's whole allocation alive while the mirror's buffer charges only the slice, and that
-/// allocation can be far larger: a read buffer nobody else holds is reclaimed whole, with the room
-/// of the largest frame the connection sent (a 70 KiB job read after a 100 MiB frame would hold
-/// 100 MiB). A copy holds exactly what it is charged. It costs the Kafka path 0.1–0.2 ms/MB with
-/// the mirror on (BENCHMARKS.md): the price of `mirror_buffer_bytes` meaning what it says.
-fn detached(mut job: Job) -> Job {
-    job.records = Bytes::copy_from_slice(&job.records);
+/// `job` as it is queued, holding what it is charged ([`cost`]). Its records are a slice of some
+/// allocation, which holding them keeps alive whole. When that is the request as read and its
+/// room is at most [`KEPT_ROOM`] times the records (a large request, read into room of about its
+/// size: the common case for batches of many records), the slice is kept, charged all the room.
+/// Else they are copied out, charged their size: room of unknown size, records annotated, or a
+/// slice of far more room (a read buffer nobody else holds is reclaimed whole, with the room of
+/// the largest frame the connection sent: a 70 KiB job read after a 100 MiB frame would hold
+/// 100 MiB). The copy cost the Kafka path about 0.05 ms/MB with the mirror on (BENCHMARKS.md).
+fn held_or_copied(mut job: Job) -> Job {
+    if job.room.is_none_or(|room| room > job.records.len().saturating_mul(KEPT_ROOM)) {
+        job.records = Bytes::copy_from_slice(&job.records);
+        job.room = None;
+    }
     job
 }
+
+/// How much larger than its records the room of a request may be for the queue to keep the
+/// records where they were read: a job then holds at most this many times what a copy would.
+pub const KEPT_ROOM: usize = 2;
 
 /// Events built and published at a time: the worker never holds more of a job than this many
 /// events, or than [`CHUNK_BYTES`] of them.
@@ -245,12 +259,14 @@ pub const EVENT_CHUNK: usize = 256;
 /// Bytes of built events held at a time (events of up to `mirror_max_event_bytes` each).
 pub const CHUNK_BYTES: usize = 4 << 20;
 
-/// What a job is charged in the buffer: the bytes it keeps alive, plus [`RECORD_OVERHEAD`] for
-/// every record its batches say they hold. A few kilobytes of compressed records that claim tens
-/// of millions of records cost more than the buffer holds, and so are dropped from the mirror
-/// (counted) instead of queued.
+/// What a job is charged in the buffer: the bytes it keeps alive (all of the room it lies in, when
+/// it is kept where it was read: [`held_or_copied`]), plus [`RECORD_OVERHEAD`] for every record its
+/// batches say they hold. A few kilobytes of compressed records that claim tens of millions of
+/// records cost more than the buffer holds, and so are dropped from the mirror (counted) instead
+/// of queued.
 fn cost(job: &Job) -> usize {
-    job.records.len().saturating_add(batch_record_count(&job.records).saturating_mul(RECORD_OVERHEAD))
+    let held = job.room.unwrap_or(job.records.len()).max(job.records.len());
+    held.saturating_add(batch_record_count(&job.records).saturating_mul(RECORD_OVERHEAD))
 }
 
 enum Step {

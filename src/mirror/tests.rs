@@ -54,6 +54,7 @@ async fn events_get_broker_offsets_and_deterministic_ids() {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room: None,
     };
     let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id.to_string()).collect();
     assert_eq!(ids, vec!["orders-3-100", "orders-3-101", "orders-3-102"]);
@@ -74,6 +75,7 @@ async fn each_event_carries_its_own_record_s_errors_when_outcomes_alternate() {
         outcomes: Some(Arc::new(outcomes)),
         route: None,
         producer: Default::default(),
+        room: None,
     };
     let errors: Vec<Option<String>> = events_of(&config(), &job)
         .await
@@ -108,6 +110,7 @@ async fn refused_records_get_unique_ids_without_offsets() {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room: None,
     };
     let events = events_of(&config(), &job).await;
     assert_eq!(events.len(), 2);
@@ -134,6 +137,7 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room: None,
     };
     assert!(!mirror.submit(job(50)));
     assert_eq!(mirror.queued_bytes.load(Ordering::Acquire), 0);
@@ -143,10 +147,10 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
 }
 
 #[test]
-fn a_job_is_queued_as_a_copy_of_its_records() {
-    // A request's read buffer: the job's records are a slice of it.
+fn a_job_is_queued_where_it_was_read_only_when_that_room_is_about_its_size() {
+    // A request's read buffer of 1 MiB: the job's records are a slice of it.
     let buffer = Bytes::from(vec![7u8; 1 << 20]);
-    let job = |records: Bytes| Job {
+    let job = |records: Bytes, room: Option<usize>| Job {
         topic: "t".into(),
         partition: 0,
         base_offset: Some(0),
@@ -155,12 +159,28 @@ fn a_job_is_queued_as_a_copy_of_its_records() {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room,
     };
     let within = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
-    for len in [1, 100, 70_000, 900_000] {
-        let queued = super::detached(job(buffer.slice(100..100 + len)));
-        assert!(!within(&queued.records), "a job of {len} bytes keeps the read buffer alive");
-        assert_eq!(queued.records, buffer.slice(100..100 + len));
+    for len in [1, 100, 70_000, 500_000, 524_288, 524_289, 900_000] {
+        let records = buffer.slice(100..100 + len);
+        // Room unknown (records annotated, or from anywhere but the request as read): a copy,
+        // charged its size.
+        let queued = super::held_or_copied(job(records.clone(), None));
+        assert!(!within(&queued.records), "a job of {len} bytes of unknown room keeps the read buffer alive");
+        assert_eq!((&queued.records, queued.room), (&records, None));
+        assert_eq!(cost(&queued), len);
+        // In the 1 MiB it was read into: kept there when that is at most twice its size, and
+        // charged all of it; else a copy, charged its size.
+        let queued = super::held_or_copied(job(records.clone(), Some(buffer.len())));
+        assert_eq!(queued.records, records);
+        if buffer.len() <= KEPT_ROOM * len {
+            assert!(within(&queued.records), "a job of {len} bytes in room of 1 MiB is copied");
+            assert_eq!(cost(&queued), buffer.len());
+        } else {
+            assert!(!within(&queued.records), "a job of {len} bytes keeps 1 MiB alive");
+            assert_eq!(cost(&queued), len);
+        }
     }
 }
 
@@ -175,6 +195,7 @@ async fn a_batch_is_charged_for_every_record_it_claims() {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room: None,
     };
     // lz4 makes the thousand records a few kilobytes; they are charged as a thousand records.
     assert!(job.records.len() < 20_000, "{}", job.records.len());
@@ -289,6 +310,7 @@ async fn every_event_of_a_mixed_workload_is_a_valid_cloudevent() {
         route: Some(route.clone()),
         // Who produced them goes on every event, and must keep it a valid CloudEvent.
         producer: crate::mirror::Producer { client_id: Some("app-1".into()), principal: Some("alice".into()) },
+        room: None,
     };
     // Refused by policy: no offset; and a topic no document describes.
     let refused = Job { base_offset: None, ..accepted_clone(&accepted) };
@@ -337,6 +359,7 @@ fn accepted_clone(job: &Job) -> Job {
         outcomes: job.outcomes.clone(),
         route: job.route.clone(),
         producer: job.producer.clone(),
+        room: None,
     }
 }
 
@@ -399,6 +422,7 @@ async fn offsets_come_from_the_broker_s_base_not_the_producer_s_deltas() {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room: None,
     };
     let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id.to_string()).collect();
     assert_eq!(ids, ["orders-0-100", "orders-0-101", "orders-0-102", "orders-0-103", "orders-0-104"]);
@@ -479,6 +503,7 @@ fn job_with_one_unlike(n: i32, at: i32, value: &[u8]) -> Job {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room: None,
     }
 }
 
@@ -504,6 +529,7 @@ async fn jobs_of_one_record_share_the_worker_s_blocks() {
             outcomes: None,
             route: None,
             producer: Default::default(),
+            room: None,
         };
         events.extend(events_into(&config(), &job, &mut block).await);
     }
@@ -573,6 +599,7 @@ async fn the_live_feed_holds_copies_not_blocks() {
         outcomes: None,
         route: None,
         producer: Default::default(),
+        room: None,
     };
     let events = events_of(&config(), &job).await;
     let built: Vec<(*const u8, Bytes)> = events.iter().map(|e| (e.json.as_ptr(), e.json.clone())).collect();

@@ -55,6 +55,8 @@ pub struct Request {
     hooks: Vec<Box<dyn AnswerHook>>,
     /// Typed notes stages leave for later stages of this request.
     pub notes: Notes,
+    /// The frame as read, and the room it was read into (see [`Request::room_of`]).
+    read: Option<(Bytes, usize)>,
 }
 
 /// Notes stages leave for later stages of the same request (or, in [`Session`], for later requests
@@ -86,7 +88,23 @@ impl Notes {
 
 impl Request {
     pub fn new(meta: RequestMeta, frame: Bytes) -> Self {
-        Self { meta, frame, answered: true, hooks: Vec::new(), notes: Notes::default() }
+        Self { meta, frame, answered: true, hooks: Vec::new(), notes: Notes::default(), read: None }
+    }
+
+    /// A request as read from the client, its frame in an allocation of `room` bytes
+    /// ([`crate::wire::frame::FrameBuffer::next_frame_in_room`]).
+    pub fn read(meta: RequestMeta, frame: Bytes, room: usize) -> Self {
+        Self { read: Some((frame.clone(), room)), ..Self::new(meta, frame) }
+    }
+
+    /// The bytes of the allocation `part` lies in, when that is the frame as read (whatever a
+    /// stage has put in [`Request::frame`] since): what holding `part` keeps alive. `None` for
+    /// bytes from anywhere else.
+    pub fn room_of(&self, part: &[u8]) -> Option<usize> {
+        let (frame, room) = self.read.as_ref()?;
+        let (start, end) = (frame.as_ptr() as usize, frame.as_ptr() as usize + frame.len());
+        let at = part.as_ptr() as usize;
+        (at >= start && at + part.len() <= end).then_some(*room)
     }
 
     /// Registers a hook for this request's answer.
@@ -284,8 +302,9 @@ impl Chain {
     }
 
     /// Runs a request frame through the stages that want it.
-    pub fn request(&self, cx: &Ctx<'_>, meta: RequestMeta, frame: Bytes) -> Result<Plan, Failed> {
-        let mut req = Request::new(meta, frame);
+    /// `room` is the allocation the frame was read into (see [`Request::room_of`]).
+    pub fn request(&self, cx: &Ctx<'_>, meta: RequestMeta, frame: Bytes, room: usize) -> Result<Plan, Failed> {
+        let mut req = Request::read(meta, frame, room);
         for stage in self.stages.iter().filter(|s| s.wants(meta.api_key, meta.api_version)) {
             let flow = stage.on_request(cx, &mut req).map_err(|source| Failed { stage: stage.name(), source })?;
             match flow {
@@ -324,4 +343,32 @@ pub fn answer(cx: &AnswerCtx<'_>, hooks: Vec<Box<dyn AnswerHook>>, frame: Bytes)
         }
     }
     Ok(Some(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::Request;
+    use crate::wire::header::RequestMeta;
+
+    #[test]
+    fn the_room_is_known_for_the_frame_as_read_only() {
+        let read = Bytes::from(vec![0u8; 64]);
+        let meta = RequestMeta { api_key: 0, api_version: 9, correlation_id: 1 };
+        let mut req = Request::read(meta, read.clone(), 1_000);
+        assert_eq!(req.room_of(&read), Some(1_000));
+        assert_eq!(req.room_of(&read.slice(10..20)), Some(1_000));
+        // Bytes from anywhere else: unknown.
+        let other = Bytes::from(vec![0u8; 64]);
+        assert_eq!(req.room_of(&other), None);
+        assert_eq!(req.room_of(&read[60..]), Some(1_000));
+        // A stage replaced the frame: the new one's room is unknown; slices of the frame as read
+        // still lie in its room.
+        req.frame = other.clone();
+        assert_eq!(req.room_of(&req.frame), None);
+        assert_eq!(req.room_of(&read.slice(..4)), Some(1_000));
+        drop(read);
+        assert_eq!(Request::new(meta, other.clone()).room_of(&other), None);
+    }
 }

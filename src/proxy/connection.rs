@@ -315,11 +315,11 @@ async fn requests(
     let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
     let mut out = VecDeque::new();
     loop {
-        while let Some(frame) = buf.next_frame().map_err(ConnError::ClientFrame)? {
+        while let Some((frame, room)) = buf.next_frame_in_room().map_err(ConnError::ClientFrame)? {
             gw.metrics.bytes_from_clients.increment(frame.len() as u64);
             let meta = RequestMeta::peek(&frame).map_err(ConnError::ClientFrame)?;
             gw.metrics.request(meta.api_key);
-            let plan = gw.chain.request(&cx, meta, frame).map_err(|source| ConnError::Stage {
+            let plan = gw.chain.request(&cx, meta, frame, room).map_err(|source| ConnError::Stage {
                 api: meta.api_key,
                 version: meta.api_version,
                 source,

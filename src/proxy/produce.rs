@@ -65,6 +65,8 @@ pub struct Mirrored {
     pub records: Bytes,
     pub outcomes: Option<Arc<Vec<Outcome>>>,
     pub route: Option<Arc<Route>>,
+    /// The allocation `records` lie in, when they are the request as read (set by the mirror tap).
+    pub room: Option<usize>,
 }
 
 /// What becomes of a Produce request.
@@ -211,6 +213,7 @@ pub fn inspect(
                             records: frame.slice_ref(records),
                             outcomes: None,
                             route: None,
+                            room: None,
                         });
                     }
                 }
@@ -242,6 +245,7 @@ pub fn inspect(
                         records: bytes,
                         outcomes: Some(outcomes.clone()),
                         route: Some((*route).clone()),
+                        room: None,
                     };
                     match result.verdict {
                         Verdict::Untouched => {
@@ -338,6 +342,7 @@ fn refused_job(
         outcomes,
         route,
         producer: Default::default(),
+        room: None,
     }
 }
 

@@ -16,6 +16,11 @@
 //! the allocation is nearly full, gets room for the largest frame sent so far (up to 256 KiB); and
 //! a buffer found between frames with far more room than that is replaced. What the peer has sent
 //! bounds what it can make eventgate hold, and small frames share their allocation.
+//!
+//! Each frame comes with its *room*: the size of the allocation it was read into, which any slice
+//! of it keeps alive ([`FrameBuffer::next_frame_in_room`]). A holder that keeps part of a frame
+//! beyond its answer (the mirror's queue) uses it to tell a slice that pins about its own size from
+//! one that would pin a much larger allocation.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -29,12 +34,13 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 const MIN_READ: usize = 64 * 1024;
 /// The most room made for a read that starts between frames, before the next size is known; a
 /// buffer found with more than twice this room then is replaced, so an idle connection gives a
-/// large buffer back and small frames rarely share one. `reserve` itself still takes back the
-/// whole allocation of a buffer nobody else holds, so that large frames one after another (Fetch
+/// large buffer back and small frames rarely share one. Making room still takes back the whole
+/// allocation of a buffer nobody else holds, so that large frames one after another (Fetch
 /// answers of megabytes) are read into one allocation: a frame read then may sit in room that
 /// large frames of the same peer filled before it, at most about twice the largest. (A frame held
 /// elsewhere keeps its whole allocation alive, other frames' room included: holders that keep
-/// frames beyond their answer, as the mirror's queue would, copy.)
+/// frames beyond their answer, as the mirror's queue does, go by the room each frame is reported
+/// in, and copy what would pin far more than itself.)
 const BETWEEN_FRAMES: usize = 256 * 1024;
 
 /// Returns the total length (size prefix included) of the frame at the start of `buf` once all of
@@ -61,18 +67,58 @@ pub struct FrameBuffer {
     max: usize,
     /// The largest whole frame the peer has sent on this connection.
     largest: usize,
+    /// The address and size of the allocation `buf` is in, as last seen (see [`Self::track`]).
+    alloc: (usize, usize),
 }
 
 impl FrameBuffer {
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(MIN_READ), max: max_frame_bytes, largest: 0 }
+        let mut fb = Self { buf: BytesMut::with_capacity(MIN_READ), max: max_frame_bytes, largest: 0, alloc: (0, 0) };
+        fb.track();
+        fb
     }
 
     /// Takes the next whole frame (size prefix included) out of the buffer, if one is there.
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, WireError> {
+        Ok(self.next_frame_in_room()?.map(|(frame, _)| frame))
+    }
+
+    /// [`Self::next_frame`], with the frame's room: the bytes of the allocation it lies in, which
+    /// holding any slice of it keeps alive (the frames around it included).
+    pub fn next_frame_in_room(&mut self) -> Result<Option<(Bytes, usize)>, WireError> {
         let Some(len) = check(&self.buf, self.max)? else { return Ok(None) };
         self.largest = self.largest.max(len);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        self.track();
+        Ok(Some((self.buf.split_to(len).freeze(), self.alloc.1)))
+    }
+
+    /// Room for `additional` more bytes: in the allocation the buffer is in when that can be done
+    /// without allocating (there is room, or nobody else holds it and its bytes move to its
+    /// start: large frames one after another reuse one allocation), else in a new allocation of
+    /// just that, the buffered bytes copied to its start. (`reserve` would grow a buffer nobody
+    /// else holds in place of its old allocation, its bytes not at the start: the frames in it
+    /// would then lie in more room than they seem to.)
+    fn make_room(&mut self, additional: usize) {
+        if !self.buf.try_reclaim(additional) {
+            let mut fresh = BytesMut::with_capacity(self.buf.len().saturating_add(additional));
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
+        }
+    }
+
+    /// Notes the allocation `buf` is in. A buffer that reaches past the one last seen has moved to
+    /// a new allocation, which it starts at: every allocation a frame buffer gets is made with
+    /// its bytes first ([`Self::make_room`], a fresh buffer), and this runs after each and before
+    /// frames are split off, so the size noted is all of it. Taking the whole allocation back
+    /// stays inside the one noted. A buffer inside a noted allocation it is no longer in (that
+    /// one freed, a smaller one made in its place, with no call between) keeps the larger size:
+    /// too much, never too little.
+    fn track(&mut self) {
+        let (at, cap) = (self.buf.as_ptr() as usize, self.buf.capacity());
+        let (start, len) = self.alloc;
+        if at < start || at.saturating_add(cap) > start.saturating_add(len) {
+            self.alloc = (at, cap);
+        }
     }
 
     /// Bytes buffered that do not yet make a whole frame.
@@ -93,14 +139,14 @@ impl FrameBuffer {
                 let total = 4 + (i32::from_be_bytes(*prefix).max(0) as usize).min(self.max);
                 let missing = total.saturating_sub(self.buf.len()).max(1);
                 let bound = self.buf.len().max(MIN_READ).max(self.largest.saturating_sub(self.buf.len()));
-                self.buf.reserve(missing.min(bound));
+                self.make_room(missing.min(bound));
             }
             // Between frames, once the room left is under MIN_READ: room for the largest frame
             // the peer has sent (up to [`BETWEEN_FRAMES`]), so that a frame like it is not read
             // into a small buffer that then grows, and is copied, step by step. While there is
             // room, frames go on filling the allocation they share: held small frames never pin
             // one large allocation each.
-            None if room < MIN_READ => self.buf.reserve(self.largest.clamp(MIN_READ, BETWEEN_FRAMES)),
+            None if room < MIN_READ => self.make_room(self.largest.clamp(MIN_READ, BETWEEN_FRAMES)),
             // Far more room than a read between frames gets (left by a large frame, or by a
             // buffer grown for one): a fresh allocation instead, so small frames read next never
             // pin the large one while they are held, and an idle connection gives it back.
@@ -111,6 +157,7 @@ impl FrameBuffer {
             }
             None => {}
         }
+        self.track();
         src.read_buf(&mut self.buf).await
     }
 }
@@ -206,29 +253,84 @@ mod tests {
         }
     }
 
-    /// Reads a small frame and returns the room of the allocation it sits in.
+    /// Reads a small frame and returns the room of the allocation it sits in (from the frame on),
+    /// checked against the room the buffer reports with it, which is never less.
     async fn room_of_a_small_frame(fb: &mut FrameBuffer) -> usize {
         fb.fill(&mut &frame(&[1u8; 96])[..]).await.unwrap();
-        let next = fb.next_frame().unwrap().unwrap();
-        fb.buf.capacity() + next.len()
+        let (next, reported) = fb.next_frame_in_room().unwrap().unwrap();
+        let room = fb.buf.capacity() + next.len();
+        assert!(reported >= room, "reported {reported}, the frame sits in {room}");
+        room
     }
 
     #[tokio::test]
     async fn room_made_between_frames_is_bounded() {
         let big = frame(&vec![7u8; 5_000_000]);
-        // One large frame, held or gone (its buffer then reclaimed whole): either way the small
-        // frame read next lies in room of at most BETWEEN_FRAMES, not in what the large one left,
-        // so holding it pins no more than that.
+        // One large frame, still held: the small frame read next lies in room of at most
+        // BETWEEN_FRAMES, not in what the large one left, so holding it pins no more than that.
+        // Let go, its allocation is taken back whole for the small frame (which says so: it is
+        // reported in that room), and then given back, the next read finding far more room than a
+        // read between frames gets.
         for hold in [true, false] {
             let (mut fb, first) = first_frame(&big).await;
             let first = hold.then_some(first);
             let room = room_of_a_small_frame(&mut fb).await;
-            assert!(room <= 2 * BETWEEN_FRAMES, "held {hold}: the small frame sits in {room} bytes of room");
+            let bound = if hold { 2 * BETWEEN_FRAMES } else { big.len() };
+            assert!(room <= bound, "held {hold}: the small frame sits in {room} bytes of room");
+            let room = room_of_a_small_frame(&mut fb).await;
+            assert!(room <= 2 * BETWEEN_FRAMES, "held {hold}: the next small frame sits in {room} bytes of room");
             drop(first);
         }
     }
 
-    /// `reserve` takes back the whole allocation of a buffer nobody else holds (so large frames
+    /// The room a frame is reported in is the whole allocation it lies in, however the buffer got
+    /// there: frames held or let go, read whole or in pieces, larger or smaller than before. The
+    /// allocation of each frame is found from the frames themselves: frames sharing one are
+    /// adjacent, so together they span at most its room.
+    #[tokio::test]
+    async fn the_room_reported_is_the_allocation_the_frame_lies_in() {
+        let sizes = [100usize, 30, 5, 150_000, 20, 20, 700_000, 700_000, 5, 64 * 1024, 300_000, 10, 10, 900_000, 40];
+        for hold in [true, false] {
+            for piece in [1000usize, 65_536, 100_000, usize::MAX] {
+                let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+                let wire: Vec<u8> = sizes.iter().flat_map(|&n| frame(&vec![3u8; n])).collect();
+                let mut src = &wire[..];
+                let mut got: Vec<(Bytes, usize)> = Vec::new();
+                while got.len() < sizes.len() {
+                    // Reads of at most `piece` bytes, the frames taken after each (as the proxy does).
+                    let take = piece.min(src.len());
+                    let mut now = &src[..take];
+                    fb.fill(&mut now).await.unwrap();
+                    src = &src[take - now.len()..];
+                    while let Some((f, room)) = fb.next_frame_in_room().unwrap() {
+                        assert!(room >= f.len(), "a frame of {} in {room}", f.len());
+                        // Let go at once unless held (only the room is kept), as frames answered are.
+                        got.push((if hold { f } else { Bytes::new() }, room));
+                    }
+                }
+                if hold {
+                    // Adjacent frames share an allocation (the test's allocator puts a header
+                    // between two): they report the same room, which holds them all.
+                    let mut run = 0;
+                    for i in 1..=got.len() {
+                        let adjacent = i < got.len()
+                            && got[i].0.as_ptr() == got[i - 1].0.as_ptr().wrapping_add(got[i - 1].0.len());
+                        if !adjacent {
+                            let span: usize = got[run..i].iter().map(|(f, _)| f.len()).sum();
+                            let room = got[run].1;
+                            for (f, r) in &got[run..i] {
+                                assert_eq!(*r, room, "piece {piece}: frames of one allocation, one of {}", f.len());
+                            }
+                            assert!(span <= room, "piece {piece}: frames of {span} bytes in {room}");
+                            run = i;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Making room takes back the whole allocation of a buffer nobody else holds (so large frames
     /// one after another, each let go once written, need no new allocation each). A small frame
     /// read after them may then sit in room the peer's own large frames filled: bounded by what
     /// the peer sent, about twice its largest frame, never by a size it merely announced.

@@ -29,7 +29,10 @@ impl Stage for MirrorTap {
     }
 
     fn on_request(&self, _: &Ctx<'_>, req: &mut Request) -> Result<Flow, StageError> {
-        if let Some(ToMirror(parts)) = req.notes.remove::<ToMirror>() {
+        if let Some(ToMirror(mut parts)) = req.notes.remove::<ToMirror>() {
+            for part in &mut parts {
+                part.room = req.room_of(&part.records);
+            }
             req.on_answer(Tap(parts));
         }
         Ok(Flow::Next)
@@ -93,6 +96,7 @@ fn accepted(
             outcomes: part.outcomes,
             route: part.route,
             producer: producer.clone(),
+            room: part.room,
         };
         if repeated { ambiguous.push(job) } else { jobs.push(job) }
     }
@@ -110,7 +114,14 @@ mod tests {
     use crate::proxy::stages::testing::response_frame;
 
     fn part(topic: &str, partition: i32) -> Mirrored {
-        Mirrored { topic: topic.into(), partition, records: Bytes::from_static(b"r"), outcomes: None, route: None }
+        Mirrored {
+            topic: topic.into(),
+            partition,
+            records: Bytes::from_static(b"r"),
+            outcomes: None,
+            route: None,
+            room: None,
+        }
     }
 
     #[test]
