@@ -72,7 +72,20 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned LEB128 varint of at most 32 bits (Kafka's `UNSIGNED_VARINT`).
+    #[inline]
     pub fn uvarint(&mut self, what: &'static str) -> Result<u32, WireError> {
+        // One byte (a value under 128: most of a record's counts, deltas and short lengths),
+        // read without the loop.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u32::from(b));
+        }
+        self.uvarint_long(what)
+    }
+
+    fn uvarint_long(&mut self, what: &'static str) -> Result<u32, WireError> {
         let mut value: u32 = 0;
         for i in 0..5 {
             let b = self.array::<1>(what)?[0];
@@ -88,7 +101,18 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned LEB128 varint of at most 64 bits.
+    #[inline]
     pub fn uvarlong(&mut self, what: &'static str) -> Result<u64, WireError> {
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.uvarlong_long(what)
+    }
+
+    fn uvarlong_long(&mut self, what: &'static str) -> Result<u64, WireError> {
         let mut value: u64 = 0;
         for i in 0..10 {
             let b = self.array::<1>(what)?[0];
@@ -104,12 +128,14 @@ impl<'a> Reader<'a> {
     }
 
     /// A zig-zag encoded signed varint (Kafka's `VARINT`, used inside record batches).
+    #[inline]
     pub fn varint(&mut self, what: &'static str) -> Result<i32, WireError> {
         let v = self.uvarint(what)?;
         Ok(((v >> 1) as i32) ^ -((v & 1) as i32))
     }
 
     /// A zig-zag encoded signed varlong (Kafka's `VARLONG`).
+    #[inline]
     pub fn varlong(&mut self, what: &'static str) -> Result<i64, WireError> {
         let v = self.uvarlong(what)?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
@@ -218,6 +244,45 @@ mod tests {
         assert_eq!(r.varint("t").unwrap(), -2);
         assert_eq!(r.varint("t").unwrap(), 300);
         assert_eq!(r.remaining(), 0);
+    }
+
+    /// Every length of encoding, read one after another, with and without bytes after them, and
+    /// cut short: one-byte values take the short path, the rest the loop, to the same result.
+    #[test]
+    fn varints_of_every_length_are_read_whole_and_cut_short_is_an_error() {
+        fn leb(mut v: u64) -> Vec<u8> {
+            let mut out = Vec::new();
+            loop {
+                let b = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    out.push(b);
+                    return out;
+                }
+                out.push(b | 0x80);
+            }
+        }
+        let values = [0u64, 1, 63, 64, 127, 128, 300, 16_383, 16_384, 1 << 21, u64::from(u32::MAX), 1 << 35, u64::MAX];
+        for &v in &values {
+            let enc = leb(v);
+            for tail in [&[][..], &[0x05][..], &[0x80][..]] {
+                let wire = [enc.as_slice(), tail].concat();
+                let mut r = Reader::new(&wire);
+                assert_eq!(r.uvarlong("t").unwrap(), v);
+                assert_eq!(r.position(), enc.len());
+                let mut r = Reader::new(&wire);
+                match u32::try_from(v) {
+                    Ok(small) => {
+                        assert_eq!(r.uvarint("t").unwrap(), small);
+                        assert_eq!(r.position(), enc.len());
+                    }
+                    Err(_) => assert!(r.uvarint("t").is_err(), "{v} read as 32 bits"),
+                }
+            }
+            let cut = &enc[..enc.len() - 1];
+            assert!(Reader::new(cut).uvarlong("t").is_err(), "{v} cut short");
+            assert!(Reader::new(cut).uvarint("t").is_err(), "{v} cut short");
+        }
     }
 
     #[test]
