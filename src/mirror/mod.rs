@@ -2,8 +2,9 @@
 //! (or, without NATS, to the in-process feed the websocket reads).
 //!
 //! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
-//! partition's records (a copy of the bytes that went to the broker, so the queue holds what it
-//! charges) with the offset the broker
+//! partition's records (the bytes that went to the broker: where they were read when the request
+//! was read into room of about their size, else a copy, so the queue holds what it charges) with
+//! the offset the broker
 //! assigned and the validation outcomes, or drops the job and counts it when the buffer
 //! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes plus
 //! [`RECORD_OVERHEAD`] for each record its batches declare (its validation outcome), so a
@@ -197,7 +198,11 @@ impl Mirror {
         if !self.active() {
             return false;
         }
-        let job = held_or_copied(job);
+        let mut job = job;
+        if !keeps_room(&job) {
+            // Charged its records, and copied once let in.
+            job.room = None;
+        }
         let size = cost(&job);
         let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if before + size > self.limit {
@@ -206,7 +211,7 @@ impl Mirror {
             return false;
         }
         self.metrics.queued.set((before + size) as f64);
-        if let Err(e) = self.tx.try_send(job) {
+        if let Err(e) = self.tx.try_send(as_queued(job)) {
             let job = match e {
                 mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
             };
@@ -233,20 +238,26 @@ fn batch_record_count(records: &[u8]) -> usize {
 /// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
 pub const RECORD_OVERHEAD: usize = 32;
 
-/// `job` as it is queued, holding what it is charged ([`cost`]). Its records are a slice of some
+/// `job` as it is queued, holding what it is charged ([`cost`]), once let in (a job left out is
+/// never copied). Its records are a slice of some
 /// allocation, which holding them keeps alive whole. When that is the request as read and its
 /// room is at most [`KEPT_ROOM`] times the records (a large request, read into room of about its
 /// size: the common case for batches of many records), the slice is kept, charged all the room.
 /// Else they are copied out, charged their size: room of unknown size, records annotated, or a
 /// slice of far more room (a read buffer nobody else holds is reclaimed whole, with the room of
 /// the largest frame the connection sent: a 70 KiB job read after a 100 MiB frame would hold
-/// 100 MiB). The copy cost the Kafka path about 0.05 ms/MB with the mirror on (BENCHMARKS.md).
-fn held_or_copied(mut job: Job) -> Job {
-    if job.room.is_none_or(|room| room > job.records.len().saturating_mul(KEPT_ROOM)) {
+/// 100 MiB). The copy was about 7% of the Kafka path's CPU with the mirror on (BENCHMARKS.md).
+fn as_queued(mut job: Job) -> Job {
+    if !keeps_room(&job) {
         job.records = Bytes::copy_from_slice(&job.records);
         job.room = None;
     }
     job
+}
+
+/// Whether the queue keeps `job`'s records where they were read ([`as_queued`]).
+fn keeps_room(job: &Job) -> bool {
+    job.room.is_some_and(|room| room <= job.records.len().saturating_mul(KEPT_ROOM))
 }
 
 /// How much larger than its records the room of a request may be for the queue to keep the
@@ -260,7 +271,7 @@ pub const EVENT_CHUNK: usize = 256;
 pub const CHUNK_BYTES: usize = 4 << 20;
 
 /// What a job is charged in the buffer: the bytes it keeps alive (all of the room it lies in, when
-/// it is kept where it was read: [`held_or_copied`]), plus [`RECORD_OVERHEAD`] for every record its
+/// it is kept where it was read: [`as_queued`]), plus [`RECORD_OVERHEAD`] for every record its
 /// batches say they hold. A few kilobytes of compressed records that claim tens of millions of
 /// records cost more than the buffer holds, and so are dropped from the mirror (counted) instead
 /// of queued.

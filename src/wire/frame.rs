@@ -8,7 +8,7 @@
 //! frame), not 100 MiB.
 //!
 //! A frame still held elsewhere (a stage waiting for its answer: the mirror tap holds Produce
-//! requests until the broker's answer) keeps the allocation from being reused, and the next frame
+//! requests until the broker's answer, and the mirror's queue may hold them until published) keeps the allocation from being reused, and the next frame
 //! is read into a new one. Grown step by step, that one would be copied at every step (about once
 //! its size in all, and fresh pages for the kernel to zero). So a frame in progress gets room for
 //! the rest of it, once the peer has already sent a whole frame of at least that size on the
@@ -158,6 +158,9 @@ impl FrameBuffer {
             None => {}
         }
         self.track();
+        // Room is left (the branches above make at least a byte), so the read cannot grow the
+        // buffer where `track` would not see it before the next frame is split off.
+        debug_assert!(self.buf.capacity() > self.buf.len(), "a read into a full buffer");
         src.read_buf(&mut self.buf).await
     }
 }
