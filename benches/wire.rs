@@ -7,13 +7,17 @@ use std::hint::black_box;
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use eventgate::wire::compression::{Codec, Framing};
-use eventgate::wire::frame::check;
+use eventgate::wire::frame::{FrameBuffer, check};
 use eventgate::wire::records::{self, BatchHeader, RawBatch, write_batch, write_record};
 use eventgate::wire::rewrite::{AdvertiseError, ResponseAction, rewrite_response};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchResponse, MetadataResponse, ResponseHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
+
+// The binary's allocator: how frames are read depends on how allocations grow and are reused.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn batch(n: usize, size: usize) -> Bytes {
     let mut section = Vec::new();
@@ -59,6 +63,67 @@ fn frames(c: &mut Criterion) {
     });
     g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(wire.clone())));
     g.finish();
+}
+
+/// A peer's bytes, handed over at most `piece` at a time (as the kernel gives a socket's).
+struct Pieces<'a> {
+    rest: &'a [u8],
+    piece: usize,
+}
+
+impl tokio::io::AsyncRead for Pieces<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = self.piece.min(out.remaining()).min(self.rest.len());
+        let (now, rest) = self.rest.split_at(n);
+        out.put_slice(now);
+        self.rest = rest;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads every frame of `wire` through a frame buffer, in reads of at most 64 KiB; `hold` keeps
+/// them all until the end (requests waiting for their answers), else each is let go at once
+/// (answers written to the client).
+fn read_frames(rt: &tokio::runtime::Runtime, wire: &[u8], hold: bool) -> usize {
+    rt.block_on(async {
+        let mut fb = FrameBuffer::new(eventgate::wire::frame::DEFAULT_MAX_FRAME_BYTES);
+        let mut src = Pieces { rest: wire, piece: 64 * 1024 };
+        let (mut held, mut n) = (Vec::new(), 0);
+        while fb.fill(&mut src).await.unwrap_or(0) > 0 {
+            while let Some(f) = fb.next_frame().ok().flatten() {
+                n += f.len();
+                if hold {
+                    held.push(f);
+                }
+            }
+        }
+        black_box(held);
+        n
+    })
+}
+
+/// The frame buffer reading a connection's frames from the socket, beside a memcpy of them.
+fn frame_reads(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let frames = |sizes: &mut dyn Iterator<Item = usize>| -> Vec<u8> {
+        sizes.flat_map(|n| [(n as i32).to_be_bytes().to_vec(), vec![7u8; n]].concat()).collect()
+    };
+    let cases = [
+        ("32 answers of 1 MiB, each let go", frames(&mut std::iter::repeat_n(1 << 20, 32)), false),
+        ("answers of 64 KiB to 8 MiB, each larger, let go", frames(&mut (16..=23).map(|s| 1usize << s)), false),
+        ("100 requests of 100 KB, held", frames(&mut std::iter::repeat_n(100_000, 100)), true),
+    ];
+    for (name, wire, hold) in &cases {
+        let mut g = c.benchmark_group(format!("frame reads/{name}"));
+        g.throughput(Throughput::Bytes(wire.len() as u64));
+        g.bench_function("FrameBuffer", |b| b.iter(|| read_frames(&rt, wire, *hold)));
+        g.bench_function("memcpy of the same bytes", |b| b.iter(|| black_box(wire.clone())));
+        g.finish();
+    }
 }
 
 fn rewrites(c: &mut Criterion) {
@@ -107,5 +172,5 @@ fn rewrites(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, frames, rewrites);
+criterion_group!(benches, frames, frame_reads, rewrites);
 criterion_main!(benches);

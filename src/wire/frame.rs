@@ -92,14 +92,22 @@ impl FrameBuffer {
         Ok(Some((self.buf.split_to(len).freeze(), self.alloc.1)))
     }
 
-    /// Room for `additional` more bytes: in the allocation the buffer is in when that can be done
-    /// without allocating (there is room, or nobody else holds it and its bytes move to its
-    /// start: large frames one after another reuse one allocation), else in a new allocation of
-    /// just that, the buffered bytes copied to its start. (`reserve` would grow a buffer nobody
-    /// else holds in place of its old allocation, its bytes not at the start: the frames in it
-    /// would then lie in more room than they seem to.)
+    /// Room for `additional` more bytes, the buffered bytes first in whatever allocation they end
+    /// up in: in the allocation the buffer is in when that can be done without allocating (there
+    /// is room, or nobody else holds it and its bytes move to its start: large frames one after
+    /// another reuse one allocation); by `reserve` when the buffer starts its allocation (grown in
+    /// place where the allocator can, doubling, else copied to the start of a new one: frames
+    /// larger than any before are not copied at every step); else in a new allocation of just
+    /// that, the buffered bytes copied to its start. (`reserve` on a buffer nobody else holds,
+    /// after bytes it no longer uses, would grow it keeping those: the frames in it would lie in
+    /// more room than they seem to.)
     fn make_room(&mut self, additional: usize) {
-        if !self.buf.try_reclaim(additional) {
+        if self.buf.try_reclaim(additional) {
+            return;
+        }
+        if self.buf.as_ptr() as usize == self.alloc.0 {
+            self.buf.reserve(additional);
+        } else {
             let mut fresh = BytesMut::with_capacity(self.buf.len().saturating_add(additional));
             fresh.extend_from_slice(&self.buf);
             self.buf = fresh;
