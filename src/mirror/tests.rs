@@ -413,17 +413,7 @@ async fn offsets_come_from_the_broker_s_base_not_the_producer_s_deltas() {
     };
     let mut records = forged(0, 3);
     records.extend_from_slice(&forged(100_000, 2));
-    let job = Job {
-        topic: "orders".into(),
-        partition: 0,
-        base_offset: Some(100),
-        log_append_time: -1,
-        records: records.freeze(),
-        outcomes: None,
-        route: None,
-        producer: Default::default(),
-        room: None,
-    };
+    let job = orders(records.freeze(), 100);
     let ids: Vec<String> = events_of(&config(), &job).await.into_iter().map(|e| e.id.to_string()).collect();
     assert_eq!(ids, ["orders-0-100", "orders-0-101", "orders-0-102", "orders-0-103", "orders-0-104"]);
 }
@@ -494,12 +484,17 @@ fn job_with_one_unlike(n: i32, at: i32, value: &[u8]) -> Job {
     }
     let mut records = BytesMut::new();
     write_batch(&mut records, &BatchHeader::new(n, Codec::None, 1000), &section, Framing::Standard).unwrap();
+    orders(records.freeze(), 0)
+}
+
+/// A job of `records` for partition 0 of `orders`, the first at `base_offset`, not validated.
+fn orders(records: Bytes, base_offset: i64) -> Job {
     Job {
         topic: "orders".into(),
         partition: 0,
-        base_offset: Some(0),
+        base_offset: Some(base_offset),
         log_append_time: -1,
-        records: records.freeze(),
+        records,
         outcomes: None,
         route: None,
         producer: Default::default(),
