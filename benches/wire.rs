@@ -90,7 +90,9 @@ impl tokio::io::AsyncRead for Pieces<'_> {
 /// (answers written to the client).
 fn read_frames(rt: &tokio::runtime::Runtime, wire: &[u8], hold: bool) -> usize {
     rt.block_on(async {
-        let mut fb = FrameBuffer::new(eventgate::wire::frame::DEFAULT_MAX_FRAME_BYTES);
+        // Answers read as the broker's are, requests as a client's.
+        let max = eventgate::wire::frame::DEFAULT_MAX_FRAME_BYTES;
+        let mut fb = if hold { FrameBuffer::new(max) } else { FrameBuffer::for_answers(max) };
         let mut src = Pieces { rest: wire, piece: 64 * 1024 };
         let (mut held, mut n) = (Vec::new(), 0);
         while fb.fill(&mut src).await.unwrap_or(0) > 0 {

@@ -323,7 +323,7 @@ async fn produce(args: &BenchArgs, codec: Codec) -> Result<PhaseResult, BenchErr
         Ok::<_, BenchError>(wr)
     });
 
-    let mut buf = FrameBuffer::new(64 << 20);
+    let mut buf = FrameBuffer::for_answers(64 << 20);
     let mut latencies = Vec::with_capacity(requests as usize);
     let mut errors = 0u64;
     let mut answered = 0u64;
@@ -368,7 +368,7 @@ async fn consume(args: &BenchArgs) -> Result<PhaseResult, BenchError> {
     let produced = args.records.div_ceil(args.batch_records as u64) * args.batch_records as u64;
     let wanted = args.consume_records.unwrap_or(produced).min(produced);
     let mut offsets = vec![0i64; args.partitions as usize];
-    let mut buf = FrameBuffer::new(128 << 20);
+    let mut buf = FrameBuffer::for_answers(128 << 20);
     let mut got = 0u64;
     let mut bytes = 0u64;
     let start = Instant::now();

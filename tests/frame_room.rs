@@ -107,9 +107,13 @@ async fn a_frame_is_never_reported_in_less_room_than_its_allocation() {
     let sizes = [100usize, 30, 5, 150_000, 20, 20, 700_000, 700_000, 5, 64 * 1024, 300_000, 10, 10, 900_000, 40];
     let wire: Vec<u8> = sizes.iter().flat_map(|&n| frame(n)).collect();
     let mut checked = 0;
-    for hold in [true, false] {
+    for (hold, answers) in [(true, false), (false, false), (false, true)] {
         for piece in [1000usize, 4096, 60_000, 65_536, 100_000, 250_000, usize::MAX] {
-            let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);
+            let mut fb = if answers {
+                FrameBuffer::for_answers(DEFAULT_MAX_FRAME_BYTES)
+            } else {
+                FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES)
+            };
             let mut held: Vec<Bytes> = Vec::new();
             let (mut src, mut got) = (&wire[..], 0);
             while got < sizes.len() {
@@ -122,8 +126,8 @@ async fn a_frame_is_never_reported_in_less_room_than_its_allocation() {
                     if let Some(size) = allocation_of(f.as_ptr()) {
                         assert!(
                             room >= size,
-                            "held {hold}, pieces of {piece}: a frame of {} reported in {room} bytes, \
-                             its allocation is {size}",
+                            "held {hold}, answers {answers}, pieces of {piece}: a frame of {} reported in \
+                             {room} bytes, its allocation is {size}",
                             f.len()
                         );
                         checked += 1;

@@ -198,11 +198,7 @@ impl Mirror {
         if !self.active() {
             return false;
         }
-        let mut job = job;
-        if !keeps_room(&job) {
-            // Charged its records, and copied once let in.
-            job.room = None;
-        }
+        let job = charged(job);
         let size = cost(&job);
         let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         if before + size > self.limit {
@@ -211,14 +207,13 @@ impl Mirror {
             return false;
         }
         self.metrics.queued.set((before + size) as f64);
-        if let Err(e) = self.tx.try_send(as_queued(job)) {
-            let job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
-            };
+        // A place in the queue first: a job left out is never copied.
+        let Ok(place) = self.tx.try_reserve() else {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             self.drop_job(&job, "the mirror queue is full or stopped");
             return false;
-        }
+        };
+        place.send(as_queued(job));
         true
     }
 
@@ -248,16 +243,19 @@ pub const RECORD_OVERHEAD: usize = 32;
 /// the largest frame the connection sent: a 70 KiB job read after a 100 MiB frame would hold
 /// 100 MiB). The copy was about 7% of the Kafka path's CPU with the mirror on (BENCHMARKS.md).
 fn as_queued(mut job: Job) -> Job {
-    if !keeps_room(&job) {
+    if job.room.is_none() {
         job.records = Bytes::copy_from_slice(&job.records);
-        job.room = None;
     }
     job
 }
 
-/// Whether the queue keeps `job`'s records where they were read ([`as_queued`]).
-fn keeps_room(job: &Job) -> bool {
-    job.room.is_some_and(|room| room <= job.records.len().saturating_mul(KEPT_ROOM))
+/// `job` as it will be charged: its room forgotten unless the queue keeps its records where they
+/// were read (then [`as_queued`] copies them).
+fn charged(mut job: Job) -> Job {
+    if job.room.is_some_and(|room| room > job.records.len().saturating_mul(KEPT_ROOM)) {
+        job.room = None;
+    }
+    job
 }
 
 /// How much larger than its records the room of a request may be for the queue to keep the

@@ -166,13 +166,13 @@ fn a_job_is_queued_where_it_was_read_only_when_that_room_is_about_its_size() {
         let records = buffer.slice(100..100 + len);
         // Room unknown (records annotated, or from anywhere but the request as read): a copy,
         // charged its size.
-        let queued = super::as_queued(job(records.clone(), None));
+        let queued = super::as_queued(super::charged(job(records.clone(), None)));
         assert!(!within(&queued.records), "a job of {len} bytes of unknown room keeps the read buffer alive");
         assert_eq!((&queued.records, queued.room), (&records, None));
         assert_eq!(cost(&queued), len);
         // In the 1 MiB it was read into: kept there when that is at most twice its size, and
         // charged all of it; else a copy, charged its size.
-        let queued = super::as_queued(job(records.clone(), Some(buffer.len())));
+        let queued = super::as_queued(super::charged(job(records.clone(), Some(buffer.len()))));
         assert_eq!(queued.records, records);
         if buffer.len() <= KEPT_ROOM * len {
             assert!(within(&queued.records), "a job of {len} bytes in room of 1 MiB is copied");

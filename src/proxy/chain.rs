@@ -302,9 +302,14 @@ impl Chain {
     }
 
     /// Runs a request frame through the stages that want it.
-    /// `room` is the allocation the frame was read into (see [`Request::room_of`]).
+    /// `room` is the allocation the frame was read into (see [`Request::room_of`]; kept for
+    /// Produce requests, the only ones whose bytes are held past their answer).
     pub fn request(&self, cx: &Ctx<'_>, meta: RequestMeta, frame: Bytes, room: usize) -> Result<Plan, Failed> {
-        let mut req = Request::read(meta, frame, room);
+        let mut req = if meta.api_key == kafka_protocol::messages::ApiKey::Produce as i16 {
+            Request::read(meta, frame, room)
+        } else {
+            Request::new(meta, frame)
+        };
         for stage in self.stages.iter().filter(|s| s.wants(meta.api_key, meta.api_version)) {
             let flow = stage.on_request(cx, &mut req).map_err(|source| Failed { stage: stage.name(), source })?;
             match flow {

@@ -369,7 +369,7 @@ async fn responses(
     abort: &CancellationToken,
     in_flight: &AtomicUsize,
 ) -> Result<(), ConnError> {
-    let mut buf = FrameBuffer::new(gw.config.max_frame_bytes);
+    let mut buf = FrameBuffer::for_answers(gw.config.max_frame_bytes);
     let mut pending = VecDeque::new();
     let mut out = VecDeque::new();
     let mut requests_done = false;
