@@ -29,11 +29,8 @@ impl Stage for MirrorTap {
     }
 
     fn on_request(&self, _: &Ctx<'_>, req: &mut Request) -> Result<Flow, StageError> {
-        if let Some(ToMirror(mut parts)) = req.notes.remove::<ToMirror>() {
-            for part in &mut parts {
-                part.room = req.room_of(&part.records);
-            }
-            req.on_answer(Tap(parts));
+        if let Some(tap) = Tap::of(req) {
+            req.on_answer(tap);
         }
         Ok(Flow::Next)
     }
@@ -41,6 +38,18 @@ impl Stage for MirrorTap {
 
 /// Hands the accepted partitions of one answer to the mirror.
 struct Tap(Vec<Mirrored>);
+
+impl Tap {
+    /// The partitions the produce stage listed for the mirror, each with the room its records lie
+    /// in when they are the request as read (the mirror's queue may then keep them there).
+    fn of(req: &mut Request) -> Option<Self> {
+        let ToMirror(mut parts) = req.notes.remove::<ToMirror>()?;
+        for part in &mut parts {
+            part.room = req.room_of(&part.records);
+        }
+        Some(Self(parts))
+    }
+}
 
 impl AnswerHook for Tap {
     fn stage(&self) -> &'static str {
@@ -122,6 +131,23 @@ mod tests {
             route: None,
             room: None,
         }
+    }
+
+    /// Records that are the request as read carry its room to the mirror; others (annotated
+    /// records, built anew) carry none, and are copied.
+    #[test]
+    fn partitions_read_with_the_request_carry_its_room() {
+        let frame = Bytes::from(vec![0u8; 64]);
+        let meta = crate::wire::header::RequestMeta { api_key: 0, api_version: 9, correlation_id: 1 };
+        let mut req = Request::read(meta, frame.clone(), 4_096);
+        let annotated = Bytes::from(vec![1u8; 16]);
+        req.notes.insert(ToMirror(vec![
+            Mirrored { records: frame.slice(10..50), ..part("t", 0) },
+            Mirrored { records: annotated, ..part("t", 1) },
+        ]));
+        let Some(Tap(parts)) = Tap::of(&mut req) else { panic!("the partitions were listed") };
+        assert_eq!(parts.iter().map(|p| p.room).collect::<Vec<_>>(), [Some(4_096), None]);
+        assert!(Tap::of(&mut req).is_none(), "the note is taken once");
     }
 
     #[test]
