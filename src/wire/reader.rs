@@ -74,15 +74,19 @@ impl<'a> Reader<'a> {
     /// An unsigned LEB128 varint of at most 32 bits (Kafka's `UNSIGNED_VARINT`).
     #[inline]
     pub fn uvarint(&mut self, what: &'static str) -> Result<u32, WireError> {
-        // One byte (a value under 128: most of a record's counts, deltas and short lengths),
-        // read without the loop.
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return Ok(u32::from(b));
+        match self.one_byte_varint() {
+            Some(b) => Ok(u32::from(b)),
+            None => self.uvarint_long(what),
         }
-        self.uvarint_long(what)
+    }
+
+    /// A varint of one byte (a value under 128: most of a record's counts, deltas and short
+    /// lengths), read without the loop; `None` (nothing read) for anything else.
+    #[inline]
+    fn one_byte_varint(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos).filter(|b| **b < 0x80)?;
+        self.pos += 1;
+        Some(b)
     }
 
     fn uvarint_long(&mut self, what: &'static str) -> Result<u32, WireError> {
@@ -103,13 +107,10 @@ impl<'a> Reader<'a> {
     /// An unsigned LEB128 varint of at most 64 bits.
     #[inline]
     pub fn uvarlong(&mut self, what: &'static str) -> Result<u64, WireError> {
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return Ok(u64::from(b));
+        match self.one_byte_varint() {
+            Some(b) => Ok(u64::from(b)),
+            None => self.uvarlong_long(what),
         }
-        self.uvarlong_long(what)
     }
 
     fn uvarlong_long(&mut self, what: &'static str) -> Result<u64, WireError> {
