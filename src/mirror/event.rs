@@ -942,8 +942,9 @@ pub fn build(record: &Record<'_>, ctx: &Context<'_>) -> Event {
 /// given): when less room is left than the event is expected to take, a new block of [`BLOCK`]
 /// replaces it (the old one is freed with the last event taken from it), or, for an event of more
 /// than half a block, the event gets a buffer of its own size and the block is kept. An event sent
-/// without its data is written again into the block, right after the event before it: over its
-/// first attempt when that was in the block, or into a fresh block when that attempt grew it
+/// without its data is written again into the block, right after the event before it when the
+/// block has room for it (else the block grows into a new allocation): over its first attempt
+/// when that was in the block, or into a fresh block when that attempt grew it
 /// ([`written_again`]); a first attempt in a buffer of its own is freed.
 pub fn build_into(record: &Record<'_>, ctx: &Context<'_>, block: &mut BytesMut) -> Event {
     // One walk over the headers: the content type and whether this is binary mode.

@@ -3,10 +3,12 @@
 //!
 //! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
 //! partition's records (the bytes that went to the broker: where they were read when the request
-//! was read into room of about their size, else a copy, so the queue holds what it charges) with
+//! was read into room of at most twice their size, else a copy, so the queue holds what it
+//! charges) with
 //! the offset the broker
 //! assigned and the validation outcomes, or drops the job and counts it when the buffer
-//! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes plus
+//! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes (all its
+//! room when kept where read) plus
 //! [`RECORD_OVERHEAD`] for each record its batches declare (its validation outcome), so a
 //! compressed batch that claims more records than the buffer can account for is dropped from the
 //! mirror, never from Kafka. The worker builds and publishes a job's events a chunk at a time
@@ -241,7 +243,8 @@ pub const RECORD_OVERHEAD: usize = 32;
 /// Else they are copied out, charged their size: room of unknown size, records annotated, or a
 /// slice of far more room (a read buffer nobody else holds is reclaimed whole, with the room of
 /// the largest frame the connection sent: a 70 KiB job read after a 100 MiB frame would hold
-/// 100 MiB). The copy was about 7% of the Kafka path's CPU with the mirror on (BENCHMARKS.md).
+/// 100 MiB). The copy was about 6% of the Kafka path's CPU with the mirror on (113 of 1,939
+/// samples, BENCHMARKS.md).
 fn as_queued(mut job: Job) -> Job {
     if job.room.is_none() {
         job.records = Bytes::copy_from_slice(&job.records);

@@ -12,7 +12,8 @@
 //! is read into a new one. Grown step by step, that one would be copied at every step (about once
 //! its size in all, and fresh pages for the kernel to zero). So a frame in progress gets room for
 //! the rest of it, once the peer has already sent a whole frame of at least that size on the
-//! connection (else twice what it has sent of this one); a read that starts between frames, once
+//! connection (else twice what it has sent of this one; a broker's answers, read with
+//! [`FrameBuffer::for_answers`], grow by doubling, so up to four times); a read that starts between frames, once
 //! the allocation is nearly full, gets room for the largest frame sent so far (up to 256 KiB); and
 //! a buffer found between frames with far more room than that is replaced. What the peer has sent
 //! bounds what it can make eventgate hold, and small frames share their allocation.
@@ -322,6 +323,7 @@ mod tests {
         let big = frame(&vec![7u8; 2_000_000]);
         let (mut fb, first) = first_frame(&big).await;
         drop(first);
+        let mut at = Vec::new();
         for _ in 0..3 {
             let mut src = &big[..];
             let next = loop {
@@ -331,8 +333,11 @@ mod tests {
                 }
             };
             assert_eq!(next.len(), big.len());
+            at.push(next.as_ptr() as usize);
         }
+        assert!(at.windows(2).all(|w| w[0] == w[1]), "large frames let go are read into one allocation: {at:?}");
         let room = room_of_a_small_frame(&mut fb).await;
+        assert!(room >= big.len(), "the small frame is read into the room taken back ({room} bytes)");
         assert!(room <= 2 * big.len() + 2 * BETWEEN_FRAMES, "the small frame sits in {room} bytes");
     }
 
