@@ -376,4 +376,45 @@ mod tests {
         drop(read);
         assert_eq!(Request::new(meta, other.clone()).room_of(&other), None);
     }
+
+    /// Notes the room a stage sees for the frame it is given.
+    struct Rooms(std::sync::Arc<std::sync::Mutex<Vec<Option<usize>>>>);
+
+    impl super::Stage for Rooms {
+        fn name(&self) -> &'static str {
+            "rooms"
+        }
+
+        fn wants(&self, _: i16, _: i16) -> bool {
+            true
+        }
+
+        fn on_request(&self, _: &super::Ctx<'_>, req: &mut Request) -> Result<super::Flow, super::StageError> {
+            let room = req.room_of(&req.frame.slice(4..));
+            self.0.lock().map_err(|_| super::StageError::Close("poisoned".into()))?.push(room);
+            Ok(super::Flow::Next)
+        }
+    }
+
+    /// The chain hands its stages a Produce request with the room it was read into (what lets
+    /// the mirror keep the records where they lie, `Mirror::submit`), and any other request
+    /// without (nothing else is held past its answer).
+    #[test]
+    fn the_chain_keeps_the_room_of_produce_requests_only() {
+        use kafka_protocol::messages::{ApiKey, MetadataRequest, ProduceRequest};
+
+        use crate::proxy::stages::testing::{gateway, request};
+        let seen = std::sync::Arc::default();
+        let chain = super::Chain::new(vec![Box::new(Rooms(std::sync::Arc::clone(&seen)))]);
+        let gw = gateway();
+        let session = super::Session::new("127.0.0.1:1".parse().unwrap());
+        let cx = super::Ctx { gw: &gw, session: &session };
+        let produce = request(ApiKey::Produce, 9, 1, &ProduceRequest::default().with_acks(-1));
+        let metadata = request(ApiKey::Metadata, 12, 2, &MetadataRequest::default());
+        for frame in [produce, metadata] {
+            let meta = RequestMeta::peek(&frame).unwrap();
+            chain.request(&cx, meta, frame, 4_096).unwrap();
+        }
+        assert_eq!(*seen.lock().unwrap(), [Some(4_096), None]);
+    }
 }
