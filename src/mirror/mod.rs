@@ -1,14 +1,13 @@
 //! The CloudEvents mirror: every record the broker accepted, as a CloudEvent, into NATS JetStream
 //! (or, without NATS, to the in-process feed the websocket reads).
 //!
-//! The Kafka path only ever calls [`Mirror::submit`], which never blocks: it hands over the
-//! partition's records (the bytes that went to the broker: where they were read when the request
-//! was read into room of at most twice their size, else a copy, so the queue holds what it
-//! charges) with
-//! the offset the broker
-//! assigned and the validation outcomes, or drops the job and counts it when the buffer
-//! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes (all its
-//! room when kept where read) plus
+//! The Kafka path only ever calls [`Mirror::submit`] or, for the partitions of one answer,
+//! [`Mirror::submit_all`], which never block: they hand over each partition's records (the bytes
+//! that went to the broker: where they were read when the request was read into room of at most
+//! twice the records of its partitions, else a copy) with the offset the broker
+//! assigned and the validation outcomes, or drop the job and count it when the buffer
+//! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes (its
+//! share of the room when kept where read) plus
 //! [`RECORD_OVERHEAD`] for each record its batches declare (its validation outcome), so a
 //! compressed batch that claims more records than the buffer can account for is dropped from the
 //! mirror, never from Kafka. The worker builds and publishes a job's events a chunk at a time
@@ -219,6 +218,61 @@ impl Mirror {
         true
     }
 
+    /// Queues the jobs of one Produce answer without ever waiting, and returns how many were
+    /// queued. The jobs whose records lie in the request as read share its room ([`share_room`]):
+    /// kept where they are, each charged its share, let in all together or not at all (then each
+    /// is copied and let in on its own, as [`submit`](Self::submit) does): a job kept alone would
+    /// keep the whole room alive for its share. Jobs of unknown room are submitted one by one.
+    ///
+    /// The room lives until the worker is done with the last of the jobs, while each job's share
+    /// is given back as it is done: beyond `mirror_buffer_bytes`, the queue can hold a request's
+    /// room per request the worker is part way through (one, or one per thread submitting at the
+    /// same moment, whose jobs may lie interleaved in the queue).
+    pub fn submit_all(&self, jobs: Vec<Job>) -> usize {
+        if !self.active() {
+            return 0;
+        }
+        let (mut kept, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.room.is_some());
+        let mut queued = 0;
+        if share_room(&mut kept) {
+            match self.admit_together(kept) {
+                Ok(n) => {
+                    queued += n;
+                    kept = Vec::new();
+                }
+                Err(back) => kept = back,
+            }
+        }
+        for job in kept.into_iter().chain(rest) {
+            queued += usize::from(self.submit(Job { room: None, ..job }));
+        }
+        queued
+    }
+
+    /// Lets in jobs that share their room all together, kept where they are; when the buffer
+    /// cannot take them all, gives them back without their room (to be copied).
+    fn admit_together(&self, jobs: Vec<Job>) -> Result<usize, Vec<Job>> {
+        let total = jobs.iter().map(cost).fold(0usize, usize::saturating_add);
+        let before = self.queued_bytes.fetch_add(total, Ordering::AcqRel);
+        if before.saturating_add(total) > self.limit {
+            self.queued_bytes.fetch_sub(total, Ordering::AcqRel);
+            return Err(jobs.into_iter().map(|j| Job { room: None, ..j }).collect());
+        }
+        self.metrics.queued.set((before + total) as f64);
+        let Ok(places) = self.tx.try_reserve_many(jobs.len()) else {
+            self.queued_bytes.fetch_sub(total, Ordering::AcqRel);
+            for job in &jobs {
+                self.drop_job(job, "the mirror queue is full or stopped");
+            }
+            return Ok(0);
+        };
+        let n = jobs.len();
+        for (place, job) in places.zip(jobs) {
+            place.send(job);
+        }
+        Ok(n)
+    }
+
     /// Leaves a job out of the mirror for `why`, counted and logged like a full buffer's drops.
     pub fn drop_job(&self, job: &Job, why: &str) {
         let n = batch_record_count(&job.records);
@@ -238,8 +292,9 @@ pub const RECORD_OVERHEAD: usize = 32;
 /// `job` as it is queued, holding what it is charged ([`cost`]), once let in (a job left out is
 /// never copied). Its records are a slice of some
 /// allocation, which holding them keeps alive whole. When that is the request as read and its
-/// room is at most [`KEPT_ROOM`] times the records (a large request, read into room of about its
-/// size: the common case for batches of many records), the slice is kept, charged all the room.
+/// room is at most [`KEPT_ROOM`] times the records of the request's partitions (a large request,
+/// read into room of about its size: the common case for batches of many records), the slice is
+/// kept, charged its share of the room ([`share_room`]; the whole room for one partition).
 /// Else they are copied out, charged their size: room of unknown size, records annotated, or a
 /// slice of far more room (a read buffer nobody else holds is reclaimed whole, with the room of
 /// the largest frame the connection sent: a 70 KiB job read after a 100 MiB frame would hold
@@ -259,6 +314,27 @@ fn charged(mut job: Job) -> Job {
         job.room = None;
     }
     job
+}
+
+/// Shares the room of one request among its jobs whose records lie in it (`jobs`, each carrying
+/// that room), in proportion to their records, rounded up: each job's share is at least its
+/// records and at most [`KEPT_ROOM`] times them, and the shares add up to at least the room.
+/// True when they are to be kept where they are: the room is at most [`KEPT_ROOM`] times all
+/// their records (a Produce request is mostly its records, however many partitions it names).
+/// Else, or for jobs that do not name one room, their rooms are forgotten (they are copied).
+fn share_room(jobs: &mut [Job]) -> bool {
+    let room = jobs.first().and_then(|j| j.room);
+    let records: usize = jobs.iter().map(|j| j.records.len()).sum();
+    let shared = room.filter(|room| {
+        records > 0 && *room <= records.saturating_mul(KEPT_ROOM) && jobs.iter().all(|j| j.room == Some(*room))
+    });
+    for job in jobs.iter_mut() {
+        job.room = shared.map(|room| {
+            let share = (room as u128 * job.records.len() as u128).div_ceil(records as u128);
+            usize::try_from(share).unwrap_or(usize::MAX)
+        });
+    }
+    shared.is_some()
 }
 
 /// How much larger than its records the room of a request may be for the queue to keep the

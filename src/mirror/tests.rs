@@ -170,6 +170,73 @@ async fn submit_charges_a_kept_job_its_room() {
     }
 }
 
+/// The partitions of one request share its room in proportion to their records: a request
+/// naming ten partitions is kept where it was read as one naming one is, and charged its room
+/// once, not once per partition.
+#[test]
+fn a_request_s_partitions_share_its_room() {
+    let buffer = Bytes::from(vec![7u8; 1_000]);
+    let job = |at: usize, len: usize, room: usize| Job { room: Some(room), ..orders(buffer.slice(at..at + len), 0) };
+    let rooms = |jobs: &[Job]| jobs.iter().map(|j| j.room).collect::<Vec<_>>();
+    // Ten partitions of 90 bytes in a request read into 1,000: each kept, charged a tenth.
+    let mut ten: Vec<Job> = (0..10).map(|i| job(i * 90, 90, 1_000)).collect();
+    assert!(share_room(&mut ten));
+    assert_eq!(rooms(&ten), [Some(100); 10]);
+    assert_eq!(ten.iter().filter_map(|j| j.room).sum::<usize>(), 1_000, "the room is charged once");
+    // Shares are rounded up: each between its records and twice them, together at least the room.
+    let mut uneven = vec![job(0, 1, 13), job(1, 2, 13), job(3, 4, 13)];
+    assert!(share_room(&mut uneven));
+    assert_eq!(rooms(&uneven), [Some(2), Some(4), Some(8)]);
+    // One partition: all the room, kept while that is at most twice its records.
+    let mut one = vec![job(0, 500, 1_000)];
+    assert!(share_room(&mut one));
+    assert_eq!(rooms(&one), [Some(1_000)]);
+    let mut one = vec![job(0, 499, 1_000)];
+    assert!(!share_room(&mut one));
+    assert_eq!(rooms(&one), [None]);
+    // Room of more than twice all the records, or jobs that name different rooms: copies.
+    let mut sparse: Vec<Job> = (0..5).map(|i| job(i * 90, 90, 1_000)).collect();
+    assert!(!share_room(&mut sparse));
+    assert_eq!(rooms(&sparse), [None; 5]);
+    let mut mixed = vec![job(0, 500, 1_000), job(500, 500, 999)];
+    assert!(!share_room(&mut mixed));
+    assert_eq!(rooms(&mixed), [None, None]);
+    assert!(!share_room(&mut []));
+}
+
+/// A request's kept partitions are let in together; when the buffer cannot take them all, each is
+/// copied and let in on its own (never some kept and the rest left out, which would keep the whole
+/// room alive for a share of it), and jobs of unknown room go in one by one.
+#[tokio::test]
+async fn a_request_s_kept_partitions_are_let_in_together_or_copied() {
+    let (tx, _rx) = tokio::sync::broadcast::channel(16);
+    let mut buffer = BytesMut::new();
+    for _ in 0..3 {
+        buffer.extend_from_slice(&batch(1));
+    }
+    let buffer = buffer.freeze();
+    let third = buffer.len() / 3;
+    // Read into room half again as large as the request.
+    let room = buffer.len() * 3 / 2;
+    let jobs = || (0..3).map(|i| Job { room: Some(room), ..orders(buffer.slice(i * third..(i + 1) * third), 0) });
+    let together: usize = {
+        let mut shared: Vec<Job> = jobs().collect();
+        assert!(share_room(&mut shared));
+        shared.iter().map(cost).sum()
+    };
+    let copies: usize = jobs().map(|j| cost(&Job { room: None, ..j })).sum();
+    assert!(copies < together);
+    for (limit, queued) in [(together, 3), (together - 1, 3), (third, 0)] {
+        let stop = Stop::default();
+        let cfg = MirrorConfig { buffer_bytes: limit, ..config() };
+        let (mirror, worker) =
+            Mirror::start(cfg, SinkSpec::Local(sink::LocalSink::new(tx.clone())), stop.clone(), None).unwrap();
+        assert_eq!(mirror.submit_all(jobs().collect()), queued, "limit {limit}");
+        stop.drain.cancel();
+        worker.done.await.unwrap();
+    }
+}
+
 #[test]
 fn a_job_is_queued_where_it_was_read_only_when_that_room_is_about_its_size() {
     // A request's read buffer of 1 MiB: the job's records are a slice of it.

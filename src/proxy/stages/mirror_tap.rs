@@ -59,9 +59,7 @@ impl AnswerHook for Tap {
     fn on_answer(self: Box<Self>, cx: &AnswerCtx<'_>, answer: Bytes) -> Result<Option<Bytes>, StageError> {
         let Some(mirror) = &cx.gw.mirror else { return Ok(Some(answer)) };
         let (jobs, ambiguous) = accepted(cx.api_version, &answer, self.0, &cx.session.producer())?;
-        for job in jobs {
-            mirror.submit(job);
-        }
+        mirror.submit_all(jobs);
         for job in &ambiguous {
             mirror.drop_job(job, "the request named this partition more than once: which offsets are whose is unknown");
         }
