@@ -17,6 +17,7 @@
 # socat and the proxy's CPU time per MB moved (produce + consume), read from /proc.
 #
 #   ROUNDS=3 RECORDS=400000 RECORD_SIZE=1024 ./scripts/bench.sh
+#   PARTITIONS=12 PER_REQUEST=12 BATCH=1200 ./scripts/bench.sh   # requests naming 12 partitions
 #
 # Results: a table on stdout and every raw run in target/bench/e2e-<time>.json.
 set -euo pipefail
@@ -28,6 +29,10 @@ RECORDS=${RECORDS:-400000}
 RECORD_SIZE=${RECORD_SIZE:-1024}
 BATCH=${BATCH:-100}
 IN_FLIGHT=${IN_FLIGHT:-8}
+# Partitions of the throughput topic, and how many of them each Produce request names (BATCH
+# records shared out among them), as clients that gather a broker's partitions into one request do.
+PARTITIONS=${PARTITIONS:-1}
+PER_REQUEST=${PER_REQUEST:-1}
 # tansu's in-memory fetch path is slow (about 20k records/s here), so only part is read back.
 CONSUME_RECORDS=${CONSUME_RECORDS:-100000}
 # Latency at moderate load: records/s spread over small batches.
@@ -86,7 +91,7 @@ run_target() {
     --storage-engine memory://tansu/ >/dev/null 2>&1 &
   pids+=($!)
   wait_port "$tport"
-  tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions 1 tput >/dev/null
+  tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions "$PARTITIONS" tput >/dev/null
   tansu topic create --broker "tcp://127.0.0.1:$tport" --partitions 1 lat >/dev/null
   pport=$(free_port)
   case $name in
@@ -143,6 +148,7 @@ run_target() {
   nats_before=$(proc_cpu "$name" "$nats_pid")
   mirror_before=$(mirror_ticks "$proxy_pid")
   "$BIN" bench --bootstrap "$addr" --topic tput --records "$RECORDS" --record-size "$RECORD_SIZE" \
+    --partitions "$PARTITIONS" --partitions-per-request "$PER_REQUEST" \
     --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --consume-records "$CONSUME_RECORDS" \
     --invalid-every "$invalid" --label "$name" "${client_tls[@]}" >"$OUT_DIR/.tput.json"
   after=$(proc_cpu "$name" "$proxy_pid")

@@ -1,8 +1,10 @@
 //! `eventgate bench`: an end-to-end load tool that speaks Kafka with eventgate's own codec.
 //!
 //! It produces `--records` records of `--record-size` bytes over one connection to `--bootstrap`,
-//! with up to `--in-flight` Produce requests outstanding (each one batch of `--batch-records`
-//! records for one partition, partitions taken in turn), then fetches them all back. It reports
+//! with up to `--in-flight` Produce requests outstanding (each `--batch-records` records, in one
+//! batch for one partition, or split over `--partitions-per-request` partitions, as clients that
+//! gather a broker's partitions into one request send them; partitions taken in turn), then fetches
+//! them all back. It reports
 //! records/s, MB/s and per-request latency percentiles as one JSON line on stdout.
 //!
 //! Every request goes over the bootstrap connection (no metadata lookup), so the same run can target
@@ -47,6 +49,10 @@ pub struct BenchArgs {
     /// Partitions of the topic to spread batches over.
     #[arg(long, default_value_t = 1)]
     pub partitions: i32,
+    /// Partitions each Produce request names, one batch each, sharing its records (at most
+    /// `--partitions`).
+    #[arg(long, default_value_t = 1)]
+    pub partitions_per_request: i32,
     /// Records to produce and then consume.
     #[arg(long, default_value_t = 200_000)]
     pub records: u64,
@@ -172,6 +178,13 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
     if args.partitions < 1 || args.batch_records == 0 || args.in_flight == 0 {
         return Err(BenchError::Option("partitions, batch-records and in-flight must be at least 1".into()));
     }
+    if !(1..=args.partitions).contains(&args.partitions_per_request)
+        || args.batch_records < args.partitions_per_request as usize
+    {
+        return Err(BenchError::Option(
+            "partitions-per-request must be at least 1, at most partitions and at most batch-records".into(),
+        ));
+    }
     let codec = match args.compression.as_str() {
         "none" => Codec::None,
         "gzip" => Codec::Gzip,
@@ -259,28 +272,39 @@ fn set_correlation_id(frame: &mut [u8], id: i32) {
     frame[8..12].copy_from_slice(&id.to_be_bytes());
 }
 
-/// One Produce request template per partition, each carrying one batch of `n` records.
+/// One Produce request template per partition, each carrying `n` records: one batch for that
+/// partition, or one batch for each of `--partitions-per-request` partitions from it on, the
+/// records shared out (the first batches one more where they do not divide evenly).
 fn produce_templates(args: &BenchArgs, codec: Codec, n: usize, first: u64) -> Result<Vec<BytesMut>, BenchError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let per = args.partitions_per_request.max(1);
     (0..args.partitions)
         .map(|p| {
-            let mut section = Vec::with_capacity(n * (args.record_size + 32));
-            for i in 0..n {
-                let idx = first + i as u64;
-                let invalid = args.invalid_every > 0 && idx.is_multiple_of(args.invalid_every as u64);
-                let key = format!("k{idx}");
-                let value = demo_value(idx, args.record_size, invalid);
-                write_record(&mut section, 0, i as i32, Some(key.as_bytes()), Some(&value), std::iter::empty());
+            let mut idx = first;
+            let mut data = Vec::with_capacity(per as usize);
+            for k in 0..per {
+                let count = n / per as usize + usize::from((k as usize) < n % per as usize);
+                let mut section = Vec::with_capacity(count * (args.record_size + 32));
+                for i in 0..count {
+                    let invalid = args.invalid_every > 0 && idx.is_multiple_of(args.invalid_every as u64);
+                    let key = format!("k{idx}");
+                    let value = demo_value(idx, args.record_size, invalid);
+                    write_record(&mut section, 0, i as i32, Some(key.as_bytes()), Some(&value), std::iter::empty());
+                    idx += 1;
+                }
+                let header = BatchHeader::new(count as i32, codec, now);
+                let mut batch = BytesMut::new();
+                write_batch(&mut batch, &header, &section, Framing::Standard).map_err(protocol)?;
+                data.push(
+                    PartitionProduceData::default()
+                        .with_index((p + k) % args.partitions)
+                        .with_records(Some(batch.freeze())),
+                );
             }
-            let header = BatchHeader::new(n as i32, codec, now);
-            let mut batch = BytesMut::new();
-            write_batch(&mut batch, &header, &section, Framing::Standard).map_err(protocol)?;
             let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
                 TopicProduceData::default()
                     .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default().with_index(p).with_records(Some(batch.freeze())),
-                    ]),
+                    .with_partition_data(data),
             ]);
             request_frame(ApiKey::Produce, PRODUCE_VERSION, 0, "eventgate-bench", &req).map_err(protocol)
         })
@@ -460,4 +484,46 @@ fn percentiles(v: &mut [u64]) -> Latency {
         v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
     };
     Latency { p50_us: at(0.50), p90_us: at(0.90), p99_us: at(0.99), p999_us: at(0.999), max_us: at(1.0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use kafka_protocol::messages::RequestHeader;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let base = ["bench", "--bootstrap", "x:1", "--topic", "t", "--record-size", "16"];
+        Cli::parse_from(base.iter().chain(extra)).args
+    }
+
+    /// (partition, records) of each batch of a request template.
+    fn batches(frame: &BytesMut) -> Vec<(i32, u64)> {
+        let mut body = bytes::Bytes::copy_from_slice(&frame[4..]);
+        RequestHeader::decode(&mut body, ApiKey::Produce.request_header_version(PRODUCE_VERSION)).unwrap();
+        let req = ProduceRequest::decode(&mut body, PRODUCE_VERSION).unwrap();
+        req.topic_data
+            .iter()
+            .flat_map(|t| &t.partition_data)
+            .map(|p| (p.index, crate::wire::records::declared_records(p.records.as_deref().unwrap_or_default())))
+            .collect()
+    }
+
+    /// Requests name one partition each, taken in turn, or several from each on, the request's
+    /// records shared out among them.
+    #[test]
+    fn requests_name_their_partitions_and_share_their_records() {
+        let one = produce_templates(&args(&["--partitions", "3"]), Codec::None, 10, 0).unwrap();
+        assert_eq!(one.iter().map(batches).collect::<Vec<_>>(), [vec![(0, 10)], vec![(1, 10)], vec![(2, 10)]]);
+        let shared = args(&["--partitions", "3", "--partitions-per-request", "3"]);
+        let many = produce_templates(&shared, Codec::None, 10, 0).unwrap();
+        assert_eq!(batches(&many[1]), [(1, 4), (2, 3), (0, 3)]);
+    }
 }
