@@ -138,6 +138,7 @@ run_target() {
   if [ "$name" = eventgate-ws ]; then
     wait_port "$hport"
     "$BIN" bench --bootstrap "$addr" --topic tput --records "$WS_RECORDS" --record-size "$RECORD_SIZE" \
+      --partitions "$PARTITIONS" --partitions-per-request "$PER_REQUEST" \
       --batch-records "$BATCH" --in-flight "$IN_FLIGHT" --no-consume --label "$name" \
       --ws "ws://127.0.0.1:$hport/ws?topic=tput" --ws-clients "$WS_CLIENTS" >>"$WS_RESULTS"
     cleanup

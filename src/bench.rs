@@ -153,6 +153,8 @@ pub struct BenchResult {
     pub bootstrap: String,
     pub record_size: usize,
     pub batch_records: usize,
+    pub partitions: i32,
+    pub partitions_per_request: i32,
     pub in_flight: usize,
     pub rate: u64,
     pub produce: PhaseResult,
@@ -226,6 +228,8 @@ pub async fn run(args: BenchArgs) -> Result<BenchResult, BenchError> {
         bootstrap: args.bootstrap.clone(),
         record_size: args.record_size,
         batch_records: args.batch_records,
+        partitions: args.partitions,
+        partitions_per_request: args.partitions_per_request,
         in_flight: args.in_flight,
         rate: args.rate,
         produce,
@@ -525,5 +529,17 @@ mod tests {
         let shared = args(&["--partitions", "3", "--partitions-per-request", "3"]);
         let many = produce_templates(&shared, Codec::None, 10, 0).unwrap();
         assert_eq!(batches(&many[1]), [(1, 4), (2, 3), (0, 3)]);
+    }
+
+    /// A request cannot name more partitions than the topic has, or than it has records.
+    #[tokio::test]
+    async fn partitions_per_request_are_checked_before_anything_is_sent() {
+        for bad in [
+            &["--partitions", "2", "--partitions-per-request", "3"][..],
+            &["--partitions-per-request", "0"],
+            &["--partitions", "4", "--partitions-per-request", "4", "--batch-records", "3"],
+        ] {
+            assert!(matches!(run(args(bad)).await, Err(BenchError::Option(_))), "{bad:?}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! The Kafka path only ever calls [`Mirror::submit`] or, for the partitions of one answer,
 //! [`Mirror::submit_all`], which never block: they hand over each partition's records (the bytes
 //! that went to the broker: where they were read when the request was read into room of at most
-//! twice the records of its partitions, else a copy) with the offset the broker
+//! twice the records of its partitions the mirror takes as read, else a copy) with the offset the broker
 //! assigned and the validation outcomes, or drop the job and count it when the buffer
 //! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes (its
 //! share of the room when kept where read) plus
@@ -82,7 +82,8 @@ pub struct Job {
     pub producer: Producer,
     /// The bytes of the allocation `records` lie in, when known: `records` are a slice of the
     /// request as read, which was reported in that room ([`crate::wire::frame::FrameBuffer`]).
-    /// The queue may then hold that slice itself instead of a copy ([`Mirror::submit`]).
+    /// The queue may then hold that slice itself instead of a copy ([`Mirror::submit`], and
+    /// [`Mirror::submit_all`], which shares the room among the partitions of one request).
     pub room: Option<usize>,
 }
 
@@ -95,6 +96,23 @@ struct MirrorMetrics {
     wrapped: Counter,
     queued: Gauge,
 }
+
+impl MirrorMetrics {
+    fn new() -> Self {
+        Self {
+            events: counter!("eventgate_mirror_events_total", "kind" => "accepted"),
+            rejected_events: counter!("eventgate_mirror_events_total", "kind" => "rejected"),
+            dropped: counter!("eventgate_mirror_dropped_records_total"),
+            omitted: counter!("eventgate_mirror_data_omitted_total"),
+            overridden: counter!("eventgate_mirror_overridden_attributes_total"),
+            wrapped: counter!("eventgate_mirror_wrapped_lookalikes_total"),
+            queued: gauge!("eventgate_mirror_queued_bytes"),
+        }
+    }
+}
+
+/// Jobs the queue holds at most, whatever their bytes.
+const QUEUE_JOBS: usize = 1 << 16;
 
 /// The handle the Kafka path submits to.
 pub struct Mirror {
@@ -142,16 +160,8 @@ impl Mirror {
         stop: Stop,
         wanted: Option<Box<dyn Fn() -> bool + Send + Sync>>,
     ) -> Result<(Arc<Self>, Worker), std::io::Error> {
-        let (tx, rx) = mpsc::channel(1 << 16);
-        let metrics = Arc::new(MirrorMetrics {
-            events: counter!("eventgate_mirror_events_total", "kind" => "accepted"),
-            rejected_events: counter!("eventgate_mirror_events_total", "kind" => "rejected"),
-            dropped: counter!("eventgate_mirror_dropped_records_total"),
-            omitted: counter!("eventgate_mirror_data_omitted_total"),
-            overridden: counter!("eventgate_mirror_overridden_attributes_total"),
-            wrapped: counter!("eventgate_mirror_wrapped_lookalikes_total"),
-            queued: gauge!("eventgate_mirror_queued_bytes"),
-        });
+        let (tx, rx) = mpsc::channel(QUEUE_JOBS);
+        let metrics = Arc::new(MirrorMetrics::new());
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mirror = Arc::new(Self {
             tx,
@@ -188,6 +198,21 @@ impl Mirror {
         Ok((mirror, Worker { done }))
     }
 
+    /// A mirror whose queue the caller reads instead of a worker (tests: what was queued, and how
+    /// much of the buffer it took).
+    #[cfg(test)]
+    pub(crate) fn held(limit: usize) -> (Arc<Self>, mpsc::Receiver<Job>) {
+        let (tx, rx) = mpsc::channel(QUEUE_JOBS);
+        let metrics = Arc::new(MirrorMetrics::new());
+        (Arc::new(Self { tx, queued_bytes: Arc::default(), limit, metrics, wanted: None }), rx)
+    }
+
+    /// The bytes the queue is charged now.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
     /// Whether records are being mirrored now (always with NATS; without it, while someone watches).
     pub fn active(&self) -> bool {
         self.wanted.as_ref().is_none_or(|w| w())
@@ -199,15 +224,76 @@ impl Mirror {
         if !self.active() {
             return false;
         }
-        let job = charged(job);
+        self.queue(charged(job))
+    }
+
+    /// Queues the jobs of one Produce answer, in their order, without ever waiting, and returns
+    /// how many were queued. The jobs whose records lie in the request as read share its room
+    /// ([`share_room`]): kept where they are, each charged its share, and let in all together
+    /// (a job kept alone would keep the whole room alive for its share), else each copied and let
+    /// in on its own. Jobs of unknown room are queued one by one, as [`submit`](Self::submit)
+    /// does.
+    ///
+    /// The room lives until the worker is done with the last of the jobs, while each job's share
+    /// is given back as it is done: beyond `mirror_buffer_bytes`, the queue can hold a request's
+    /// room per request the worker is part way through (one, or one per thread submitting at the
+    /// same moment, whose jobs may lie interleaved in the queue).
+    pub fn submit_all(&self, mut jobs: Vec<Job>) -> usize {
+        if !self.active() {
+            return 0;
+        }
+        if share_room(&mut jobs) {
+            let kept = || jobs.iter().filter(|j| j.room.is_some());
+            let (total, n) = (kept().map(cost).fold(0, usize::saturating_add), kept().count());
+            if let Some(before) = self.take(total) {
+                if let Ok(mut places) = self.tx.try_reserve_many(n) {
+                    self.metrics.queued.set(before.saturating_add(total) as f64);
+                    let mut queued = 0;
+                    for job in jobs {
+                        if job.room.is_none() {
+                            queued += usize::from(self.queue(job));
+                        } else if let Some(place) = places.next() {
+                            place.send(job);
+                            queued += 1;
+                        } else {
+                            // Never: as many places as kept jobs were taken.
+                            self.queued_bytes.fetch_sub(cost(&job), Ordering::AcqRel);
+                            queued += usize::from(self.queue(Job { room: None, ..job }));
+                        }
+                    }
+                    return queued;
+                }
+                self.queued_bytes.fetch_sub(total, Ordering::AcqRel);
+            }
+            // Not all at once: each on its own, copied.
+            for job in &mut jobs {
+                job.room = None;
+            }
+        }
+        jobs.into_iter().map(|job| usize::from(self.queue(job))).sum()
+    }
+
+    /// Takes `size` bytes of the buffer if they fit (never more than the limit, not even for a
+    /// moment); returns what was taken before.
+    fn take(&self, size: usize) -> Option<usize> {
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| q.checked_add(size).filter(|n| *n <= self.limit))
+            .ok()
+    }
+
+    /// Queues one job as it is charged: kept where it was read when it carries its room, else
+    /// copied. A kept job the buffer cannot take is tried again as a copy, charged its records
+    /// only; one that still does not fit is dropped and counted.
+    fn queue(&self, job: Job) -> bool {
         let size = cost(&job);
-        let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        if before + size > self.limit {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        let Some(before) = self.take(size) else {
+            if job.room.is_some() {
+                return self.queue(Job { room: None, ..job });
+            }
             self.drop_job(&job, "the mirror buffer is full");
             return false;
-        }
-        self.metrics.queued.set((before + size) as f64);
+        };
+        self.metrics.queued.set(before.saturating_add(size) as f64);
         // A place in the queue first: a job left out is never copied.
         let Ok(place) = self.tx.try_reserve() else {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
@@ -216,61 +302,6 @@ impl Mirror {
         };
         place.send(as_queued(job));
         true
-    }
-
-    /// Queues the jobs of one Produce answer without ever waiting, and returns how many were
-    /// queued. The jobs whose records lie in the request as read share its room ([`share_room`]):
-    /// kept where they are, each charged its share, let in all together or not at all (then each
-    /// is copied and let in on its own, as [`submit`](Self::submit) does): a job kept alone would
-    /// keep the whole room alive for its share. Jobs of unknown room are submitted one by one.
-    ///
-    /// The room lives until the worker is done with the last of the jobs, while each job's share
-    /// is given back as it is done: beyond `mirror_buffer_bytes`, the queue can hold a request's
-    /// room per request the worker is part way through (one, or one per thread submitting at the
-    /// same moment, whose jobs may lie interleaved in the queue).
-    pub fn submit_all(&self, jobs: Vec<Job>) -> usize {
-        if !self.active() {
-            return 0;
-        }
-        let (mut kept, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.room.is_some());
-        let mut queued = 0;
-        if share_room(&mut kept) {
-            match self.admit_together(kept) {
-                Ok(n) => {
-                    queued += n;
-                    kept = Vec::new();
-                }
-                Err(back) => kept = back,
-            }
-        }
-        for job in kept.into_iter().chain(rest) {
-            queued += usize::from(self.submit(Job { room: None, ..job }));
-        }
-        queued
-    }
-
-    /// Lets in jobs that share their room all together, kept where they are; when the buffer
-    /// cannot take them all, gives them back without their room (to be copied).
-    fn admit_together(&self, jobs: Vec<Job>) -> Result<usize, Vec<Job>> {
-        let total = jobs.iter().map(cost).fold(0usize, usize::saturating_add);
-        let before = self.queued_bytes.fetch_add(total, Ordering::AcqRel);
-        if before.saturating_add(total) > self.limit {
-            self.queued_bytes.fetch_sub(total, Ordering::AcqRel);
-            return Err(jobs.into_iter().map(|j| Job { room: None, ..j }).collect());
-        }
-        self.metrics.queued.set((before + total) as f64);
-        let Ok(places) = self.tx.try_reserve_many(jobs.len()) else {
-            self.queued_bytes.fetch_sub(total, Ordering::AcqRel);
-            for job in &jobs {
-                self.drop_job(job, "the mirror queue is full or stopped");
-            }
-            return Ok(0);
-        };
-        let n = jobs.len();
-        for (place, job) in places.zip(jobs) {
-            place.send(job);
-        }
-        Ok(n)
     }
 
     /// Leaves a job out of the mirror for `why`, counted and logged like a full buffer's drops.
@@ -289,8 +320,9 @@ fn batch_record_count(records: &[u8]) -> usize {
 /// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
 pub const RECORD_OVERHEAD: usize = 32;
 
-/// `job` as it is queued, holding what it is charged ([`cost`]), once let in (a job left out is
-/// never copied). Its records are a slice of some
+/// `job` as it is queued, holding what it is charged ([`cost`]; the jobs of one request kept
+/// where they were read hold its room together, each charged its share), once let in (a job left
+/// out is never copied). Its records are a slice of some
 /// allocation, which holding them keeps alive whole. When that is the request as read and its
 /// room is at most [`KEPT_ROOM`] times the records of the request's partitions (a large request,
 /// read into room of about its size: the common case for batches of many records), the slice is
@@ -316,19 +348,20 @@ fn charged(mut job: Job) -> Job {
     job
 }
 
-/// Shares the room of one request among its jobs whose records lie in it (`jobs`, each carrying
-/// that room), in proportion to their records, rounded up: each job's share is at least its
-/// records and at most [`KEPT_ROOM`] times them, and the shares add up to at least the room.
-/// True when they are to be kept where they are: the room is at most [`KEPT_ROOM`] times all
-/// their records (a Produce request is mostly its records, however many partitions it names).
-/// Else, or for jobs that do not name one room, their rooms are forgotten (they are copied).
+/// Shares the room of one request among its jobs whose records lie in it (those that carry a
+/// room, all the same one), in proportion to their records, rounded up: each job's share is at
+/// least its records and at most [`KEPT_ROOM`] times them, and the shares add up to at least the
+/// room. True when they are to be kept where they are: the room is at most [`KEPT_ROOM`] times
+/// all their records (a Produce request is mostly its records, however many partitions it names).
+/// Else, or when they name different rooms, their rooms are forgotten (they are copied). Jobs
+/// without a room are left as they are.
 fn share_room(jobs: &mut [Job]) -> bool {
-    let room = jobs.first().and_then(|j| j.room);
-    let records: usize = jobs.iter().map(|j| j.records.len()).sum();
-    let shared = room.filter(|room| {
-        records > 0 && *room <= records.saturating_mul(KEPT_ROOM) && jobs.iter().all(|j| j.room == Some(*room))
-    });
-    for job in jobs.iter_mut() {
+    let mut rooms = jobs.iter().filter_map(|j| j.room);
+    let room = rooms.next();
+    let one_room = rooms.all(|r| Some(r) == room);
+    let records = jobs.iter().filter(|j| j.room.is_some()).map(|j| j.records.len()).fold(0, usize::saturating_add);
+    let shared = room.filter(|room| one_room && records > 0 && *room <= records.saturating_mul(KEPT_ROOM));
+    for job in jobs.iter_mut().filter(|j| j.room.is_some()) {
         job.room = shared.map(|room| {
             let share = (room as u128 * job.records.len() as u128).div_ceil(records as u128);
             usize::try_from(share).unwrap_or(usize::MAX)
@@ -347,8 +380,8 @@ pub const EVENT_CHUNK: usize = 256;
 /// Bytes of built events held at a time (events of up to `mirror_max_event_bytes` each).
 pub const CHUNK_BYTES: usize = 4 << 20;
 
-/// What a job is charged in the buffer: the bytes it keeps alive (all of the room it lies in, when
-/// it is kept where it was read: [`as_queued`]), plus [`RECORD_OVERHEAD`] for every record its
+/// What a job is charged in the buffer: the bytes it keeps alive (its share of the room it lies
+/// in, when it is kept where it was read: [`as_queued`], [`share_room`]), plus [`RECORD_OVERHEAD`] for every record its
 /// batches say they hold. A few kilobytes of compressed records that claim tens of millions of
 /// records cost more than the buffer holds, and so are dropped from the mirror (counted) instead
 /// of queued.

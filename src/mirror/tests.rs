@@ -146,28 +146,21 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     worker.done.await.unwrap();
 }
 
-/// `submit` charges a job kept where it was read all its room: a buffer with space for the
-/// records but not the room refuses it, and one with space for the room takes it. The same
-/// records in room more than twice them are copied and charged their size.
-#[tokio::test]
-async fn submit_charges_a_kept_job_its_room() {
-    let (tx, _rx) = tokio::sync::broadcast::channel(16);
+/// `submit` charges a job kept where it was read all its room, and keeps its records where they
+/// lie; the same records in room more than twice them are copied and charged their size.
+#[test]
+fn submit_charges_a_kept_job_its_room() {
     let records = batch(1);
-    let charge = records.len() + RECORD_OVERHEAD;
     let room = KEPT_ROOM * records.len();
     let job = |room| Job { room, ..orders(records.clone(), 0) };
-    // Whether each is let in shows what it was charged.
-    for (limit, room, queued) in
-        [(charge, Some(room), false), (room + RECORD_OVERHEAD, Some(room), true), (charge, Some(room + 1), true)]
-    {
-        let stop = Stop::default();
-        let cfg = MirrorConfig { buffer_bytes: limit, ..config() };
-        let (mirror, worker) =
-            Mirror::start(cfg, SinkSpec::Local(sink::LocalSink::new(tx.clone())), stop.clone(), None).unwrap();
-        assert_eq!(mirror.submit(job(room)), queued, "limit {limit}, room {room:?}");
-        stop.drain.cancel();
-        worker.done.await.unwrap();
-    }
+    let (mirror, mut rx) = Mirror::held(usize::MAX);
+    assert!(mirror.submit(job(Some(room))));
+    assert_eq!(mirror.queued(), room + RECORD_OVERHEAD);
+    assert_eq!(received(&mut rx, &records), [(0, Some(room), true)]);
+    let (mirror, mut rx) = Mirror::held(usize::MAX);
+    assert!(mirror.submit(job(Some(room + 1))));
+    assert_eq!(mirror.queued(), records.len() + RECORD_OVERHEAD);
+    assert_eq!(received(&mut rx, &records), [(0, None, false)]);
 }
 
 /// The partitions of one request share its room in proportion to their records: a request
@@ -182,7 +175,6 @@ fn a_request_s_partitions_share_its_room() {
     let mut ten: Vec<Job> = (0..10).map(|i| job(i * 90, 90, 1_000)).collect();
     assert!(share_room(&mut ten));
     assert_eq!(rooms(&ten), [Some(100); 10]);
-    assert_eq!(ten.iter().filter_map(|j| j.room).sum::<usize>(), 1_000, "the room is charged once");
     // Shares are rounded up: each between its records and twice them, together at least the room.
     let mut uneven = vec![job(0, 1, 13), job(1, 2, 13), job(3, 4, 13)];
     assert!(share_room(&mut uneven));
@@ -201,40 +193,86 @@ fn a_request_s_partitions_share_its_room() {
     let mut mixed = vec![job(0, 500, 1_000), job(500, 500, 999)];
     assert!(!share_room(&mut mixed));
     assert_eq!(rooms(&mixed), [None, None]);
+    // Jobs of no room (annotated records) are left as they are and count for nothing.
+    let mut annotated = vec![job(0, 500, 1_000), Job { room: None, ..job(500, 400, 0) }];
+    assert!(share_room(&mut annotated));
+    assert_eq!(rooms(&annotated), [Some(1_000), None]);
     assert!(!share_room(&mut []));
 }
 
-/// A request's kept partitions are let in together; when the buffer cannot take them all, each is
-/// copied and let in on its own (never some kept and the rest left out, which would keep the whole
-/// room alive for a share of it), and jobs of unknown room go in one by one.
-#[tokio::test]
-async fn a_request_s_kept_partitions_are_let_in_together_or_copied() {
-    let (tx, _rx) = tokio::sync::broadcast::channel(16);
+/// What a held mirror's queue received: each job's partition, room, and whether its records are
+/// still where they were read (in `buffer`).
+fn received(rx: &mut tokio::sync::mpsc::Receiver<Job>, buffer: &Bytes) -> Vec<(i32, Option<usize>, bool)> {
+    let read = buffer.as_ptr_range();
+    std::iter::from_fn(|| rx.try_recv().ok())
+        .map(|j| (j.partition, j.room, read.contains(&j.records.as_ptr())))
+        .collect()
+}
+
+/// A request's kept partitions are let in together, where they were read, each charged its share,
+/// in their order; when the buffer cannot take them all, each is copied and let in on its own
+/// (never some kept and the rest left out, which would keep the whole room alive for a share of it).
+#[test]
+fn a_request_s_kept_partitions_are_let_in_together_or_copied() {
     let mut buffer = BytesMut::new();
     for _ in 0..3 {
         buffer.extend_from_slice(&batch(1));
     }
     let buffer = buffer.freeze();
     let third = buffer.len() / 3;
-    // Read into room half again as large as the request.
-    let room = buffer.len() * 3 / 2;
-    let jobs = || (0..3).map(|i| Job { room: Some(room), ..orders(buffer.slice(i * third..(i + 1) * third), 0) });
-    let together: usize = {
-        let mut shared: Vec<Job> = jobs().collect();
-        assert!(share_room(&mut shared));
-        shared.iter().map(cost).sum()
+    // Read into room twice as large as the request; partition 7, annotated, lies elsewhere.
+    let room = buffer.len() * KEPT_ROOM;
+    let jobs = || {
+        let part = |p: i32, records: Bytes, room| Job { partition: p, room, ..orders(records, 0) };
+        vec![
+            part(0, buffer.slice(..third), Some(room)),
+            part(7, batch(1), None),
+            part(1, buffer.slice(third..2 * third), Some(room)),
+            part(2, buffer.slice(2 * third..), Some(room)),
+        ]
     };
-    let copies: usize = jobs().map(|j| cost(&Job { room: None, ..j })).sum();
-    assert!(copies < together);
-    for (limit, queued) in [(together, 3), (together - 1, 3), (third, 0)] {
-        let stop = Stop::default();
-        let cfg = MirrorConfig { buffer_bytes: limit, ..config() };
-        let (mirror, worker) =
-            Mirror::start(cfg, SinkSpec::Local(sink::LocalSink::new(tx.clone())), stop.clone(), None).unwrap();
-        assert_eq!(mirror.submit_all(jobs().collect()), queued, "limit {limit}");
-        stop.drain.cancel();
-        worker.done.await.unwrap();
-    }
+    let shares = {
+        let mut shared = jobs();
+        assert!(share_room(&mut shared));
+        shared.iter().map(|j| j.room).collect::<Vec<_>>()
+    };
+    let charges: Vec<usize> =
+        jobs().into_iter().zip(&shares).map(|(j, room)| cost(&Job { room: *room, ..j })).collect();
+    let together: usize = charges.iter().sum();
+    let kept_together = together - charges[1];
+    let copies: usize = jobs().into_iter().map(|j| cost(&Job { room: None, ..j })).sum();
+    assert!(copies < kept_together);
+
+    let (mirror, mut rx) = Mirror::held(together);
+    assert_eq!(mirror.submit_all(jobs()), 4);
+    assert_eq!(mirror.queued(), together, "each charged its share, the room once in all");
+    let kept: Vec<_> = shares.iter().map(|r| (r, r.is_some())).collect();
+    let got = received(&mut rx, &buffer);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [0, 7, 1, 2], "in their order");
+    assert_eq!(got.iter().map(|g| (&g.1, g.2)).collect::<Vec<_>>(), kept, "kept where read");
+
+    // One byte short of the kept ones together: every partition copied, each let in on its own.
+    let (mirror, mut rx) = Mirror::held(kept_together - 1);
+    assert_eq!(mirror.submit_all(jobs()), 4);
+    assert_eq!(mirror.queued(), copies);
+    assert!(received(&mut rx, &buffer).iter().all(|g| g.1.is_none() && !g.2), "copies");
+
+    // Room for two copies only: two let in, the others dropped, none kept.
+    let (mirror, mut rx) = Mirror::held(2 * (third + RECORD_OVERHEAD));
+    assert_eq!(mirror.submit_all(jobs()), 2);
+    assert!(received(&mut rx, &buffer).iter().all(|g| g.1.is_none() && !g.2));
+}
+
+/// A lone job kept where it was read that the buffer cannot take is tried again as a copy,
+/// charged its records only.
+#[test]
+fn a_kept_job_the_buffer_cannot_take_goes_in_as_a_copy() {
+    let records = batch(1);
+    let room = KEPT_ROOM * records.len();
+    let (mirror, mut rx) = Mirror::held(records.len() + RECORD_OVERHEAD);
+    assert!(mirror.submit(Job { room: Some(room), ..orders(records.clone(), 0) }));
+    assert_eq!(mirror.queued(), records.len() + RECORD_OVERHEAD);
+    assert_eq!(received(&mut rx, &records), [(0, None, false)]);
 }
 
 #[test]

@@ -397,7 +397,7 @@ mod tests {
     }
 
     /// The chain hands its stages a Produce request with the room it was read into (what lets
-    /// the mirror keep the records where they lie, `Mirror::submit`), and any other request
+    /// the mirror keep the records where they lie, `Mirror::submit_all`), and any other request
     /// without (nothing else is held past its answer).
     #[test]
     fn the_chain_keeps_the_room_of_produce_requests_only() {

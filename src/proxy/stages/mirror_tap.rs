@@ -1,6 +1,7 @@
 //! The mirror tap: once the broker has answered a Produce request, the partitions it accepted go
-//! to the CloudEvents mirror with the offsets it assigned ([`crate::mirror::Mirror::submit`], which
-//! never waits). What goes is what the produce stage listed in the request's notes ([`ToMirror`]):
+//! to the CloudEvents mirror with the offsets it assigned, all together
+//! ([`crate::mirror::Mirror::submit_all`], which never waits and lets the partitions read with the
+//! request share its room). What goes is what the produce stage listed in the request's notes ([`ToMirror`]):
 //! the very bytes forwarded, with their validation outcomes. Partitions the broker refused are not
 //! mirrored: nothing is mirrored that Kafka did not store.
 
@@ -146,6 +147,44 @@ mod tests {
         let Some(Tap(parts)) = Tap::of(&mut req) else { panic!("the partitions were listed") };
         assert_eq!(parts.iter().map(|p| p.room).collect::<Vec<_>>(), [Some(4_096), None]);
         assert!(Tap::of(&mut req).is_none(), "the note is taken once");
+    }
+
+    /// The partitions of one answer go to the mirror together: read with the request, they share
+    /// its room and stay where they were read (submitted one by one, each would be charged the
+    /// whole room, more than twice its records, and copied).
+    #[test]
+    fn an_answer_s_partitions_share_the_request_s_room() {
+        let frame = Bytes::from(vec![0u8; 1_000]);
+        let meta = crate::wire::header::RequestMeta { api_key: 0, api_version: 9, correlation_id: 1 };
+        let mut req = Request::read(meta, frame.clone(), 1_000);
+        req.notes.insert(ToMirror(vec![
+            Mirrored { records: frame.slice(0..500), ..part("t", 0) },
+            Mirrored { records: frame.slice(500..), ..part("t", 1) },
+        ]));
+        let tap = Tap::of(&mut req).expect("the partitions were listed");
+        let mut resp = ProduceResponse::default();
+        resp.responses.push(
+            TopicProduceResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_responses(vec![
+                    PartitionProduceResponse::default().with_index(0).with_base_offset(1),
+                    PartitionProduceResponse::default().with_index(1).with_base_offset(1),
+                ]),
+        );
+        let answer = response_frame(ApiKey::Produce, 9, 1, &resp);
+        let (mirror, mut rx) = crate::mirror::Mirror::held(usize::MAX);
+        let config = crate::config::Settings::default().resolve().expect("default settings resolve");
+        let validation = std::sync::Arc::new(crate::validate::Validation::new(crate::validate::Policies::default()));
+        let gw = crate::proxy::Gateway::new(config, validation, Some(mirror));
+        let session = crate::proxy::chain::Session::new("127.0.0.1:1".parse().expect("address"));
+        let cx = AnswerCtx { gw: &gw, session: &session, api_key: 0, api_version: 9 };
+        assert!(Box::new(tap).on_answer(&cx, answer).expect("the answer passes").is_some());
+        let jobs: Vec<Job> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let read = frame.as_ptr_range();
+        assert_eq!(
+            jobs.iter().map(|j| (j.partition, j.room, read.contains(&j.records.as_ptr()))).collect::<Vec<_>>(),
+            [(0, Some(500), true), (1, Some(500), true)]
+        );
     }
 
     #[test]
