@@ -281,7 +281,7 @@ fn set_correlation_id(frame: &mut [u8], id: i32) {
 /// records shared out (the first batches one more where they do not divide evenly).
 fn produce_templates(args: &BenchArgs, codec: Codec, n: usize, first: u64) -> Result<Vec<BytesMut>, BenchError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let per = args.partitions_per_request.max(1);
+    let per = args.partitions_per_request;
     (0..args.partitions)
         .map(|p| {
             let mut idx = first;
@@ -493,7 +493,6 @@ fn percentiles(v: &mut [u64]) -> Latency {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use kafka_protocol::messages::RequestHeader;
 
     use super::*;
 
@@ -510,9 +509,8 @@ mod tests {
 
     /// (partition, records) of each batch of a request template.
     fn batches(frame: &BytesMut) -> Vec<(i32, u64)> {
-        let mut body = bytes::Bytes::copy_from_slice(&frame[4..]);
-        RequestHeader::decode(&mut body, ApiKey::Produce.request_header_version(PRODUCE_VERSION)).unwrap();
-        let req = ProduceRequest::decode(&mut body, PRODUCE_VERSION).unwrap();
+        let frame = frame.clone().freeze();
+        let req: ProduceRequest = crate::proxy::stages::testing::decode_request(&frame);
         req.topic_data
             .iter()
             .flat_map(|t| &t.partition_data)

@@ -6,8 +6,8 @@
 //! that went to the broker: where they were read when the request was read into room of at most
 //! twice the records of its partitions the mirror takes as read, else a copy) with the offset the broker
 //! assigned and the validation outcomes, or drop the job and count it when the buffer
-//! (`mirror_buffer_bytes`) is full. The buffer counts what a queued job holds: its bytes (its
-//! share of the room when kept where read) plus
+//! (`mirror_buffer_bytes`) is full. The buffer counts what queued jobs hold: their bytes (the room
+//! of a request kept where it was read, charged to its last job) plus
 //! [`RECORD_OVERHEAD`] for each record its batches declare (its validation outcome), so a
 //! compressed batch that claims more records than the buffer can account for is dropped from the
 //! mirror, never from Kafka. The worker builds and publishes a job's events a chunk at a time
@@ -82,8 +82,7 @@ pub struct Job {
     pub producer: Producer,
     /// The bytes of the allocation `records` lie in, when known: `records` are a slice of the
     /// request as read, which was reported in that room ([`crate::wire::frame::FrameBuffer`]).
-    /// The queue may then hold that slice itself instead of a copy ([`Mirror::submit`], and
-    /// [`Mirror::submit_all`], which shares the room among the partitions of one request).
+    /// The queue may then hold that slice itself instead of a copy ([`Mirror::submit_all`]).
     pub room: Option<usize>,
 }
 
@@ -116,7 +115,7 @@ const QUEUE_JOBS: usize = 1 << 16;
 
 /// The handle the Kafka path submits to.
 pub struct Mirror {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
     queued_bytes: Arc<AtomicUsize>,
     limit: usize,
     metrics: Arc<MirrorMetrics>,
@@ -201,7 +200,7 @@ impl Mirror {
     /// A mirror whose queue the caller reads instead of a worker (tests: what was queued, and how
     /// much of the buffer it took).
     #[cfg(test)]
-    pub(crate) fn held(limit: usize) -> (Arc<Self>, mpsc::Receiver<Job>) {
+    pub(crate) fn held(limit: usize) -> (Arc<Self>, mpsc::Receiver<Queued>) {
         let (tx, rx) = mpsc::channel(QUEUE_JOBS);
         let metrics = Arc::new(MirrorMetrics::new());
         (Arc::new(Self { tx, queued_bytes: Arc::default(), limit, metrics, wanted: None }), rx)
@@ -218,59 +217,53 @@ impl Mirror {
         self.wanted.as_ref().is_none_or(|w| w())
     }
 
-    /// Queues a job without ever waiting; drops and counts it when the buffer is full. Returns
-    /// whether the job was queued.
+    /// Queues a job, a copy of its records, without ever waiting; drops and counts it when the
+    /// buffer is full. Returns whether the job was queued.
     pub fn submit(&self, job: Job) -> bool {
-        if !self.active() {
-            return false;
-        }
-        self.queue(charged(job))
+        self.active() && self.queue_copy(job)
     }
 
     /// Queues the jobs of one Produce answer, in their order, without ever waiting, and returns
-    /// how many were queued. The jobs whose records lie in the request as read share its room
-    /// ([`share_room`]): kept where they are, each charged its share, and let in all together
-    /// (a job kept alone would keep the whole room alive for its share), else each copied and let
-    /// in on its own. Jobs of unknown room are queued one by one, as [`submit`](Self::submit)
-    /// does.
-    ///
-    /// The room lives until the worker is done with the last of the jobs, while each job's share
-    /// is given back as it is done: beyond `mirror_buffer_bytes`, the queue can hold a request's
-    /// room per request the worker is part way through (one, or one per thread submitting at the
-    /// same moment, whose jobs may lie interleaved in the queue).
+    /// how many were queued. The jobs whose records lie in the request as read are kept there
+    /// when the room it was read into is at most [`KEPT_ROOM`] times their records
+    /// ([`keep_where_read`]), let in all together: the last of them is charged the whole room, the
+    /// others their records' bookkeeping, so the buffer counts the room until the worker is done
+    /// with the last job that holds it (it does them in order). When the buffer or the queue
+    /// cannot take them all, each is copied and let in on its own; other jobs are copied too.
     pub fn submit_all(&self, mut jobs: Vec<Job>) -> usize {
         if !self.active() {
             return 0;
         }
-        if share_room(&mut jobs) {
-            let kept = || jobs.iter().filter(|j| j.room.is_some());
-            let (total, n) = (kept().map(cost).fold(0, usize::saturating_add), kept().count());
+        if let Some(room) = keep_where_read(&mut jobs) {
+            let kept = jobs.iter().filter(|j| j.room.is_some()).count();
+            let mut charges: Vec<usize> =
+                jobs.iter().filter(|j| j.room.is_some()).map(|j| overhead(&j.records)).collect();
+            if let Some(last) = charges.last_mut() {
+                *last = last.saturating_add(room);
+            }
+            let total = charges.iter().fold(0usize, |t, c| t.saturating_add(*c));
             if let Some(before) = self.take(total) {
-                if let Ok(mut places) = self.tx.try_reserve_many(n) {
+                if let Ok(places) = self.tx.try_reserve_many(kept) {
                     self.metrics.queued.set(before.saturating_add(total) as f64);
+                    // As many places and charges as kept jobs.
+                    let mut kept = places.zip(charges);
                     let mut queued = 0;
                     for job in jobs {
-                        if job.room.is_none() {
-                            queued += usize::from(self.queue(job));
-                        } else if let Some(place) = places.next() {
-                            place.send(job);
-                            queued += 1;
-                        } else {
-                            // Never: as many places as kept jobs were taken.
-                            self.queued_bytes.fetch_sub(cost(&job), Ordering::AcqRel);
-                            queued += usize::from(self.queue(Job { room: None, ..job }));
-                        }
+                        let taken = match job.room.and_then(|_| kept.next()) {
+                            Some((place, charge)) => {
+                                place.send(Queued { job, charge });
+                                true
+                            }
+                            None => self.queue_copy(job),
+                        };
+                        queued += usize::from(taken);
                     }
                     return queued;
                 }
                 self.queued_bytes.fetch_sub(total, Ordering::AcqRel);
             }
-            // Not all at once: each on its own, copied.
-            for job in &mut jobs {
-                job.room = None;
-            }
         }
-        jobs.into_iter().map(|job| usize::from(self.queue(job))).sum()
+        jobs.into_iter().map(|job| usize::from(self.queue_copy(job))).sum()
     }
 
     /// Takes `size` bytes of the buffer if they fit (never more than the limit, not even for a
@@ -281,26 +274,24 @@ impl Mirror {
             .ok()
     }
 
-    /// Queues one job as it is charged: kept where it was read when it carries its room, else
-    /// copied. A kept job the buffer cannot take is tried again as a copy, charged its records
-    /// only; one that still does not fit is dropped and counted.
-    fn queue(&self, job: Job) -> bool {
-        let size = cost(&job);
-        let Some(before) = self.take(size) else {
-            if job.room.is_some() {
-                return self.queue(Job { room: None, ..job });
-            }
+    /// Queues a copy of the job's records, charged their size and bookkeeping ([`overhead`]); a
+    /// job the buffer or the queue cannot take is dropped and counted, and never copied.
+    fn queue_copy(&self, mut job: Job) -> bool {
+        let charge = job.records.len().saturating_add(overhead(&job.records));
+        let Some(before) = self.take(charge) else {
             self.drop_job(&job, "the mirror buffer is full");
             return false;
         };
-        self.metrics.queued.set(before.saturating_add(size) as f64);
+        self.metrics.queued.set(before.saturating_add(charge) as f64);
         // A place in the queue first: a job left out is never copied.
         let Ok(place) = self.tx.try_reserve() else {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.queued_bytes.fetch_sub(charge, Ordering::AcqRel);
             self.drop_job(&job, "the mirror queue is full or stopped");
             return false;
         };
-        place.send(as_queued(job));
+        job.records = Bytes::copy_from_slice(&job.records);
+        job.room = None;
+        place.send(Queued { job, charge });
         true
     }
 
@@ -320,54 +311,39 @@ fn batch_record_count(records: &[u8]) -> usize {
 /// bookkeeping (the same 32 bytes the validator charges a Produce request per record).
 pub const RECORD_OVERHEAD: usize = 32;
 
-/// `job` as it is queued, holding what it is charged ([`cost`]; the jobs of one request kept
-/// where they were read hold its room together, each charged its share), once let in (a job left
-/// out is never copied). Its records are a slice of some
-/// allocation, which holding them keeps alive whole. When that is the request as read and its
-/// room is at most [`KEPT_ROOM`] times the records of the request's partitions (a large request,
-/// read into room of about its size: the common case for batches of many records), the slice is
-/// kept, charged its share of the room ([`share_room`]; the whole room for one partition).
-/// Else they are copied out, charged their size: room of unknown size, records annotated, or a
-/// slice of far more room (a read buffer nobody else holds is reclaimed whole, with the room of
-/// the largest frame the connection sent: a 70 KiB job read after a 100 MiB frame would hold
-/// 100 MiB). The copy was about 6% of the Kafka path's CPU with the mirror on (113 of 1,939
-/// samples, BENCHMARKS.md).
-fn as_queued(mut job: Job) -> Job {
-    if job.room.is_none() {
-        job.records = Bytes::copy_from_slice(&job.records);
-    }
-    job
+/// A job in the queue, with what the buffer was charged for it (given back when the worker is
+/// done with it).
+///
+/// A job's records are a slice of some allocation, which holding them keeps alive whole. Kept
+/// where the request was read ([`Mirror::submit_all`]), the jobs of one request hold its room
+/// together, and the last of them is charged it; any other job holds a copy of its records,
+/// charged their size: room of unknown size, records annotated, or a slice of far more room (a
+/// read buffer nobody else holds is reclaimed whole, with the room of the largest frame the
+/// connection sent: a 70 KiB job read after a 100 MiB frame would hold 100 MiB). Every job is
+/// also charged [`overhead`]. The copy was about 6% of the Kafka path's CPU with the mirror on
+/// (113 of 1,939 samples, BENCHMARKS.md).
+pub(crate) struct Queued {
+    pub(crate) job: Job,
+    pub(crate) charge: usize,
 }
 
-/// `job` as it will be charged: its room forgotten unless the queue keeps its records where they
-/// were read (then [`as_queued`] copies them).
-fn charged(mut job: Job) -> Job {
-    if job.room.is_some_and(|room| room > job.records.len().saturating_mul(KEPT_ROOM)) {
-        job.room = None;
-    }
-    job
-}
-
-/// Shares the room of one request among its jobs whose records lie in it (those that carry a
-/// room, all the same one), in proportion to their records, rounded up: each job's share is at
-/// least its records and at most [`KEPT_ROOM`] times them, and the shares add up to at least the
-/// room. True when they are to be kept where they are: the room is at most [`KEPT_ROOM`] times
-/// all their records (a Produce request is mostly its records, however many partitions it names).
-/// Else, or when they name different rooms, their rooms are forgotten (they are copied). Jobs
-/// without a room are left as they are.
-fn share_room(jobs: &mut [Job]) -> bool {
+/// Which of a request's jobs are kept where the request was read: those that carry its room (all
+/// the same one), when the room is at most [`KEPT_ROOM`] times all their records (a Produce
+/// request is mostly its records, however many partitions it names). Returns the room; else, or
+/// when they name different rooms, forgets their rooms (they are copied). Jobs without a room
+/// are left as they are.
+fn keep_where_read(jobs: &mut [Job]) -> Option<usize> {
     let mut rooms = jobs.iter().filter_map(|j| j.room);
     let room = rooms.next();
     let one_room = rooms.all(|r| Some(r) == room);
     let records = jobs.iter().filter(|j| j.room.is_some()).map(|j| j.records.len()).fold(0, usize::saturating_add);
-    let shared = room.filter(|room| one_room && records > 0 && *room <= records.saturating_mul(KEPT_ROOM));
-    for job in jobs.iter_mut().filter(|j| j.room.is_some()) {
-        job.room = shared.map(|room| {
-            let share = (room as u128 * job.records.len() as u128).div_ceil(records as u128);
-            usize::try_from(share).unwrap_or(usize::MAX)
-        });
+    let kept = room.filter(|room| one_room && records > 0 && *room <= records.saturating_mul(KEPT_ROOM));
+    if kept.is_none() {
+        for job in jobs.iter_mut() {
+            job.room = None;
+        }
     }
-    shared.is_some()
+    kept
 }
 
 /// How much larger than its records the room of a request may be for the queue to keep the
@@ -380,18 +356,16 @@ pub const EVENT_CHUNK: usize = 256;
 /// Bytes of built events held at a time (events of up to `mirror_max_event_bytes` each).
 pub const CHUNK_BYTES: usize = 4 << 20;
 
-/// What a job is charged in the buffer: the bytes it keeps alive (its share of the room it lies
-/// in, when it is kept where it was read: [`as_queued`], [`share_room`]), plus [`RECORD_OVERHEAD`] for every record its
-/// batches say they hold. A few kilobytes of compressed records that claim tens of millions of
-/// records cost more than the buffer holds, and so are dropped from the mirror (counted) instead
-/// of queued.
-fn cost(job: &Job) -> usize {
-    let held = job.room.unwrap_or(job.records.len()).max(job.records.len());
-    held.saturating_add(batch_record_count(&job.records).saturating_mul(RECORD_OVERHEAD))
+/// What a job is charged beyond the bytes it keeps alive: [`RECORD_OVERHEAD`] for every record
+/// its batches say they hold. A few kilobytes of compressed records that claim tens of millions
+/// of records cost more than the buffer holds, and so are dropped from the mirror (counted)
+/// instead of queued.
+fn overhead(records: &[u8]) -> usize {
+    batch_record_count(records).saturating_mul(RECORD_OVERHEAD)
 }
 
 enum Step {
-    Job(Job),
+    Job(Queued),
     Sink(sink::Wake),
 }
 
@@ -412,7 +386,7 @@ pub fn subject(prefix: &str, topic: &str) -> Arc<str> {
 async fn run(
     config: MirrorConfig,
     mut sink: Sink,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Queued>,
     queued_bytes: Arc<AtomicUsize>,
     metrics: Arc<MirrorMetrics>,
     stop: Stop,
@@ -439,9 +413,10 @@ async fn run(
                 sink.handle(w, &shutdown).await;
                 continue;
             }
-            Some(Step::Job(job)) => job,
+            Some(Step::Job(queued)) => queued,
         };
-        let size = cost(&job);
+        // Given back once its events are out.
+        let Queued { job, charge: size } = job;
         let subject_prefix = if job.base_offset.is_some() { &config.subject_prefix } else { &config.rejected_prefix };
         let subject = subject(subject_prefix, &job.topic);
         let counter = if job.base_offset.is_some() { &metrics.events } else { &metrics.rejected_events };
@@ -472,7 +447,7 @@ async fn run(
     }
     let mut left = 0;
     while let Ok(job) = rx.try_recv() {
-        left += batch_record_count(&job.records);
+        left += batch_record_count(&job.job.records);
     }
     if left > 0 || shutdown.is_cancelled() {
         metrics.dropped.increment(left as u64);

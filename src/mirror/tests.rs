@@ -146,72 +146,63 @@ async fn a_full_buffer_drops_and_counts_instead_of_blocking() {
     worker.done.await.unwrap();
 }
 
-/// `submit` charges a job kept where it was read all its room, and keeps its records where they
-/// lie; the same records in room more than twice them are copied and charged their size.
+/// `submit` (records refused by policy) queues a copy, charged its size and bookkeeping, whatever
+/// room the job names.
 #[test]
-fn submit_charges_a_kept_job_its_room() {
+fn submit_queues_a_copy() {
     let records = batch(1);
-    let room = KEPT_ROOM * records.len();
-    let job = |room| Job { room, ..orders(records.clone(), 0) };
     let (mirror, mut rx) = Mirror::held(usize::MAX);
-    assert!(mirror.submit(job(Some(room))));
-    assert_eq!(mirror.queued(), room + RECORD_OVERHEAD);
-    assert_eq!(received(&mut rx, &records), [(0, Some(room), true)]);
-    let (mirror, mut rx) = Mirror::held(usize::MAX);
-    assert!(mirror.submit(job(Some(room + 1))));
+    assert!(mirror.submit(Job { room: Some(records.len()), ..orders(records.clone(), 0) }));
     assert_eq!(mirror.queued(), records.len() + RECORD_OVERHEAD);
-    assert_eq!(received(&mut rx, &records), [(0, None, false)]);
+    assert_eq!(received(&mut rx, &records), [(0, None, false, records.len() + RECORD_OVERHEAD)]);
 }
 
-/// The partitions of one request share its room in proportion to their records: a request
-/// naming ten partitions is kept where it was read as one naming one is, and charged its room
-/// once, not once per partition.
+/// The partitions of one request are kept where it was read when its room is at most twice all
+/// their records: a request naming ten partitions is kept as one naming one is.
 #[test]
-fn a_request_s_partitions_share_its_room() {
+fn which_partitions_are_kept_where_read() {
     let buffer = Bytes::from(vec![7u8; 1_000]);
     let job = |at: usize, len: usize, room: usize| Job { room: Some(room), ..orders(buffer.slice(at..at + len), 0) };
     let rooms = |jobs: &[Job]| jobs.iter().map(|j| j.room).collect::<Vec<_>>();
-    // Ten partitions of 90 bytes in a request read into 1,000: each kept, charged a tenth.
+    // Ten partitions of 90 bytes in a request read into 1,000: all kept.
     let mut ten: Vec<Job> = (0..10).map(|i| job(i * 90, 90, 1_000)).collect();
-    assert!(share_room(&mut ten));
-    assert_eq!(rooms(&ten), [Some(100); 10]);
-    // Shares are rounded up: each between its records and twice them, together at least the room.
-    let mut uneven = vec![job(0, 1, 13), job(1, 2, 13), job(3, 4, 13)];
-    assert!(share_room(&mut uneven));
-    assert_eq!(rooms(&uneven), [Some(2), Some(4), Some(8)]);
-    // One partition: all the room, kept while that is at most twice its records.
+    assert_eq!(keep_where_read(&mut ten), Some(1_000));
+    assert_eq!(rooms(&ten), [Some(1_000); 10]);
+    // One partition: kept while the room is at most twice its records.
     let mut one = vec![job(0, 500, 1_000)];
-    assert!(share_room(&mut one));
-    assert_eq!(rooms(&one), [Some(1_000)]);
+    assert_eq!(keep_where_read(&mut one), Some(1_000));
     let mut one = vec![job(0, 499, 1_000)];
-    assert!(!share_room(&mut one));
+    assert_eq!(keep_where_read(&mut one), None);
     assert_eq!(rooms(&one), [None]);
     // Room of more than twice all the records, or jobs that name different rooms: copies.
     let mut sparse: Vec<Job> = (0..5).map(|i| job(i * 90, 90, 1_000)).collect();
-    assert!(!share_room(&mut sparse));
+    assert_eq!(keep_where_read(&mut sparse), None);
     assert_eq!(rooms(&sparse), [None; 5]);
     let mut mixed = vec![job(0, 500, 1_000), job(500, 500, 999)];
-    assert!(!share_room(&mut mixed));
+    assert_eq!(keep_where_read(&mut mixed), None);
     assert_eq!(rooms(&mixed), [None, None]);
     // Jobs of no room (annotated records) are left as they are and count for nothing.
     let mut annotated = vec![job(0, 500, 1_000), Job { room: None, ..job(500, 400, 0) }];
-    assert!(share_room(&mut annotated));
+    assert_eq!(keep_where_read(&mut annotated), Some(1_000));
     assert_eq!(rooms(&annotated), [Some(1_000), None]);
-    assert!(!share_room(&mut []));
+    let mut annotated = vec![job(0, 499, 1_000), Job { room: None, ..job(500, 400, 0) }];
+    assert_eq!(keep_where_read(&mut annotated), None);
+    assert!(keep_where_read(&mut []).is_none());
 }
 
-/// What a held mirror's queue received: each job's partition, room, and whether its records are
-/// still where they were read (in `buffer`).
-fn received(rx: &mut tokio::sync::mpsc::Receiver<Job>, buffer: &Bytes) -> Vec<(i32, Option<usize>, bool)> {
+/// What a held mirror's queue received: each job's partition, room, whether its records are still
+/// where they were read (in `buffer`), and its charge.
+fn received(rx: &mut tokio::sync::mpsc::Receiver<Queued>, buffer: &Bytes) -> Vec<(i32, Option<usize>, bool, usize)> {
     let read = buffer.as_ptr_range();
     std::iter::from_fn(|| rx.try_recv().ok())
-        .map(|j| (j.partition, j.room, read.contains(&j.records.as_ptr())))
+        .map(|q| (q.job.partition, q.job.room, read.contains(&q.job.records.as_ptr()), q.charge))
         .collect()
 }
 
-/// A request's kept partitions are let in together, where they were read, each charged its share,
-/// in their order; when the buffer cannot take them all, each is copied and let in on its own
-/// (never some kept and the rest left out, which would keep the whole room alive for a share of it).
+/// A request's kept partitions are let in together, where they were read, in their order, the
+/// last charged the room (the buffer counts it until the worker is done with all of them); when
+/// the buffer cannot take them all, each is copied and let in on its own (never some kept and the
+/// rest left out, which would keep the whole room alive for a part of its charge).
 #[test]
 fn a_request_s_kept_partitions_are_let_in_together_or_copied() {
     let mut buffer = BytesMut::new();
@@ -231,86 +222,57 @@ fn a_request_s_kept_partitions_are_let_in_together_or_copied() {
             part(2, buffer.slice(2 * third..), Some(room)),
         ]
     };
-    let shares = {
-        let mut shared = jobs();
-        assert!(share_room(&mut shared));
-        shared.iter().map(|j| j.room).collect::<Vec<_>>()
-    };
-    let charges: Vec<usize> =
-        jobs().into_iter().zip(&shares).map(|(j, room)| cost(&Job { room: *room, ..j })).collect();
-    let together: usize = charges.iter().sum();
-    let kept_together = together - charges[1];
-    let copies: usize = jobs().into_iter().map(|j| cost(&Job { room: None, ..j })).sum();
-    assert!(copies < kept_together);
-
-    let (mirror, mut rx) = Mirror::held(together);
+    let copy = third + RECORD_OVERHEAD;
+    let kept_together = room + 3 * RECORD_OVERHEAD;
+    let (mirror, mut rx) = Mirror::held(kept_together + copy);
     assert_eq!(mirror.submit_all(jobs()), 4);
-    assert_eq!(mirror.queued(), together, "each charged its share, the room once in all");
-    let kept: Vec<_> = shares.iter().map(|r| (r, r.is_some())).collect();
-    let got = received(&mut rx, &buffer);
-    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [0, 7, 1, 2], "in their order");
-    assert_eq!(got.iter().map(|g| (&g.1, g.2)).collect::<Vec<_>>(), kept, "kept where read");
+    assert_eq!(mirror.queued(), kept_together + copy, "the room once, and the copy");
+    assert_eq!(
+        received(&mut rx, &buffer),
+        [
+            (0, Some(room), true, RECORD_OVERHEAD),
+            (7, None, false, copy),
+            (1, Some(room), true, RECORD_OVERHEAD),
+            (2, Some(room), true, room + RECORD_OVERHEAD),
+        ]
+    );
 
     // One byte short of the kept ones together: every partition copied, each let in on its own.
     let (mirror, mut rx) = Mirror::held(kept_together - 1);
     assert_eq!(mirror.submit_all(jobs()), 4);
-    assert_eq!(mirror.queued(), copies);
-    assert!(received(&mut rx, &buffer).iter().all(|g| g.1.is_none() && !g.2), "copies");
+    assert_eq!(mirror.queued(), 4 * copy);
+    assert_eq!(received(&mut rx, &buffer).iter().map(|g| (g.1, g.2)).collect::<Vec<_>>(), [(None, false); 4]);
 
     // Room for two copies only: two let in, the others dropped, none kept.
-    let (mirror, mut rx) = Mirror::held(2 * (third + RECORD_OVERHEAD));
+    let (mirror, mut rx) = Mirror::held(2 * copy);
     assert_eq!(mirror.submit_all(jobs()), 2);
     assert!(received(&mut rx, &buffer).iter().all(|g| g.1.is_none() && !g.2));
 }
 
-/// A lone job kept where it was read that the buffer cannot take is tried again as a copy,
-/// charged its records only.
-#[test]
-fn a_kept_job_the_buffer_cannot_take_goes_in_as_a_copy() {
-    let records = batch(1);
-    let room = KEPT_ROOM * records.len();
-    let (mirror, mut rx) = Mirror::held(records.len() + RECORD_OVERHEAD);
-    assert!(mirror.submit(Job { room: Some(room), ..orders(records.clone(), 0) }));
-    assert_eq!(mirror.queued(), records.len() + RECORD_OVERHEAD);
-    assert_eq!(received(&mut rx, &records), [(0, None, false)]);
-}
-
+/// One job in the 1 MiB its request was read into: kept there when that is at most twice its
+/// size, charged all of it; else a copy, charged its size. A copy never keeps the read buffer
+/// alive.
 #[test]
 fn a_job_is_queued_where_it_was_read_only_when_that_room_is_about_its_size() {
-    // A request's read buffer of 1 MiB: the job's records are a slice of it.
     let buffer = Bytes::from(vec![7u8; 1 << 20]);
-    let job = |records: Bytes, room: Option<usize>| Job {
-        topic: "t".into(),
-        partition: 0,
-        base_offset: Some(0),
-        log_append_time: -1,
-        records,
-        outcomes: None,
-        route: None,
-        producer: Default::default(),
-        room,
-    };
-    let within = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
     for len in [1, 100, 70_000, 500_000, 524_288, 524_289, 900_000] {
         let records = buffer.slice(100..100 + len);
-        // Room unknown (records annotated, or from anywhere but the request as read): a copy,
-        // charged its size.
-        let queued = super::as_queued(super::charged(job(records.clone(), None)));
-        assert!(!within(&queued.records), "a job of {len} bytes of unknown room keeps the read buffer alive");
-        assert_eq!((&queued.records, queued.room), (&records, None));
-        assert_eq!(cost(&queued), len);
-        // In the 1 MiB it was read into: kept there when that is at most twice its size, and
-        // charged all of it; else a copy, charged its size.
-        let queued = super::as_queued(super::charged(job(records.clone(), Some(buffer.len()))));
-        assert_eq!(queued.records, records);
-        if buffer.len() <= KEPT_ROOM * len {
-            assert!(within(&queued.records), "a job of {len} bytes in room of 1 MiB is copied");
-            assert_eq!(cost(&queued), buffer.len());
-        } else {
-            assert!(!within(&queued.records), "a job of {len} bytes keeps 1 MiB alive");
-            assert_eq!(cost(&queued), len);
+        for room in [None, Some(buffer.len())] {
+            let (mirror, mut rx) = Mirror::held(usize::MAX);
+            assert_eq!(mirror.submit_all(vec![Job { room, ..orders(records.clone(), 0) }]), 1);
+            let q = rx.try_recv().unwrap();
+            assert_eq!(q.job.records, records);
+            let kept = room.is_some() && buffer.len() <= KEPT_ROOM * len;
+            let within = buffer.as_ptr_range().contains(&q.job.records.as_ptr());
+            assert_eq!((within, q.job.room.is_some()), (kept, kept), "{len} bytes in room {room:?}");
+            assert_eq!(q.charge, if kept { buffer.len() } else { len } + overhead(&records));
         }
     }
+    // A lone kept job the buffer cannot take goes in as a copy, charged its size only.
+    let records = buffer.slice(..600_000);
+    let (mirror, mut rx) = Mirror::held(records.len() + overhead(&records));
+    assert_eq!(mirror.submit_all(vec![Job { room: Some(buffer.len()), ..orders(records.clone(), 0) }]), 1);
+    assert_eq!(received(&mut rx, &buffer), [(0, None, false, records.len() + overhead(&records))]);
 }
 
 #[tokio::test]
@@ -328,7 +290,7 @@ async fn a_batch_is_charged_for_every_record_it_claims() {
     };
     // lz4 makes the thousand records a few kilobytes; they are charged as a thousand records.
     assert!(job.records.len() < 20_000, "{}", job.records.len());
-    assert!(cost(&job) >= 1_000 * RECORD_OVERHEAD);
+    assert!(overhead(&job.records) >= 1_000 * RECORD_OVERHEAD);
     let events = events_of(&config(), &job).await;
     assert_eq!(events.len(), 1_000);
 }

@@ -370,6 +370,20 @@ mod tests {
         }
     }
 
+    /// A broker's answers grow by doubling (room for the next, larger answer): a slow one sits in
+    /// at most four times what arrived.
+    #[tokio::test]
+    async fn an_answer_sent_slowly_sits_in_at_most_four_times_what_arrived() {
+        let mut fb = FrameBuffer::for_answers(DEFAULT_MAX_FRAME_BYTES);
+        let mut src: &[u8] = &(100_000_000i32).to_be_bytes();
+        fb.fill(&mut src).await.unwrap();
+        for piece in [65_536usize, 1, 1, 100, 1, 70_000, 1, 1, 200_000, 1, 700_000, 1] {
+            fb.fill(&mut &vec![0u8; piece][..]).await.unwrap();
+            let (held, room) = (fb.buf.len(), fb.buf.capacity());
+            assert!(room <= 4 * held + MIN_READ, "{held} bytes arrived, in {room} bytes of room");
+        }
+    }
+
     #[tokio::test]
     async fn announced_size_does_not_reserve_memory_up_front() {
         let mut fb = FrameBuffer::new(DEFAULT_MAX_FRAME_BYTES);

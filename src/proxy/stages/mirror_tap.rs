@@ -1,7 +1,7 @@
 //! The mirror tap: once the broker has answered a Produce request, the partitions it accepted go
 //! to the CloudEvents mirror with the offsets it assigned, all together
-//! ([`crate::mirror::Mirror::submit_all`], which never waits and lets the partitions read with the
-//! request share its room). What goes is what the produce stage listed in the request's notes ([`ToMirror`]):
+//! ([`crate::mirror::Mirror::submit_all`], which never waits and keeps the partitions read with
+//! the request where they lie, together). What goes is what the produce stage listed in the request's notes ([`ToMirror`]):
 //! the very bytes forwarded, with their validation outcomes. Partitions the broker refused are not
 //! mirrored: nothing is mirrored that Kafka did not store.
 
@@ -149,9 +149,8 @@ mod tests {
         assert!(Tap::of(&mut req).is_none(), "the note is taken once");
     }
 
-    /// The partitions of one answer go to the mirror together: read with the request, they share
-    /// its room and stay where they were read (submitted one by one, each would be charged the
-    /// whole room, more than twice its records, and copied).
+    /// The partitions of one answer go to the mirror together: read with the request, they stay
+    /// where they were read (submitted one by one, each would be copied).
     #[test]
     fn an_answer_s_partitions_share_the_request_s_room() {
         let frame = Bytes::from(vec![0u8; 1_000]);
@@ -173,17 +172,15 @@ mod tests {
         );
         let answer = response_frame(ApiKey::Produce, 9, 1, &resp);
         let (mirror, mut rx) = crate::mirror::Mirror::held(usize::MAX);
-        let config = crate::config::Settings::default().resolve().expect("default settings resolve");
-        let validation = std::sync::Arc::new(crate::validate::Validation::new(crate::validate::Policies::default()));
-        let gw = crate::proxy::Gateway::new(config, validation, Some(mirror));
+        let gw = crate::proxy::stages::testing::gateway_with(Some(mirror));
         let session = crate::proxy::chain::Session::new("127.0.0.1:1".parse().expect("address"));
         let cx = AnswerCtx { gw: &gw, session: &session, api_key: 0, api_version: 9 };
         assert!(Box::new(tap).on_answer(&cx, answer).expect("the answer passes").is_some());
-        let jobs: Vec<Job> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let jobs: Vec<Job> = std::iter::from_fn(|| rx.try_recv().ok()).map(|q| q.job).collect();
         let read = frame.as_ptr_range();
         assert_eq!(
             jobs.iter().map(|j| (j.partition, j.room, read.contains(&j.records.as_ptr()))).collect::<Vec<_>>(),
-            [(0, Some(500), true), (1, Some(500), true)]
+            [(0, Some(1_000), true), (1, Some(1_000), true)]
         );
     }
 

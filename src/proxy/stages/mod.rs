@@ -56,19 +56,19 @@ pub mod testing {
         thread_local! {
             static GW: std::cell::OnceCell<Arc<Gateway>> = const { std::cell::OnceCell::new() };
         }
-        GW.with(|g| {
-            g.get_or_init(|| {
-                let mut config = crate::config::Settings::default().resolve().expect("default settings resolve");
-                let port = std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.port())
-                    .expect("a free port");
-                config.node_ports.insert(111, port);
-                let validation = Arc::new(crate::validate::Validation::new(crate::validate::Policies::default()));
-                Gateway::new(config, validation, None)
-            })
-            .clone()
-        })
+        GW.with(|g| g.get_or_init(|| gateway_with(None)).clone())
+    }
+
+    /// A gateway of its own, with `mirror` (and broker 111 given a port that was free a moment ago).
+    pub fn gateway_with(mirror: Option<Arc<crate::mirror::Mirror>>) -> Arc<Gateway> {
+        let mut config = crate::config::Settings::default().resolve().expect("default settings resolve");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        config.node_ports.insert(111, port);
+        let validation = Arc::new(crate::validate::Validation::new(crate::validate::Policies::default()));
+        Gateway::new(config, validation, mirror)
     }
 
     /// A request frame as a client sends it.
