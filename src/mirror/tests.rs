@@ -249,6 +249,23 @@ fn a_request_s_kept_partitions_are_let_in_together_or_copied() {
     assert!(received(&mut rx, &buffer).iter().all(|g| g.1.is_none() && !g.2));
 }
 
+/// A request naming more partitions than the queue holds jobs (the partitions are the
+/// producer's choice): they cannot all be let in together, so each is copied and let in on its
+/// own until the queue is full, and the rest are dropped and counted; nothing is kept where read,
+/// and the buffer counts exactly what the copies hold.
+#[test]
+fn more_partitions_than_the_queue_holds_are_copied_until_it_is_full() {
+    let n = QUEUE_JOBS + 1;
+    let buffer = Bytes::from(vec![7u8; n]);
+    let jobs: Vec<Job> = (0..n).map(|i| Job { room: Some(n), ..orders(buffer.slice(i..i + 1), 0) }).collect();
+    let (mirror, mut rx) = Mirror::held(usize::MAX);
+    assert_eq!(mirror.submit_all(jobs), QUEUE_JOBS);
+    let got = received(&mut rx, &buffer);
+    assert_eq!(got.len(), QUEUE_JOBS);
+    assert!(got.iter().all(|g| g.1.is_none() && !g.2), "copies only");
+    assert_eq!(mirror.queued(), got.iter().map(|g| g.3).sum::<usize>());
+}
+
 /// One job in the 1 MiB its request was read into: kept there when that is at most twice its
 /// size, charged all of it; else a copy, charged its size. A copy never keeps the read buffer
 /// alive.
